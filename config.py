@@ -1,0 +1,90 @@
+"""All configuration, read from environment variables.
+
+With no REDIS_URL the system runs on its embedded default: a SQLite-backed Celery broker and
+result backend under FACEREC_DATA_DIR, so several processes share one queue without any server.
+With no S3_ENDPOINT_URL (and no S3_BUCKET) storage is a local directory under FACEREC_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_bucket: str = "facerec"
+    s3_region: str = "us-east-1"
+    api_keys: tuple[str, ...] = ()
+    data_dir: Path = REPO_ROOT / "var"
+    cache_dir: Path = REPO_ROOT / "var" / "cache"
+    datasets_dir: Path = REPO_ROOT.parent / "shared" / "datasets"
+    queue_gpu: str = "gpu"
+    queue_default: str = "default"
+    chunk_size: int = 256
+    worker_max_memory_mb: int = 8192
+    task_max_retries: int = 3
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: Celery runs on the SQLite broker under data_dir."""
+        return not self.redis_url
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_endpoint_url)
+
+    @property
+    def broker_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def result_backend(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"db+sqlite:///{self.data_dir / 'results.sqlite'}"
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (called anew by each process that needs them)."""
+    data_dir = Path(_env("FACEREC_DATA_DIR") or REPO_ROOT / "var").resolve()
+    return Settings(
+        redis_url=_env("REDIS_URL"),
+        s3_endpoint_url=_env("S3_ENDPOINT_URL"),
+        s3_access_key_id=_env("S3_ACCESS_KEY_ID"),
+        s3_secret_access_key=_env("S3_SECRET_ACCESS_KEY"),
+        s3_bucket=_env("S3_BUCKET", "facerec"),
+        s3_region=_env("S3_REGION", "us-east-1"),
+        api_keys=tuple(k.strip() for k in _env("FACEREC_API_KEYS").split(",") if k.strip()),
+        data_dir=data_dir,
+        cache_dir=Path(_env("FACEREC_CACHE_DIR") or data_dir / "cache").resolve(),
+        datasets_dir=Path(_env("FACEREC_DATASETS") or REPO_ROOT.parent / "shared" / "datasets").resolve(),
+        queue_gpu=_env("FACEREC_QUEUE_GPU", "gpu"),
+        queue_default=_env("FACEREC_QUEUE_DEFAULT", "default"),
+        chunk_size=_env_int("FACEREC_CHUNK_SIZE", 256),
+        worker_max_memory_mb=_env_int("FACEREC_WORKER_MAX_MEMORY_MB", 8192),
+        task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
+    )
