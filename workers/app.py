@@ -1,0 +1,51 @@
+"""The Celery app: broker, routing and the settings long GPU tasks need.
+
+Run a GPU worker with ``celery -A workers.app worker -Q gpu -c 1`` (one process per GPU) and a CPU
+worker with ``-Q default``. With no REDIS_URL the broker and result backend are SQLite files under
+FACEREC_DATA_DIR, shared by every process on the machine.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from workers import runtime
+
+settings = runtime.settings()
+settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+app = Celery("facerec", broker=settings.broker_url, backend=settings.result_backend, include=["workers.tasks"])
+app.conf.update(
+    task_default_queue=settings.queue_default,
+    task_routes={
+        "facerec.train": {"queue": settings.queue_gpu},
+        "facerec.recognize_chunk": {"queue": settings.queue_gpu},
+        "facerec.plan_recognition": {"queue": settings.queue_default},
+        "facerec.finish_recognition": {"queue": settings.queue_default},
+        "celery.chord_unlock": {"queue": settings.queue_default},
+    },
+    # Long GPU tasks: take one message at a time, acknowledge it only when done, and give it back
+    # to the queue if the worker process dies (the tasks bound how often that may happen).
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_max_memory_per_child=settings.worker_max_memory_mb * 1024,
+    # Redis redelivers a message not acknowledged within this time: longer than any one task.
+    broker_transport_options={} if settings.embedded else {"visibility_timeout": 2 * 3600},
+    broker_connection_retry_on_startup=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_expires=7 * 24 * 3600,
+    worker_hijack_root_logger=False,
+    # Scheduled retraining keeps its schedules in Redis; one beat holds the lock.
+    beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_redis_url=settings.redis_url or None,
+)
+
+
+@worker_process_init.connect
+def load_models(**_kwargs) -> None:
+    """Load the face pipeline in each worker child before its first task, not during one."""
+    runtime.face_pipeline()

@@ -1,0 +1,65 @@
+"""Per-process singletons: settings, storage, the job store, and the models a worker keeps loaded.
+
+The face pipeline and model versions are loaded once per worker process and reused across tasks.
+TensorFlow is imported only when a model is first needed, so the API can use this module too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import cache
+
+from config import Settings, load_settings
+from pipeline.storage import Storage, storage_from_settings
+from workers.jobs import JobStore
+
+MODELS_KEPT = 4
+
+
+@cache
+def settings() -> Settings:
+    return load_settings()
+
+
+@cache
+def storage() -> Storage:
+    return storage_from_settings(settings())
+
+
+@cache
+def redis_client():
+    if not settings().redis_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(settings().redis_url)
+
+
+@cache
+def job_store() -> JobStore:
+    return JobStore(storage(), redis=redis_client(), lock_dir=settings().data_dir / "locks")
+
+
+@cache
+def face_pipeline():
+    from pipeline.detect import FaceDetector
+    from pipeline.embed import DlibEmbedder
+    from pipeline.faces import FacePipeline
+
+    return FacePipeline(FaceDetector(), DlibEmbedder())
+
+
+_models: OrderedDict = OrderedDict()
+
+
+def model(name: str, version: str):
+    """A published model version, loaded once and kept while recently used."""
+    from pipeline.recognize import load_model
+
+    key = (name, version)
+    if key not in _models:
+        _models[key] = load_model(storage(), name, version)
+        while len(_models) > MODELS_KEPT:
+            _models.popitem(last=False)
+    _models.move_to_end(key)
+    return _models[key]

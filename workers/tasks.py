@@ -1,0 +1,215 @@
+"""Celery tasks. Each is thin: it reads the job, calls pipeline/, and records the outcome.
+
+Tasks are idempotent: a redelivered chunk whose predictions exist is not computed again, and a job in
+a final state is never changed. Transient storage and network errors are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from botocore.exceptions import BotoCoreError
+from celery import Task, chord
+
+from pipeline import registry
+from pipeline.dataset import manifest_from_prefix, read_manifest
+from pipeline.storage import MissingKey, StorageError
+from pipeline.train import TrainingParams, train_model
+from workers import runtime
+from workers.app import app
+from workers.jobs import TERMINAL
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (StorageError, BotoCoreError, ConnectionError, TimeoutError)
+MAX_DELIVERIES = 3
+PHOTOS_PER_BATCH = 32
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class JobTask(Task):
+    """A task whose first argument is a job id: failures after the last retry fail the job."""
+
+    acks_late = True
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 120
+    retry_jitter = True
+    max_retries = 5
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        runtime.job_store().fail(args[0], f"{type(exc).__name__}: {exc}", {"task": self.name})
+
+    def begin(self, job_id: str) -> dict | None:
+        """The job, or None when the task must not run: job finished, or this message was lost too often."""
+        jobs = runtime.job_store()
+        job = jobs.get(job_id)
+        if job["state"] in TERMINAL:
+            return None
+        deliveries = jobs.count_delivery(job_id, f"{self.request.id}:{self.request.retries}")
+        if deliveries > MAX_DELIVERIES:
+            jobs.fail(job_id, f"task {self.name} was delivered {deliveries} times without finishing "
+                              "(worker lost: crash or out of memory?)")
+            return None
+        return job
+
+
+# -- training --------------------------------------------------------------------------------
+
+@app.task(bind=True, base=JobTask, name="facerec.train")
+def train(self: JobTask, job_id: str) -> None:
+    job = self.begin(job_id)
+    if job is None:
+        return
+    jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
+    jobs.start(job_id)
+
+    def on_progress(done: int, total: int) -> None:
+        if jobs.is_cancelled(job_id):
+            raise JobCancelled
+        jobs.set_progress(job_id, done, total)
+
+    try:
+        items = (read_manifest(storage, params["dataset_manifest"]) if params.get("dataset_manifest")
+                 else manifest_from_prefix(storage, params["dataset_prefix"]))
+        training = TrainingParams(validation_fraction=params.get("validation_fraction", 0.2))
+        record = train_model(storage, runtime.face_pipeline(), items, params["model"], training, on_progress)
+    except JobCancelled:
+        return
+    except (ValueError, LookupError, MissingKey) as err:  # bad input: retrying cannot help
+        jobs.fail(job_id, str(err))
+        return
+    jobs.succeed(job_id, {
+        "model": record["model"], "version": record["version"], "metrics": record["metrics"],
+        "report": record["report_key"], "model_prefix": registry.version_prefix(record["model"], record["version"]),
+    })
+
+
+# -- bulk recognition ------------------------------------------------------------------------
+
+def _output_prefix(job: dict) -> str:
+    return job["params"].get("output_prefix") or f"jobs/{job['id']}/output"
+
+
+def _input_keys(job: dict) -> list[str]:
+    storage, params = runtime.storage(), job["params"]
+    if params.get("input_manifest"):
+        lines = storage.get(params["input_manifest"]).decode("utf-8").splitlines()
+        keys = [line.strip() for line in lines if line.strip()]
+    else:
+        prefix = params["input_prefix"].rstrip("/") + "/"
+        keys = [k for k in storage.list(prefix) if not k.startswith(_output_prefix(job) + "/")]
+    return list(dict.fromkeys(keys))  # each photo once, in input order
+
+
+@app.task(bind=True, base=JobTask, name="facerec.plan_recognition")
+def plan_recognition(self: JobTask, job_id: str) -> None:
+    """Split the input into chunks, then run one chunk task per chunk and a final summary task."""
+    job = self.begin(job_id)
+    if job is None:
+        return
+    jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
+    output = _output_prefix(job)
+    plan_key = f"{output}/plan.json"
+    try:
+        if storage.exists(plan_key):  # redelivered: keep the plan already made
+            plan = storage.get_json(plan_key)
+        else:
+            version = registry.resolve_version(storage, params["model"], params.get("model_version"))
+            keys = _input_keys(job)
+            if not keys:
+                raise ValueError("the input holds no photos")
+            size = runtime.settings().chunk_size
+            plan = {"model": params["model"], "model_version": version, "images": len(keys),
+                    "chunks": (len(keys) + size - 1) // size, "chunk_size": size}
+            for index in range(plan["chunks"]):
+                storage.put_json(f"{output}/chunks/{index:05d}.json", keys[index * size:(index + 1) * size])
+            storage.put_json(plan_key, plan)
+    except (ValueError, LookupError, MissingKey) as err:
+        jobs.fail(job_id, str(err))
+        return
+    jobs.start(job_id, total=plan["images"])
+    jobs.update(job_id, model_version=plan["model_version"])
+    chord(recognize_chunk.si(job_id, i) for i in range(plan["chunks"]))(finish_recognition.si(job_id))
+
+
+@app.task(bind=True, base=JobTask, name="facerec.recognize_chunk")
+def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
+    """Recognise one chunk's photos and write its predictions file, unless it already exists."""
+    from pipeline.recognize import recognize
+
+    job = self.begin(job_id)
+    if job is None:
+        return
+    storage, output = runtime.storage(), _output_prefix(job)
+    predictions_key = f"{output}/predictions/{index:05d}.jsonl"
+    if storage.exists(predictions_key):
+        return
+    plan = storage.get_json(f"{output}/plan.json")
+    keys = storage.get_json(f"{output}/chunks/{index:05d}.json")
+    model = runtime.model(plan["model"], plan["model_version"])
+    faces = runtime.face_pipeline()
+    lines, timings = [], {}
+    started = time.perf_counter()
+    for start in range(0, len(keys), PHOTOS_PER_BATCH):
+        batch_keys = keys[start:start + PHOTOS_PER_BATCH]
+        photos, missing = [], {}
+        for key in batch_keys:
+            try:
+                photos.append((key, storage.get(key)))
+            except MissingKey:
+                missing[key] = {"key": key, "model": plan["model"], "model_version": plan["model_version"],
+                                "error": "missing from storage"}
+        found = {r["key"]: r for r in recognize(faces, model, photos)}
+        for stage, ms in faces.timings_ms.items():
+            timings[stage] = timings.get(stage, 0.0) + ms
+        lines.extend(json.dumps(found.get(key) or missing[key]) for key in batch_keys)
+    timings["total"] = (time.perf_counter() - started) * 1000
+    storage.put_json(f"{output}/stats/{index:05d}.json", {"images": len(keys), "timings_ms": timings})
+    storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
+    runtime.job_store().add_progress(job_id, len(keys))
+
+
+@app.task(bind=True, base=JobTask, name="facerec.finish_recognition")
+def finish_recognition(self: JobTask, job_id: str) -> None:
+    """Join the chunks' predictions into the results manifest and write the summary."""
+    job = self.begin(job_id)
+    if job is None:
+        return
+    storage, output = runtime.storage(), _output_prefix(job)
+    plan = storage.get_json(f"{output}/plan.json")
+    parts, timings = [], {}
+    summary = {"images": 0, "faces": 0, "unknown_faces": 0, "images_without_face": 0, "errors": 0,
+               "identities": {}}
+    for index in range(plan["chunks"]):
+        data = storage.get(f"{output}/predictions/{index:05d}.jsonl")
+        parts.append(data)
+        for line in data.decode().splitlines():
+            result = json.loads(line)
+            summary["images"] += 1
+            if "error" in result:
+                summary["errors"] += 1
+                continue
+            summary["faces"] += len(result["faces"])
+            summary["images_without_face"] += not result["faces"]
+            for face in result["faces"]:
+                summary["identities"][face["identity"]] = summary["identities"].get(face["identity"], 0) + 1
+        stats = storage.get_json(f"{output}/stats/{index:05d}.json")
+        for stage, ms in stats["timings_ms"].items():
+            timings[stage] = timings.get(stage, 0.0) + ms
+    summary["unknown_faces"] = summary["identities"].get("unknown", 0)
+    summary["timings_ms"] = {stage: round(ms, 1) for stage, ms in timings.items()}
+    summary.update(model=plan["model"], model_version=plan["model_version"], chunks=plan["chunks"])
+    results_key, summary_key = f"{output}/results.jsonl", f"{output}/summary.json"
+    storage.put(results_key, b"".join(parts))
+    storage.put_json(summary_key, summary)
+    runtime.job_store().succeed(job_id, {
+        "results": results_key, "summary": summary_key, "output_prefix": output,
+        "model": plan["model"], "model_version": plan["model_version"],
+        **{k: summary[k] for k in ("images", "faces", "unknown_faces", "errors")},
+    })
