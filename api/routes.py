@@ -1,0 +1,119 @@
+"""The /v1 JSON API: submit, read, list and cancel jobs; list models; health."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import BadRequest, Conflict, NotFound
+
+from pipeline import registry
+from workers import runtime
+from workers.jobs import STATES, TERMINAL, TYPES, JobNotFound
+from workers.submit import RecognitionRequest, TrainingRequest, submit_recognition, submit_training
+
+v1 = Blueprint("v1", __name__, url_prefix="/v1")
+
+MAX_PAGE = 200
+
+
+@v1.get("/health")
+def health():
+    settings = runtime.settings()
+    return jsonify(status="ok", broker="embedded" if settings.embedded else "redis",
+                   storage="s3" if settings.uses_s3 else "local")
+
+
+@v1.post("/jobs/training")
+def submit_training_job():
+    job, created = submit_training(_parse(TrainingRequest), _idempotency_key())
+    return jsonify(job), 202 if created else 200
+
+
+@v1.post("/jobs/recognition")
+def submit_recognition_job():
+    job, created = submit_recognition(_parse(RecognitionRequest), _idempotency_key())
+    return jsonify(job), 202 if created else 200
+
+
+@v1.get("/jobs")
+def list_jobs():
+    job_type, state = request.args.get("type"), request.args.get("state")
+    if job_type and job_type not in TYPES:
+        raise BadRequest(f"type must be one of {', '.join(TYPES)}")
+    if state and state not in STATES:
+        raise BadRequest(f"state must be one of {', '.join(STATES)}")
+    limit, offset = _int_arg("limit", 50, 1, MAX_PAGE), _int_arg("offset", 0, 0, None)
+    jobs, total = runtime.job_store().list(job_type, state, limit, offset)
+    return jsonify(jobs=jobs, total=total, limit=limit, offset=offset)
+
+
+@v1.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(_job(job_id))
+
+
+@v1.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    job = _job(job_id)
+    if job["state"] in TERMINAL:
+        raise Conflict(f"job {job_id} is already {job['state']}")
+    return jsonify(runtime.job_store().cancel(job_id))
+
+
+@v1.get("/models")
+def list_models():
+    storage = runtime.storage()
+    return jsonify(models=[
+        {"name": name, "current_version": registry.current_version(storage, name)}
+        for name in registry.list_models(storage)
+    ])
+
+
+@v1.get("/models/<name>")
+def get_model(name: str):
+    storage = runtime.storage()
+    try:
+        versions = registry.list_versions(storage, name)
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    if not versions:
+        raise NotFound(f"no model named {name}")
+    return jsonify(name=name, current_version=registry.current_version(storage, name), versions=versions)
+
+
+def _parse(schema: type[BaseModel]) -> BaseModel:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
+    try:
+        return schema.model_validate(body)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+        raise BadRequest(f"invalid request: {problems}") from None
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if len(key) > 255:
+        raise BadRequest("Idempotency-Key must be at most 255 characters")
+    return key or None
+
+
+def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"{name} must be between {low} and {high}" if high else f"{name} must be at least {low}")
+    return value
+
+
+def _job(job_id: str) -> dict:
+    try:
+        return runtime.job_store().get(job_id)
+    except JobNotFound as err:
+        raise NotFound(str(err)) from None
