@@ -54,7 +54,8 @@ def read_manifest(storage: Storage, key: str) -> list[Item]:
 
 
 def manifest_jsonl(items: list[Item]) -> bytes:
-    return "".join(json.dumps({"key": i.key, "label": i.label}) + "\n" for i in sorted(items, key=lambda i: i.key)).encode()
+    lines = (json.dumps({"key": i.key, "label": i.label}) + "\n" for i in sorted(items, key=lambda i: i.key))
+    return "".join(lines).encode()
 
 
 def manifest_hash(items: list[Item]) -> str:

@@ -1,0 +1,155 @@
+"""The main job, end to end: train on LFW, bulk-recognise held-out photos, print where everything is.
+
+    python -m workers.demo [--min-photos 20] [--holdout 0.2]
+
+Takes the LFW people with at least --min-photos photos from the shared datasets folder, copies them
+into storage (a training prefix with one folder per person, and an inbox of held-out photos),
+starts a Celery worker unless --no-worker, and submits both jobs through the same path as the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.dataset import Item, stratified_split
+from workers import runtime
+from workers.jobs import SUCCEEDED, TERMINAL
+from workers.submit import RecognitionRequest, TrainingRequest, submit_recognition, submit_training
+
+LFW_HOME = "http://vis-www.cs.umass.edu/lfw/"
+
+
+def lfw_people(lfw: Path, min_photos: int) -> list[Item]:
+    items = []
+    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= min_photos:
+            items.extend(Item(str(photo), person.name) for photo in photos)
+    return items
+
+
+def copy_into_storage(storage, items: list[Item], prefix: str, by_person: bool) -> dict[str, str]:
+    """Copy photos into storage (skipping those already there); returns storage key -> person."""
+    keys = {}
+    for item in tqdm(items, desc=f"copying to {prefix}", unit="photo", leave=False):
+        name = Path(item.key).name
+        key = f"{prefix}/{item.label}/{name}" if by_person else f"{prefix}/{name}"
+        if not storage.exists(key):
+            storage.put(key, Path(item.key).read_bytes())
+        keys[key] = item.label
+    return keys
+
+
+def wait(job: dict, description: str) -> dict:
+    """Poll a job until it finishes, showing its progress."""
+    jobs = runtime.job_store()
+    with tqdm(desc=description, unit="photo") as bar:
+        while True:
+            job = jobs.get(job["id"])
+            progress = job["progress"]
+            if progress["total"]:
+                bar.total = progress["total"]
+                bar.n = progress["done"]
+                bar.refresh()
+            if job["state"] in TERMINAL:
+                return job
+            time.sleep(1)
+
+
+def start_worker() -> subprocess.Popen:
+    settings = runtime.settings()
+    queues = f"{settings.queue_gpu},{settings.queue_default}"
+    # The child keeps its own copy of the log's file descriptor once started.
+    with open(settings.data_dir / "demo-worker.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-c", "1",
+             "--loglevel", "INFO", "-n", f"demo-{os.getpid()}@%h"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+
+
+def bulk_accuracy(storage, results_key: str, truth: dict[str, str]) -> float:
+    """Share of photos whose largest face was named as the right person."""
+    correct = 0
+    for line in storage.get(results_key).decode().splitlines():
+        result = json.loads(line)
+        faces = result.get("faces") or []
+        correct += bool(faces) and faces[0]["identity"] == truth[result["key"]]
+    return correct / len(truth)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-photos", type=int, default=20, help="people with at least this many photos")
+    parser.add_argument("--holdout", type=float, default=0.2, help="share of each person's photos kept aside")
+    parser.add_argument("--model", default="lfw")
+    parser.add_argument("--no-worker", action="store_true", help="use workers that are already running")
+    args = parser.parse_args()
+
+    settings = runtime.settings()
+    lfw = settings.datasets_dir / "lfw-deepfunneled"
+    if not lfw.is_dir():
+        print(f"LFW not found: looked in {lfw}.\nGet it with `make data` (needs internet; from {LFW_HOME}) "
+              "or set FACEREC_DATASETS to the folder that holds lfw-deepfunneled/.", file=sys.stderr)
+        return 2
+    storage = runtime.storage()
+    print(f"storage: {storage.describe()}   broker: {'embedded (SQLite)' if settings.embedded else 'Redis'}")
+
+    items = lfw_people(lfw, args.min_photos)
+    train_items, aside, _ = stratified_split(items, args.holdout, seed=0)
+    print(f"LFW people with at least {args.min_photos} photos: {len({i.label for i in items})} people, "
+          f"{len(items)} photos; training on {len(train_items)}, {len(aside)} kept aside for the bulk job")
+    dataset_prefix, inbox_prefix = f"datasets/lfw{args.min_photos}", f"inbox/lfw{args.min_photos}"
+    copy_into_storage(storage, train_items, dataset_prefix, by_person=True)
+    truth = copy_into_storage(storage, aside, inbox_prefix, by_person=False)
+
+    worker = None if args.no_worker else start_worker()
+    try:
+        started = time.perf_counter()
+        job, _ = submit_training(TrainingRequest(model=args.model, dataset_prefix=dataset_prefix))
+        job = wait(job, "training: embedding photos")
+        if job["state"] != SUCCEEDED:
+            print(f"training job {job['id']} {job['state']}: {job['error']}", file=sys.stderr)
+            return 1
+        trained = job["result"]
+        print(f"trained model {trained['model']} version {trained['version']} "
+              f"in {time.perf_counter() - started:.0f} s")
+        metrics = trained["metrics"]
+        print(f"evaluation on {metrics['images']} validation photos: accuracy {metrics['accuracy']:.4f}, "
+              f"macro precision {metrics['macro_precision']:.4f}, recall {metrics['macro_recall']:.4f}, "
+              f"F1 {metrics['macro_f1']:.4f}")
+
+        started = time.perf_counter()
+        job, _ = submit_recognition(RecognitionRequest(model=args.model, input_prefix=inbox_prefix))
+        job = wait(job, "bulk recognition")
+        if job["state"] != SUCCEEDED:
+            print(f"recognition job {job['id']} {job['state']}: {job['error']}", file=sys.stderr)
+            return 1
+        result = job["result"]
+        seconds = time.perf_counter() - started
+        print(f"bulk job {job['id']}: {result['images']} photos in {seconds:.0f} s "
+              f"({result['images'] / seconds:.1f} photos/s), {result['faces']} faces, "
+              f"{result['unknown_faces']} unknown, {result['errors']} errors")
+        print(f"bulk accuracy (largest face named correctly): {bulk_accuracy(storage, result['results'], truth):.4f}")
+        where = storage.describe()
+        print(f"evaluation report: {where}/{trained['report']}")
+        print(f"predictions:       {where}/{result['results']}")
+        print(f"summary:           {where}/{result['summary']}")
+        return 0
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
