@@ -52,7 +52,8 @@ class Storage(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Yield every key that starts with prefix, in lexicographic order."""
+        """Yield every key that starts with prefix, in the backend's order (sort if order matters:
+        AWS and local disk list lexicographically, SeaweedFS folder by folder)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -89,9 +90,16 @@ class LocalStorage(Storage):
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put(self, key: str, data: bytes) -> None:
+    def _make_parent(self, key: str) -> Path:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StorageError(f"cannot write {key}: part of its path is an object on local storage") from None
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._make_parent(key)
         # Write to a temporary file then rename, so readers never see half an object.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -103,8 +111,7 @@ class LocalStorage(Storage):
             raise
 
     def put_new(self, key: str, data: bytes) -> bool:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self._make_parent(key)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -190,6 +197,18 @@ class S3Storage(Storage):
     def put(self, key: str, data: bytes) -> None:
         # upload_fileobj switches to multipart above the threshold.
         self.client.upload_fileobj(io.BytesIO(data), self.bucket, check_key(key), Config=self.transfer)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            # A conditional write: the server refuses it if the key exists, so one writer wins.
+            self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise StorageError(f"cannot write {key}: {err}") from err
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.client.upload_file(str(path), self.bucket, check_key(key), Config=self.transfer)

@@ -103,7 +103,8 @@ def _input_keys(job: dict) -> list[str]:
         keys = [line.strip() for line in lines if line.strip()]
     else:
         prefix = params["input_prefix"].rstrip("/") + "/"
-        keys = [k for k in storage.list(prefix) if not k.startswith(_output_prefix(job) + "/")]
+        # Sorted: backends list in different orders, and a plan should not depend on the backend.
+        keys = sorted(k for k in storage.list(prefix) if not k.startswith(_output_prefix(job) + "/"))
     return list(dict.fromkeys(keys))  # each photo once, in input order
 
 
