@@ -60,6 +60,17 @@ class FaceDetector:
         return results
 
 
+def main_face(faces: list[Face], width: int, height: int) -> int | None:
+    """Index of the photo's subject: the largest face whose box holds the photo's centre, else the
+    largest face (a labelled or portrait photo centres its subject; bystanders can be larger)."""
+    if not faces:
+        return None
+    centred = [i for i, f in enumerate(faces)
+               if f.box[0] <= width / 2 <= f.box[0] + f.box[2] and f.box[1] <= height / 2 <= f.box[1] + f.box[3]]
+    candidates = centred or range(len(faces))
+    return max(candidates, key=lambda i: faces[i].box[2] * faces[i].box[3])
+
+
 def _face_from_row(row: np.ndarray) -> Face:
     # mtcnn's numpy rows: image index, x, y, width, height, score, the 5 landmarks' x, then their y.
     x, y, width, height = (float(v) for v in row[1:5])

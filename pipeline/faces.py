@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.align import align_face
 from pipeline.decode import ImageError, decode_image
-from pipeline.detect import Face, FaceDetector
+from pipeline.detect import Face, FaceDetector, main_face
 from pipeline.embed import EMBEDDING_SIZE
 
 
@@ -22,6 +22,11 @@ class PhotoFaces:
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_SIZE), np.float32))
     size: tuple[int, int] | None = None  # (width, height)
     error: str | None = None
+
+    @property
+    def main_face(self) -> int | None:
+        """Index of the photo's subject among faces (see detect.main_face)."""
+        return main_face(self.faces, *self.size) if self.size else None
 
 
 class FacePipeline:

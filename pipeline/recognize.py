@@ -34,6 +34,7 @@ def recognize(faces: FacePipeline, model: LoadedModel, photos: list[tuple[str, b
         else:
             predictions = model.classifier.predict(photo.embeddings)
             result["width"], result["height"] = photo.size
+            result["main_face"] = photo.main_face
             result["faces"] = [
                 {**face.to_json(), "identity": p.label, "confidence": round(p.confidence, 4),
                  "similarity": round(p.similarity, 4), "best_guess": p.best_guess}

@@ -40,7 +40,7 @@ class EmbeddedPhotos:
 
 def embed_items(storage: Storage, faces: FacePipeline, items: list[Item], batch_size: int,
                 on_progress: Callable[[int], None] = lambda done: None) -> EmbeddedPhotos:
-    """Embed the largest face of every photo, batch by batch; photos without a usable face are listed."""
+    """Embed the subject's face in every photo, batch by batch; photos without a usable face are listed."""
     kept, vectors, no_face, several, errors = [], [], [], [], {}
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
@@ -62,7 +62,7 @@ def embed_items(storage: Storage, faces: FacePipeline, items: list[Item], batch_
                 if len(found.faces) > 1:
                     several.append(item.key)
                 kept.append(item)
-                vectors.append(found.embeddings[0])  # faces come largest first
+                vectors.append(found.embeddings[found.main_face])
         on_progress(min(start + batch_size, len(items)))
     embeddings = np.stack(vectors) if vectors else np.zeros((0, 128), np.float32)
     return EmbeddedPhotos(kept, embeddings, no_face, several, errors)

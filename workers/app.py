@@ -47,5 +47,6 @@ app.conf.update(
 
 @worker_process_init.connect
 def load_models(**_kwargs) -> None:
-    """Load the face pipeline in each worker child before its first task, not during one."""
-    runtime.face_pipeline()
+    """Load the face pipeline in each GPU-queue worker child before its first task, not during one."""
+    if settings.queue_gpu in app.amqp.queues.consume_from:
+        runtime.face_pipeline()

@@ -78,12 +78,12 @@ def start_worker() -> subprocess.Popen:
 
 
 def bulk_accuracy(storage, results_key: str, truth: dict[str, str]) -> float:
-    """Share of photos whose largest face was named as the right person."""
+    """Share of photos whose subject (main face) was named as the right person."""
     correct = 0
     for line in storage.get(results_key).decode().splitlines():
         result = json.loads(line)
-        faces = result.get("faces") or []
-        correct += bool(faces) and faces[0]["identity"] == truth[result["key"]]
+        if result.get("main_face") is not None:
+            correct += result["faces"][result["main_face"]]["identity"] == truth[result["key"]]
     return correct / len(truth)
 
 
@@ -139,7 +139,7 @@ def main() -> int:
         print(f"bulk job {job['id']}: {result['images']} photos in {seconds:.0f} s "
               f"({result['images'] / seconds:.1f} photos/s), {result['faces']} faces, "
               f"{result['unknown_faces']} unknown, {result['errors']} errors")
-        print(f"bulk accuracy (largest face named correctly): {bulk_accuracy(storage, result['results'], truth):.4f}")
+        print(f"bulk accuracy (main face named correctly): {bulk_accuracy(storage, result['results'], truth):.4f}")
         where = storage.describe()
         print(f"evaluation report: {where}/{trained['report']}")
         print(f"predictions:       {where}/{result['results']}")

@@ -1,0 +1,237 @@
+"""dlib's face-recognition ResNet (dlib_face_recognition_resnet_model_v1) in Keras.
+
+The topology is dlib's `anet_type` from tools/python/src/face_recognition.cpp; the weights
+are converted from the .dat file shipped in the `face_recognition_models` package, once,
+and cached as Keras weights. The network maps a 150x150 RGB face chip, aligned the way
+dlib.get_face_chip cuts it, to a 128-d descriptor; descriptors of the same person lie
+within about 0.6 (Euclidean) of each other.
+
+Three details of dlib that a straight port gets wrong:
+- dlib pads a convolution by k//2 only at stride 1; at stride 2 it does not pad at all,
+  which is not Keras "same" padding. Every pooling layer here pads nothing either.
+- In a downsampling block the shortcut is a 2x2/2 average pool of the block's input, with
+  its missing channels taken as zeros.
+- dlib adds tensors of different sizes by zero-filling each to the larger size (channels at
+  the end, rows at the bottom, columns at the right). The last two downsampling blocks
+  rely on it: their convolution path comes out one row and column smaller than the
+  shortcut.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import face_recognition_models
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.dlib_format import DlibLayer, read_network
+
+# Part of the cache file name: bump it whenever the conversion changes, so that weights
+# converted by an older converter are never loaded.
+CONVERTER_VERSION = 1
+
+CHIP_SIZE = 150
+DESCRIPTOR_SIZE = 128
+# input_rgb_image_sized subtracts these per-channel means (R, G, B) and divides by 256.
+RGB_MEANS = np.array([122.782, 117.001, 104.298], dtype=np.float32)
+INPUT_SCALE = np.float32(256.0)
+
+# (filters, downsamples) of each residual block, input to output: dlib's alevel4 .. alevel0.
+RESIDUAL_BLOCKS = (
+    [(32, False)] * 3
+    + [(64, True)] + [(64, False)] * 3
+    + [(128, True)] + [(128, False)] * 2
+    + [(256, True)] + [(256, False)] * 2
+    + [(256, True)]
+)
+
+
+class Affine(keras.layers.Layer):
+    """dlib's affine layer: per-channel gamma * x + beta, what batch norm becomes at inference."""
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+    def call(self, inputs):
+        return inputs * self.gamma + self.beta
+
+
+class ZeroPadChannels(keras.layers.Layer):
+    """Appends all-zero channels, as dlib's add does for the tensor with fewer channels."""
+
+    def __init__(self, extra_channels: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extra_channels = extra_channels
+
+    def call(self, inputs):
+        return keras.ops.pad(inputs, [[0, 0], [0, 0], [0, 0], [0, self.extra_channels]])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "extra_channels": self.extra_channels}
+
+
+def _conv(x, filters: int, size: int, stride: int, name: str):
+    # At stride 1 dlib pads k//2 on every side, which for odd k is exactly Keras "same";
+    # at any other stride dlib pads nothing ("valid").
+    padding = "same" if stride == 1 else "valid"
+    return keras.layers.Conv2D(filters, size, strides=stride, padding=padding, name=name)(x)
+
+
+def _pad_to(x, height: int, width: int, channels: int, name: str):
+    """Zero-fill x at the bottom, right and in trailing channels up to the given size."""
+    _, x_height, x_width, x_channels = x.shape
+    if (x_height, x_width) != (height, width):
+        padding = ((0, height - x_height), (0, width - x_width))
+        x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad_spatial")(x)
+    if x_channels != channels:
+        x = ZeroPadChannels(channels - x_channels, name=f"{name}_pad_channels")(x)
+    return x
+
+
+def _residual_block(x, filters: int, downsample: bool, name: str):
+    """dlib's ares / ares_down: relu(block(x) + shortcut(x))."""
+    stride = 2 if downsample else 1
+    y = _conv(x, filters, 3, stride, f"{name}_conv_a")
+    y = Affine(name=f"{name}_affine_a")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu_a")(y)
+    y = _conv(y, filters, 3, 1, f"{name}_conv_b")
+    y = Affine(name=f"{name}_affine_b")(y)
+
+    shortcut = x
+    if downsample:
+        shortcut = keras.layers.AveragePooling2D(2, strides=2, name=f"{name}_skip_pool")(x)
+    height = max(y.shape[1], shortcut.shape[1])
+    width = max(y.shape[2], shortcut.shape[2])
+    channels = max(y.shape[3], shortcut.shape[3])
+    y = _pad_to(y, height, width, channels, f"{name}_block")
+    shortcut = _pad_to(shortcut, height, width, channels, f"{name}_skip")
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu")(y)
+
+
+def _block_names() -> list[str]:
+    """Names like block_32_1, block_64_down_1, block_64_1, ..., numbered per kind and width."""
+    counts: dict[tuple[int, bool], int] = {}
+    names = []
+    for filters, downsample in RESIDUAL_BLOCKS:
+        counts[filters, downsample] = counts.get((filters, downsample), 0) + 1
+        kind = "down_" if downsample else ""
+        names.append(f"block_{filters}_{kind}{counts[filters, downsample]}")
+    return names
+
+
+def build_face_resnet() -> keras.Model:
+    """The network with untrained weights: (None, 150, 150, 3) scaled chips -> (None, 128)."""
+    inputs = keras.Input((CHIP_SIZE, CHIP_SIZE, 3), dtype="float32", name="chips")
+    x = _conv(inputs, 32, 7, 2, "conv1")
+    x = Affine(name="conv1_affine")(x)
+    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    for (filters, downsample), name in zip(RESIDUAL_BLOCKS, _block_names(), strict=True):
+        x = _residual_block(x, filters, downsample, name)
+    x = keras.layers.GlobalAveragePooling2D(name="global_avg_pool")(x)
+    outputs = keras.layers.Dense(DESCRIPTOR_SIZE, use_bias=False, name="embedding")(x)
+    return keras.Model(inputs, outputs, name="dlib_face_resnet_v1")
+
+
+def _dlib_layer_kinds() -> list[str]:
+    """The kinds of dlib's layers, input to output, that anet_type serializes."""
+    kinds = ["con", "affine", "relu", "max_pool"]
+    for _, downsample in RESIDUAL_BLOCKS:
+        kinds += ["con", "affine", "relu", "con", "affine"]
+        kinds += ["avg_pool", "add_prev", "relu"] if downsample else ["add_prev", "relu"]
+    return kinds + ["avg_pool", "fc"]
+
+
+def _check_conv_geometry(dlib_conv: DlibLayer, keras_conv: keras.layers.Conv2D) -> None:
+    config = dlib_conv.config
+    size, stride = keras_conv.kernel_size[0], keras_conv.strides[0]
+    padding = size // 2 if keras_conv.padding == "same" else 0
+    expected = {"nr": size, "nc": size, "stride_y": stride, "stride_x": stride,
+                "padding_y": padding, "padding_x": padding, "use_relu": False}
+    found = {key: config[key] for key in expected}
+    if found != expected:
+        raise ValueError(f"{keras_conv.name}: dlib has {found}, the Keras model assumes {expected}")
+
+
+def convert_dlib_weights(model: keras.Model, dat_path: str | Path) -> None:
+    """Copy the weights of dlib's .dat file into a model from build_face_resnet()."""
+    network = read_network(dat_path)
+    kinds = [layer.kind for layer in network.layers]
+    if kinds != _dlib_layer_kinds():
+        raise ValueError(f"{dat_path} does not hold the network build_face_resnet() builds")
+    means = [network.input.config[key] for key in ("avg_red", "avg_green", "avg_blue")]
+    if not np.allclose(means, RGB_MEANS):
+        raise ValueError(f"{dat_path} expects input means {means}, not {RGB_MEANS.tolist()}")
+
+    dlib_layers = [layer for layer in network.layers if layer.params]
+    keras_layers = [layer for layer in model.layers if layer.weights]
+    for dlib_layer, keras_layer in zip(dlib_layers, keras_layers, strict=True):
+        if dlib_layer.kind == "con":
+            _check_conv_geometry(dlib_layer, keras_layer)
+            # dlib stores filters as (out, in, rows, cols); Keras wants (rows, cols, in, out).
+            kernel = dlib_layer.params["filters"].transpose(2, 3, 1, 0)
+            keras_layer.set_weights([kernel, dlib_layer.params["biases"]])
+        elif dlib_layer.kind == "affine":
+            keras_layer.set_weights([dlib_layer.params["gamma"], dlib_layer.params["beta"]])
+        else:
+            keras_layer.set_weights([dlib_layer.params["weights"]])
+
+
+def load_face_resnet(cache_dir: str | Path) -> keras.Model:
+    """The network with dlib's trained weights, converted on first use and cached in cache_dir."""
+    cache_dir = Path(cache_dir)
+    cache_path = cache_dir / f"face_resnet_v{CONVERTER_VERSION}.weights.h5"
+    model = build_face_resnet()
+    if cache_path.exists():
+        model.load_weights(cache_path)
+        return model
+
+    convert_dlib_weights(model, face_recognition_models.face_recognition_model_location())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary file and rename it, so that a crash or a concurrent worker never
+    # leaves a half-written cache behind. Keras insists on the .weights.h5 suffix.
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".tmp_", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp_name)
+        os.replace(tmp_name, cache_path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return model
+
+
+def preprocess_chips(chips: np.ndarray) -> np.ndarray:
+    """uint8 RGB chips (n, 150, 150, 3) -> float32 network input, exactly as dlib scales them."""
+    # Subtracting in float32 and dividing by a power of two reproduces dlib's rounding.
+    return (chips.astype(np.float32) - RGB_MEANS) / INPUT_SCALE
+
+
+class FaceResNetEmbedder:
+    """Batched 128-d face descriptors for aligned 150x150 RGB chips."""
+
+    def __init__(self, cache_dir: str | Path, batch_size: int = 64) -> None:
+        self.model = load_face_resnet(cache_dir)
+        self.batch_size = batch_size
+        # A fixed signature with an open batch dimension: one trace serves every batch size.
+        self._forward = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec((None, CHIP_SIZE, CHIP_SIZE, 3), tf.float32)],
+        )
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """uint8 RGB chips (n, 150, 150, 3) -> float32 descriptors (n, 128)."""
+        if len(chips) == 0:
+            return np.zeros((0, DESCRIPTOR_SIZE), dtype=np.float32)
+        batches = [
+            self._forward(preprocess_chips(chips[start : start + self.batch_size])).numpy()
+            for start in range(0, len(chips), self.batch_size)
+        ]
+        return np.concatenate(batches)

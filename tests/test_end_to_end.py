@@ -1,0 +1,252 @@
+"""The whole system with real parts: the HTTP API, Celery workers, Redis and SeaweedFS.
+
+Trains on 5 LFW people x 10 photos through the API, then runs a bulk recognition job over other
+photos of them, photos of a person never trained, and a broken file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.storage import S3Storage
+
+REPO = Path(__file__).resolve().parents[1]
+PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Gerhard_Schroeder", "Tony_Blair"]
+STRANGER = "Jennifer_Aniston"
+API_KEY = "test-key"
+TIMEOUT_S = 600
+KNOWN_ACCURACY_BAR = 0.9  # 9 of 10 held-out photos of trained people; dlib's descriptor gets all 10 here
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, redis_url, seaweedfs):
+    """A running system: API server, a GPU-queue worker and a default-queue worker, on Redis and S3."""
+    bucket = f"e2e-{uuid.uuid4().hex[:12]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "REDIS_URL": redis_url,
+        "S3_ENDPOINT_URL": seaweedfs["endpoint_url"],
+        "S3_ACCESS_KEY_ID": seaweedfs["access_key_id"],
+        "S3_SECRET_ACCESS_KEY": seaweedfs["secret_access_key"],
+        "S3_BUCKET": bucket,
+        "FACEREC_API_KEYS": f"other-key,{API_KEY}",
+        "FACEREC_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "FACEREC_CHUNK_SIZE": "4",  # several chunk tasks for a dozen photos
+    }
+    storage = S3Storage(bucket, seaweedfs["endpoint_url"], seaweedfs["access_key_id"],
+                        seaweedfs["secret_access_key"])
+    storage.ensure_bucket()
+    logs = tmp_path_factory.mktemp("logs")
+    port = free_port()
+    commands = {
+        "api": [sys.executable, "-m", "flask", "--app", "api:create_app()", "run", "--port", str(port)],
+        "gpu-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu", "-c", "1",
+                       "-n", f"gpu-{bucket}@%h", "--loglevel", "INFO"],
+        "default-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default",
+                           "-c", "1", "-n", f"default-{bucket}@%h", "--loglevel", "INFO"],
+    }
+    processes = {}
+    for name, command in commands.items():
+        with open(logs / f"{name}.log", "wb") as log:
+            processes[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+
+    def api_up():
+        try:
+            return requests.get(f"{base}/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(api_up, 60, "the API to answer")
+        yield {"base": base, "storage": storage, "logs": logs}
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for name, process in processes.items():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            print(f"--- {name} log tail ---\n" + (logs / f"{name}.log").read_text()[-3000:])
+        for key in storage.list():
+            storage.delete(key)
+
+
+def call(system, method: str, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
+    headers = kwargs.pop("headers", {})
+    if key is not None:
+        headers["X-API-Key"] = key
+    return requests.request(method, f"{system['base']}{path}", headers=headers, timeout=30, **kwargs)
+
+
+def wait_for_job(system, job_id: str) -> dict:
+    def finished():
+        job = call(system, "GET", f"/jobs/{job_id}").json()
+        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(finished, TIMEOUT_S, f"job {job_id}")
+
+
+@pytest.fixture(scope="module")
+def photos(system, lfw_dir):
+    """Upload 10 training photos per person, and an inbox of 2 other photos each, a stranger and a broken file."""
+    storage = system["storage"]
+    truth = {}
+    for person in PEOPLE:
+        files = sorted((lfw_dir / person).glob("*.jpg"))
+        for path in files[:10]:
+            storage.put(f"datasets/five/{person}/{path.name}", path.read_bytes())
+        for path in files[10:12]:
+            storage.put(f"inbox/{path.name}", path.read_bytes())
+            truth[f"inbox/{path.name}"] = person
+    for path in sorted((lfw_dir / STRANGER).glob("*.jpg"))[:2]:
+        storage.put(f"inbox/{path.name}", path.read_bytes())
+        truth[f"inbox/{path.name}"] = STRANGER
+    storage.put("inbox/broken.jpg", (lfw_dir / PEOPLE[0] / f"{PEOPLE[0]}_0001.jpg").read_bytes()[:700])
+    truth["inbox/broken.jpg"] = None
+    return truth
+
+
+@pytest.fixture(scope="module")
+def trained(system, photos):
+    response = call(system, "POST", "/jobs/training", json={"model": "five", "dataset_prefix": "datasets/five"})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(system, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_health_needs_no_key(system):
+    response = call(system, "GET", "/health", key=None)
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key", ""])
+def test_requests_without_a_valid_key_are_refused(system, key):
+    for method, path in [("GET", "/jobs"), ("GET", "/models"), ("POST", "/jobs/training")]:
+        response = call(system, method, path, key=key, json={"dataset_prefix": "datasets/five"})
+        assert response.status_code == 401, (method, path, response.text)
+        assert "API key" in response.json()["error"]
+
+
+def test_invalid_submissions_get_400_naming_the_problem(system):
+    cases = [
+        ({"model": "five"}, "exactly one of input_prefix and input_manifest"),
+        ({"model": "five", "input_prefix": "../etc"}, "'..'"),
+        ({"model": "bad name!", "input_prefix": "inbox"}, "model"),
+        ({"model": "five", "input_prefix": "inbox", "colour": "red"}, "colour"),
+    ]
+    for body, message in cases:
+        response = call(system, "POST", "/jobs/recognition", json=body)
+        assert response.status_code == 400, body
+        assert message in response.json()["error"], response.json()
+    response = call(system, "POST", "/jobs/recognition", data="not json")
+    assert response.status_code == 400 and "JSON object" in response.json()["error"]
+
+
+def test_unknown_job_and_model_ids_get_404(system):
+    assert call(system, "GET", "/jobs/0123456789abcdef").status_code == 404
+    assert call(system, "GET", "/jobs/not-an-id").status_code == 404
+    assert call(system, "GET", "/models/nobody").status_code == 404
+
+
+def test_training_job_publishes_a_model_version_with_its_report(system, trained):
+    result = trained["result"]
+    assert trained["progress"]["done"] == trained["progress"]["total"] == 50
+    assert result["metrics"]["accuracy"] >= 0.8
+    storage = system["storage"]
+    report = storage.get_json(result["report"])
+    assert report["dataset"]["people"] == 5 and report["dataset"]["photos"] == 50
+    assert set(report["evaluation"]) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1", "confusion_matrix"}
+    assert storage.get(f"{result['model_prefix']}/confusion_matrix.png").startswith(b"\x89PNG")
+    model = call(system, "GET", "/models/five").json()
+    assert model["current_version"] == result["version"]
+    assert [v["version"] for v in model["versions"]] == [result["version"]]
+
+
+def test_bulk_recognition_names_known_people_rejects_strangers_and_reports_broken_files(system, photos, trained):
+    body = {"model": "five", "input_prefix": "inbox"}
+    response = call(system, "POST", "/jobs/recognition", json=body, headers={"Idempotency-Key": "inbox-run-1"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    again = call(system, "POST", "/jobs/recognition", json=body, headers={"Idempotency-Key": "inbox-run-1"})
+    assert again.status_code == 200 and again.json()["id"] == job_id
+
+    job = wait_for_job(system, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["progress"] == {"done": len(photos), "total": len(photos)}
+    storage = system["storage"]
+    lines = [json.loads(line) for line in storage.get(job["result"]["results"]).decode().splitlines()]
+
+    assert sorted(r["key"] for r in lines) == sorted(photos), "every input photo exactly once"
+    by_key = {r["key"]: r for r in lines}
+    assert all(r["model"] == "five" and r["model_version"] == trained["result"]["version"] for r in lines)
+
+    known = [k for k, person in photos.items() if person in PEOPLE]
+    def subject(key: str) -> str | None:
+        result = by_key[key]
+        return None if result["main_face"] is None else result["faces"][result["main_face"]]["identity"]
+
+    correct = sum(subject(k) == photos[k] for k in known)
+    print(f"known-person accuracy: {correct}/{len(known)}")
+    assert correct / len(known) >= KNOWN_ACCURACY_BAR
+
+    for key in (k for k, person in photos.items() if person == STRANGER):
+        assert subject(key) == "unknown", (key, by_key[key]["faces"])
+
+    broken = by_key["inbox/broken.jpg"]
+    assert "faces" not in broken and ("truncated" in broken["error"] or "corrupt" in broken["error"])
+
+    summary = storage.get_json(job["result"]["summary"])
+    assert summary["images"] == len(photos) and summary["errors"] == 1
+    assert summary["chunks"] == 4  # 13 photos in chunks of 4
+    assert all(summary["timings_ms"][stage] > 0 for stage in ("decode", "detect", "align", "embed"))
+
+
+def test_jobs_are_listed_newest_first_and_filtered(system, trained):
+    listing = call(system, "GET", "/jobs?type=training&state=succeeded").json()
+    assert trained["id"] in [j["id"] for j in listing["jobs"]]
+    assert all(j["type"] == "training" and j["state"] == "succeeded" for j in listing["jobs"])
+    page = call(system, "GET", "/jobs?limit=1").json()
+    assert len(page["jobs"]) == 1 and page["total"] >= 2
+    assert call(system, "GET", "/jobs?state=sleeping").status_code == 400
+
+
+def test_a_cancelled_job_stays_cancelled(system, photos, trained):
+    response = call(system, "POST", "/jobs/training", json={"model": "cancelled", "dataset_prefix": "datasets/five"})
+    job_id = response.json()["id"]
+    cancelled = call(system, "POST", f"/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert call(system, "POST", f"/jobs/{job_id}/cancel").status_code == 409
+    time.sleep(5)  # give the worker time to pick the task up and skip it
+    assert call(system, "GET", f"/jobs/{job_id}").json()["state"] == "cancelled"
+    assert call(system, "GET", "/models/cancelled").status_code == 404
