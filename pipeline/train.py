@@ -70,8 +70,10 @@ def embed_items(storage: Storage, faces: FacePipeline, items: list[Item], batch_
 
 def train_model(storage: Storage, faces: FacePipeline, items: list[Item], model_name: str,
                 params: TrainingParams | None = None,
-                on_progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+                on_progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
     """Train, evaluate and publish a new version of model_name from labelled items.
+
+    on_progress(stage, done, total) is called as photos are embedded and as each later stage starts.
 
     Returns the version record (also written as version.json), holding the metrics and file keys.
     """
@@ -84,7 +86,7 @@ def train_model(storage: Storage, faces: FacePipeline, items: list[Item], model_
 
     ordered = train_items + val_items
     embedded = embed_items(storage, faces, ordered, params.batch_size,
-                           on_progress=lambda done: on_progress(done, len(ordered)))
+                           on_progress=lambda done: on_progress("embedding", done, len(ordered)))
     embed_seconds = time.perf_counter() - started
     train_keys = {i.key for i in train_items}
     is_train = np.array([i.key in train_keys for i in embedded.items], dtype=bool)
@@ -94,6 +96,7 @@ def train_model(storage: Storage, faces: FacePipeline, items: list[Item], model_
     if len(set(y_val)) == 0:
         raise ValueError("no face was found in any validation photo")
 
+    on_progress("fitting", len(ordered), len(ordered))
     classifier = EmbeddingClassifier(params.head).fit(x_train, y_train, x_val, y_val)
 
     # Evaluate on every validation photo: one without a usable face counts as an error.
@@ -103,6 +106,7 @@ def train_model(storage: Storage, faces: FacePipeline, items: list[Item], model_
     predicted = [predicted_by_key.get(i.key, NO_FACE) for i in val_items]
     metrics = evaluate(truth, predicted, classifier.labels_)
 
+    on_progress("publishing", len(ordered), len(ordered))
     version = registry.new_version_id()
     prefix = registry.version_prefix(model_name, version)
     report = {

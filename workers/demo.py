@@ -56,6 +56,8 @@ def wait(job: dict, description: str) -> dict:
         while True:
             job = jobs.get(job["id"])
             progress = job["progress"]
+            if progress.get("stage"):
+                bar.set_description(f"{description}: {progress['stage']}")
             if progress["total"]:
                 bar.total = progress["total"]
                 bar.n = progress["done"]
@@ -116,7 +118,7 @@ def main() -> int:
     try:
         started = time.perf_counter()
         job, _ = submit_training(TrainingRequest(model=args.model, dataset_prefix=dataset_prefix))
-        job = wait(job, "training: embedding photos")
+        job = wait(job, "training")
         if job["state"] != SUCCEEDED:
             print(f"training job {job['id']} {job['state']}: {job['error']}", file=sys.stderr)
             return 1

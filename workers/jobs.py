@@ -135,8 +135,8 @@ class JobStore:
             self._write(job)
             return job
 
-    def set_progress(self, job_id: str, done: int, total: int) -> dict:
-        return self.update(job_id, progress={"done": done, "total": total})
+    def set_progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> dict:
+        return self.update(job_id, progress={"done": done, "total": total, **({"stage": stage} if stage else {})})
 
     def succeed(self, job_id: str, result: dict) -> dict:
         return self.update(job_id, state=SUCCEEDED, result=result, finished_at=now())

@@ -69,10 +69,10 @@ def train(self: JobTask, job_id: str) -> None:
     jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
     jobs.start(job_id)
 
-    def on_progress(done: int, total: int) -> None:
+    def on_progress(stage: str, done: int, total: int) -> None:
         if jobs.is_cancelled(job_id):
             raise JobCancelled
-        jobs.set_progress(job_id, done, total)
+        jobs.set_progress(job_id, done, total, stage)
 
     try:
         items = (read_manifest(storage, params["dataset_manifest"]) if params.get("dataset_manifest")
