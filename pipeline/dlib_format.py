@@ -22,11 +22,13 @@ import numpy as np
 
 # add_layer writes version 2 when its sub-network is another layer and version 3 when it
 # sits directly on the input layer; add_tag_layer and add_skip_layer write version 1.
+# Files from before these versions (add_layer 1, or 2 on the input layer) are not
+# supported: without the network definition they cannot be told apart from tags.
 TAG_OR_SKIP_VERSION = 1
 LAYER_VERSION = 2
 LAYER_ON_INPUT_VERSION = 3
 
-# dlib's layer_mode enum: affine and batch-norm layers work per channel or per element.
+# dlib's layer_mode enum: an affine layer scales per channel ("conv") or per element ("fc").
 _LAYER_MODES = {0: "conv", 1: "fc"}
 
 # float_details marks infinities and NaN with these exponents (dlib/float_details.h).
@@ -127,6 +129,7 @@ class DlibStream:
         shape = tuple(self.read_int() for _ in range(4))
         count = math.prod(shape)
         data = np.frombuffer(self._take(4 * count), dtype="<f4")
+        # astype copies into a writable, native-endian array that no longer pins the file's bytes.
         return data.astype(np.float32).reshape(shape)
 
     def read_alias_tensor(self) -> tuple[int, int, int, int]:

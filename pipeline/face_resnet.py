@@ -76,11 +76,13 @@ class ZeroPadChannels(keras.layers.Layer):
         return {**super().get_config(), "extra_channels": self.extra_channels}
 
 
-def _conv(x, filters: int, size: int, stride: int, name: str):
+def _conv_affine(x, filters: int, size: int, stride: int, name: str, with_affine: bool):
+    """A convolution named `name`, followed by its affine layer `name`_affine."""
     # At stride 1 dlib pads k//2 on every side, which for odd k is exactly Keras "same";
     # at any other stride dlib pads nothing ("valid").
     padding = "same" if stride == 1 else "valid"
-    return keras.layers.Conv2D(filters, size, strides=stride, padding=padding, name=name)(x)
+    x = keras.layers.Conv2D(filters, size, strides=stride, padding=padding, name=name)(x)
+    return Affine(name=f"{name}_affine")(x) if with_affine else x
 
 
 def _pad_to(x, height: int, width: int, channels: int, name: str):
@@ -94,14 +96,12 @@ def _pad_to(x, height: int, width: int, channels: int, name: str):
     return x
 
 
-def _residual_block(x, filters: int, downsample: bool, name: str):
+def _residual_block(x, filters: int, downsample: bool, name: str, with_affine: bool):
     """dlib's ares / ares_down: relu(block(x) + shortcut(x))."""
     stride = 2 if downsample else 1
-    y = _conv(x, filters, 3, stride, f"{name}_conv_a")
-    y = Affine(name=f"{name}_affine_a")(y)
+    y = _conv_affine(x, filters, 3, stride, f"{name}_conv_a", with_affine)
     y = keras.layers.ReLU(name=f"{name}_relu_a")(y)
-    y = _conv(y, filters, 3, 1, f"{name}_conv_b")
-    y = Affine(name=f"{name}_affine_b")(y)
+    y = _conv_affine(y, filters, 3, 1, f"{name}_conv_b", with_affine)
 
     shortcut = x
     if downsample:
@@ -126,15 +126,17 @@ def _block_names() -> list[str]:
     return names
 
 
-def build_face_resnet() -> keras.Model:
-    """The network with untrained weights: (None, 150, 150, 3) scaled chips -> (None, 128)."""
+def build_face_resnet(with_affine: bool = True) -> keras.Model:
+    """The network with untrained weights: (None, 150, 150, 3) scaled chips -> (None, 128).
+
+    with_affine=False leaves out the affine layers, for fold_affine_layers().
+    """
     inputs = keras.Input((CHIP_SIZE, CHIP_SIZE, 3), dtype="float32", name="chips")
-    x = _conv(inputs, 32, 7, 2, "conv1")
-    x = Affine(name="conv1_affine")(x)
+    x = _conv_affine(inputs, 32, 7, 2, "conv1", with_affine)
     x = keras.layers.ReLU(name="conv1_relu")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for (filters, downsample), name in zip(RESIDUAL_BLOCKS, _block_names(), strict=True):
-        x = _residual_block(x, filters, downsample, name)
+        x = _residual_block(x, filters, downsample, name, with_affine)
     x = keras.layers.GlobalAveragePooling2D(name="global_avg_pool")(x)
     outputs = keras.layers.Dense(DESCRIPTOR_SIZE, use_bias=False, name="embedding")(x)
     return keras.Model(inputs, outputs, name="dlib_face_resnet_v1")
@@ -149,12 +151,21 @@ def _dlib_layer_kinds() -> list[str]:
     return kinds + ["avg_pool", "fc"]
 
 
+def _weighted_layer_names() -> list[str]:
+    """Names of the layers that hold weights, in the order dlib stores them."""
+    convs = ["conv1"]
+    for name in _block_names():
+        convs += [f"{name}_conv_a", f"{name}_conv_b"]
+    return [layer for conv in convs for layer in (conv, f"{conv}_affine")] + ["embedding"]
+
+
 def _check_conv_geometry(dlib_conv: DlibLayer, keras_conv: keras.layers.Conv2D) -> None:
+    """Fail unless the file's filter size, stride and padding are the ones the model was built with."""
     config = dlib_conv.config
     size, stride = keras_conv.kernel_size[0], keras_conv.strides[0]
     padding = size // 2 if keras_conv.padding == "same" else 0
     expected = {"nr": size, "nc": size, "stride_y": stride, "stride_x": stride,
-                "padding_y": padding, "padding_x": padding, "use_relu": False}
+                "padding_y": padding, "padding_x": padding, "use_bias": True, "use_relu": False}
     found = {key: config[key] for key in expected}
     if found != expected:
         raise ValueError(f"{keras_conv.name}: dlib has {found}, the Keras model assumes {expected}")
@@ -171,7 +182,7 @@ def convert_dlib_weights(model: keras.Model, dat_path: str | Path) -> None:
         raise ValueError(f"{dat_path} expects input means {means}, not {RGB_MEANS.tolist()}")
 
     dlib_layers = [layer for layer in network.layers if layer.params]
-    keras_layers = [layer for layer in model.layers if layer.weights]
+    keras_layers = [model.get_layer(name) for name in _weighted_layer_names()]
     for dlib_layer, keras_layer in zip(dlib_layers, keras_layers, strict=True):
         if dlib_layer.kind == "con":
             _check_conv_geometry(dlib_layer, keras_layer)
@@ -208,30 +219,59 @@ def load_face_resnet(cache_dir: str | Path) -> keras.Model:
     return model
 
 
+def fold_affine_layers(model: keras.Model) -> keras.Model:
+    """The same network with every affine layer folded into the convolution before it.
+
+    gamma * (W * x + b) + beta == (gamma * W) * x + (gamma * b + beta). That saves a multiply
+    and an add over every activation map (about 10% of the time on a 2-core CPU). Results
+    differ from the unfolded model only by float rounding.
+    """
+    folded = build_face_resnet(with_affine=False)
+    for layer in folded.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = model.get_layer(layer.name).get_weights()
+            gamma, beta = model.get_layer(f"{layer.name}_affine").get_weights()
+            # gamma scales the output channels, the last axis of both kernel and bias.
+            layer.set_weights([kernel * gamma, bias * gamma + beta])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return folded
+
+
+def _scale(chips):
+    """(chips - means) / 256, for float32 chips as a NumPy array or a TensorFlow tensor."""
+    # Subtracting in float32 and dividing by a power of two reproduces dlib's rounding.
+    return (chips - RGB_MEANS) / INPUT_SCALE
+
+
 def preprocess_chips(chips: np.ndarray) -> np.ndarray:
     """uint8 RGB chips (n, 150, 150, 3) -> float32 network input, exactly as dlib scales them."""
-    # Subtracting in float32 and dividing by a power of two reproduces dlib's rounding.
-    return (chips.astype(np.float32) - RGB_MEANS) / INPUT_SCALE
+    return _scale(chips.astype(np.float32))
 
 
 class FaceResNetEmbedder:
     """Batched 128-d face descriptors for aligned 150x150 RGB chips."""
 
     def __init__(self, cache_dir: str | Path, batch_size: int = 64) -> None:
-        self.model = load_face_resnet(cache_dir)
+        self.model = fold_affine_layers(load_face_resnet(cache_dir))
         self.batch_size = batch_size
-        # A fixed signature with an open batch dimension: one trace serves every batch size.
+        # The graph takes the uint8 chips and scales them itself: a quarter of the bytes to
+        # move (to a GPU too), and the scaling runs on TensorFlow's threads. The open batch
+        # dimension lets one trace serve every batch size.
         self._forward = tf.function(
-            lambda x: self.model(x, training=False),
-            input_signature=[tf.TensorSpec((None, CHIP_SIZE, CHIP_SIZE, 3), tf.float32)],
+            self._descriptors,
+            input_signature=[tf.TensorSpec((None, CHIP_SIZE, CHIP_SIZE, 3), tf.uint8)],
         )
+
+    def _descriptors(self, chips: tf.Tensor) -> tf.Tensor:
+        return self.model(_scale(tf.cast(chips, tf.float32)), training=False)
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """uint8 RGB chips (n, 150, 150, 3) -> float32 descriptors (n, 128)."""
         if len(chips) == 0:
             return np.zeros((0, DESCRIPTOR_SIZE), dtype=np.float32)
         batches = [
-            self._forward(preprocess_chips(chips[start : start + self.batch_size])).numpy()
+            self._forward(chips[start : start + self.batch_size]).numpy()
             for start in range(0, len(chips), self.batch_size)
         ]
         return np.concatenate(batches)

@@ -1,0 +1,165 @@
+"""Face descriptors per second: dlib-bin's ResNet against our Keras port, on real LFW faces.
+
+Run as `python -m bench.embedding`. Both sides embed the same 150x150 chips, cut by dlib
+itself (HOG detector, 5-point landmarks, get_face_chip), so only the network is timed.
+The last line printed is a JSON summary, also written to bench/results/embedding.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dlib
+import face_recognition_models
+import keras
+import numpy as np
+
+from config import load_settings
+from pipeline.face_resnet import CHIP_SIZE, FaceResNetEmbedder
+
+CHIP_COUNT = 256
+BATCH_SIZES = (16, 32, 64, 128)
+TIMED_RUNS = 3
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "embedding.json"
+# dlib's chip padding: the share of the face box added on each side, as face_recognition uses.
+CHIP_PADDING = 0.25
+
+
+def cut_chips_with_dlib(lfw_dir: Path, count: int) -> np.ndarray:
+    """Up to `count` aligned uint8 RGB chips (n, 150, 150, 3) cut from LFW photos by dlib.
+
+    One photo per person, people in alphabetical order, so that the chips span many
+    identities; each chip is the first face dlib's HOG detector finds in the photo.
+    """
+    detector = dlib.get_frontal_face_detector()
+    landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+    chips = []
+    seen_people = set()
+    for path in sorted(lfw_dir.glob("*/*.jpg")):
+        if path.parent.name in seen_people:
+            continue
+        image = dlib.load_rgb_image(str(path))
+        faces = detector(image, 1)
+        if not faces:
+            continue
+        seen_people.add(path.parent.name)
+        shape = landmarks(image, faces[0])
+        chips.append(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+        if len(chips) == count:
+            break
+    return np.stack(chips)
+
+
+def dlib_face_model() -> dlib.face_recognition_model_v1:
+    """dlib's own ResNet, the reference implementation."""
+    return dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+
+
+def dlib_descriptors(model: dlib.face_recognition_model_v1, chips: np.ndarray) -> np.ndarray:
+    """dlib's descriptors for aligned chips, in one batch call: float32 (n, 128)."""
+    return np.array(model.compute_face_descriptor(list(chips)), dtype=np.float32)
+
+
+def cosine_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, d) arrays."""
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def gflops_per_face(model: keras.Model) -> float:
+    """Multiply-adds of the convolutions and the dense layer, counted as 2 FLOPs each."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+            flops += 2 * height * width * np.prod(layer.kernel.shape)
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * np.prod(layer.kernel.shape)
+    return float(flops) / 1e9
+
+
+def cpu_peak_gflops() -> float | None:
+    """Rough fp32 peak of this machine: cores * clock * FLOPs per cycle, from /proc/cpuinfo.
+
+    Assumes two FMA units per core, each 8 floats wide with AVX2 (32 FLOPs/cycle) or
+    16 with AVX-512 (64); only a yardstick for how much of the CPU the network uses.
+    """
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
+    if not mhz:
+        return None
+    flops_per_cycle = 64 if "avx512f" in cpuinfo else 32 if "avx2" in cpuinfo else 16
+    return len(os.sched_getaffinity(0)) * max(mhz) / 1000 * flops_per_cycle
+
+
+def best_time(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` wall-clock timings of run(), in seconds."""
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def main() -> None:
+    print(f"Cutting {CHIP_COUNT} chips from LFW with dlib ...")
+    chips = cut_chips_with_dlib(load_settings().datasets_dir / "lfw-deepfunneled", CHIP_COUNT)
+    print(f"  {len(chips)} chips")
+
+    dlib_model = dlib_face_model()
+    start = time.perf_counter()
+    reference = dlib_descriptors(dlib_model, chips)
+    dlib_faces_per_s = len(chips) / (time.perf_counter() - start)
+    print(f"dlib-bin: {dlib_faces_per_s:.1f} faces/s ({1000 / dlib_faces_per_s:.1f} ms/face)")
+
+    # A fresh cache, so that every run also converts the weights from dlib's file.
+    with tempfile.TemporaryDirectory() as cache_dir:
+        embedder = FaceResNetEmbedder(cache_dir)
+    speeds = {}
+    for batch_size in BATCH_SIZES:
+        embedder.batch_size = batch_size
+        embedder.embed(chips[:batch_size])  # warm-up: trace and allocate for this batch size
+        seconds = best_time(lambda: embedder.embed(chips), repeats=TIMED_RUNS)
+        speeds[batch_size] = len(chips) / seconds
+        print(f"ours, batch {batch_size:3d}: {speeds[batch_size]:.1f} faces/s "
+              f"({1000 / speeds[batch_size]:.2f} ms/face)")
+    best_batch_size = max(speeds, key=speeds.get)
+    ours_faces_per_s = speeds[best_batch_size]
+
+    embedder.batch_size = best_batch_size
+    ours = embedder.embed(chips)
+    cosines = cosine_similarities(ours, reference)
+    max_abs_diff = float(np.max(np.abs(ours - reference)))
+    print(f"parity: min cosine {cosines.min():.7f}, max |difference| {max_abs_diff:.2e}")
+
+    gflops = gflops_per_face(embedder.model)
+    peak = cpu_peak_gflops()
+    summary = {
+        "ours_faces_per_s": round(ours_faces_per_s, 2),
+        "dlib_faces_per_s": round(dlib_faces_per_s, 2),
+        "speedup": round(ours_faces_per_s / dlib_faces_per_s, 2),
+        "parity_min_cosine": float(cosines.min()),
+        "parity_max_abs_diff": max_abs_diff,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "best_batch_size": best_batch_size,
+        "gflops_per_face": round(gflops, 3),
+        "cpu_peak_fraction": round(gflops * ours_faces_per_s / peak, 3) if peak else None,
+    }
+    print(f"speed-up {summary['speedup']}x at batch {best_batch_size}; "
+          f"{gflops:.2f} GFLOP/face, {gflops * ours_faces_per_s:.1f} GFLOP/s achieved")
+    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_PATH.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The Keras port of dlib's face ResNet against dlib itself, on real LFW faces."""
+
+import numpy as np
+import pytest
+
+from bench.embedding import cosine_similarities, cut_chips_with_dlib, dlib_descriptors, dlib_face_model
+from pipeline import face_resnet
+from pipeline.face_resnet import (
+    CHIP_SIZE,
+    DESCRIPTOR_SIZE,
+    FaceResNetEmbedder,
+    load_face_resnet,
+    preprocess_chips,
+)
+
+PARITY_CHIP_COUNT = 60
+MIN_COSINE = 0.9999
+
+
+@pytest.fixture(scope="session")
+def lfw_chips(lfw_dir) -> np.ndarray:
+    """Chips cut by dlib from LFW photos of different people."""
+    chips = cut_chips_with_dlib(lfw_dir, PARITY_CHIP_COUNT)
+    assert len(chips) == PARITY_CHIP_COUNT
+    return chips
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("face_resnet_cache")
+
+
+@pytest.fixture(scope="session")
+def embedder(cache_dir) -> FaceResNetEmbedder:
+    # Batches of 16 leave a partial last batch for 60 chips, which the test then covers.
+    return FaceResNetEmbedder(cache_dir, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def dlib_reference(lfw_chips) -> np.ndarray:
+    return dlib_descriptors(dlib_face_model(), lfw_chips)
+
+
+def assert_parity(ours: np.ndarray, reference: np.ndarray, label: str) -> None:
+    cosines = cosine_similarities(ours, reference)
+    print(f"\n{label}, {len(cosines)} faces: min cosine {cosines.min():.7f}, "
+          f"max |difference| {np.max(np.abs(ours - reference)):.2e}")
+    assert cosines.min() >= MIN_COSINE
+
+
+def test_embedder_matches_dlib(lfw_chips, dlib_reference, embedder):
+    ours = embedder.embed(lfw_chips)
+    assert ours.shape == (PARITY_CHIP_COUNT, DESCRIPTOR_SIZE)
+    assert ours.dtype == np.float32
+    assert_parity(ours, dlib_reference, "embedder (affine folded into the convolutions)")
+
+
+def test_unfolded_network_matches_dlib(lfw_chips, dlib_reference, cache_dir):
+    model = load_face_resnet(cache_dir)
+    ours = np.asarray(model(preprocess_chips(lfw_chips), training=False))
+    assert_parity(ours, dlib_reference, "network with dlib's affine layers")
+
+
+def test_empty_input_gives_no_descriptors(embedder):
+    descriptors = embedder.embed(np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8))
+    assert descriptors.shape == (0, DESCRIPTOR_SIZE)
+
+
+def test_converted_weights_are_cached_per_converter_version(tmp_path, monkeypatch):
+    converted = load_face_resnet(tmp_path)
+    cache_file = tmp_path / f"face_resnet_v{face_resnet.CONVERTER_VERSION}.weights.h5"
+    written_at = cache_file.stat().st_mtime_ns
+
+    def refuse_to_read(path):
+        raise AssertionError(f"the cached weights should have been used, not {path}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(face_resnet, "read_network", refuse_to_read)
+        cached = load_face_resnet(tmp_path)
+    assert cache_file.stat().st_mtime_ns == written_at
+    for converted_weights, cached_weights in zip(converted.get_weights(), cached.get_weights(), strict=True):
+        np.testing.assert_array_equal(converted_weights, cached_weights)
+
+    monkeypatch.setattr(face_resnet, "CONVERTER_VERSION", face_resnet.CONVERTER_VERSION + 1)
+    load_face_resnet(tmp_path)
+    new_cache_file = tmp_path / f"face_resnet_v{face_resnet.CONVERTER_VERSION}.weights.h5"
+    # Both versions' files and no leftover temporary file.
+    assert sorted(tmp_path.iterdir()) == sorted([cache_file, new_cache_file])
