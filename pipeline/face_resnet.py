@@ -28,13 +28,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.align import CHIP_SIZE
 from pipeline.dlib_format import DlibLayer, read_network
 
 # Part of the cache file name: bump it whenever the conversion changes, so that weights
 # converted by an older converter are never loaded.
 CONVERTER_VERSION = 1
 
-CHIP_SIZE = 150
 DESCRIPTOR_SIZE = 128
 # input_rgb_image_sized subtracts these per-channel means (R, G, B) and divides by 256.
 RGB_MEANS = np.array([122.782, 117.001, 104.298], dtype=np.float32)
@@ -251,6 +251,8 @@ def preprocess_chips(chips: np.ndarray) -> np.ndarray:
 
 class FaceResNetEmbedder:
     """Batched 128-d face descriptors for aligned 150x150 RGB chips."""
+
+    name = f"dlib_resnet_v1_keras_c{CONVERTER_VERSION}"
 
     def __init__(self, cache_dir: str | Path, batch_size: int = 64) -> None:
         self.model = fold_affine_layers(load_face_resnet(cache_dir))

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.align import align_face
 from pipeline.decode import ImageError, decode_image
 from pipeline.detect import Face, FaceDetector, main_face
-from pipeline.embed import EMBEDDING_SIZE
+from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
 
 
 @dataclass
@@ -19,7 +19,7 @@ class PhotoFaces:
 
     key: str
     faces: list[Face] = field(default_factory=list)
-    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_SIZE), np.float32))
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, DESCRIPTOR_SIZE), np.float32))
     size: tuple[int, int] | None = None  # (width, height)
     error: str | None = None
 
@@ -32,7 +32,7 @@ class PhotoFaces:
 class FacePipeline:
     """Decoding, MTCNN detection, alignment and embedding, batched across photos."""
 
-    def __init__(self, detector: FaceDetector, embedder) -> None:
+    def __init__(self, detector: FaceDetector, embedder: FaceResNetEmbedder) -> None:
         self.detector = detector
         self.embedder = embedder
         self.timings_ms: dict[str, float] = {}
@@ -71,7 +71,7 @@ class FacePipeline:
         self._tick("align", start)
 
         start = time.perf_counter()
-        embeddings = self.embedder.embed(np.stack(chips)) if chips else np.zeros((0, EMBEDDING_SIZE), np.float32)
+        embeddings = self.embedder.embed(np.stack(chips)) if chips else np.zeros((0, DESCRIPTOR_SIZE), np.float32)
         self._tick("embed", start)
 
         owners_array = np.asarray(owners)

@@ -138,10 +138,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def face_pipeline():
-    """One FacePipeline (MTCNN detector, dlib ResNet embedder) shared by the whole session."""
+def face_resnet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder for the converted Keras weights, shared by the session (converting takes a few seconds)."""
+    return tmp_path_factory.mktemp("face-resnet-cache")
+
+
+@pytest.fixture(scope="session")
+def face_pipeline(face_resnet_cache: Path):
+    """One FacePipeline (MTCNN detector, dlib's ResNet in Keras) shared by the whole session."""
     from pipeline.detect import FaceDetector
-    from pipeline.embed import DlibEmbedder
+    from pipeline.face_resnet import FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    return FacePipeline(FaceDetector(), DlibEmbedder())
+    return FacePipeline(FaceDetector(), FaceResNetEmbedder(face_resnet_cache))

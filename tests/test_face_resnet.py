@@ -26,14 +26,9 @@ def lfw_chips(lfw_dir) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("face_resnet_cache")
-
-
-@pytest.fixture(scope="session")
-def embedder(cache_dir) -> FaceResNetEmbedder:
+def embedder(face_resnet_cache) -> FaceResNetEmbedder:
     # Batches of 16 leave a partial last batch for 60 chips, which the test then covers.
-    return FaceResNetEmbedder(cache_dir, batch_size=16)
+    return FaceResNetEmbedder(face_resnet_cache, batch_size=16)
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +50,8 @@ def test_embedder_matches_dlib(lfw_chips, dlib_reference, embedder):
     assert_parity(ours, dlib_reference, "embedder (affine folded into the convolutions)")
 
 
-def test_unfolded_network_matches_dlib(lfw_chips, dlib_reference, cache_dir):
-    model = load_face_resnet(cache_dir)
+def test_unfolded_network_matches_dlib(lfw_chips, dlib_reference, face_resnet_cache):
+    model = load_face_resnet(face_resnet_cache)
     ours = np.asarray(model(preprocess_chips(lfw_chips), training=False))
     assert_parity(ours, dlib_reference, "network with dlib's affine layers")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.embed import EMBEDDING_SIZE
+from pipeline.face_resnet import DESCRIPTOR_SIZE
 from pipeline.faces import FacePipeline, PhotoFaces
 
 SAMPLE_SIZE = 200
@@ -90,7 +90,7 @@ def test_every_face_has_5_landmarks_with_the_eyes_above_the_mouth(sample: list[P
 
 def test_every_face_has_a_finite_128_d_embedding(sample: list[PhotoFaces]) -> None:
     for photo in sample:
-        assert photo.embeddings.shape == (len(photo.faces), EMBEDDING_SIZE), photo.key
+        assert photo.embeddings.shape == (len(photo.faces), DESCRIPTOR_SIZE), photo.key
         assert np.all(np.isfinite(photo.embeddings)), photo.key
         assert np.all(np.linalg.norm(photo.embeddings, axis=1) > 0.1), photo.key  # not a zero vector
 
@@ -193,7 +193,7 @@ def test_broken_photos_get_an_error_and_do_not_disturb_good_photos_in_the_same_b
             words = broken[photo.key][1]
             assert photo.error is not None and any(w in photo.error.lower() for w in words), (photo.key, photo.error)
             assert photo.faces == []
-            assert photo.embeddings.shape == (0, EMBEDDING_SIZE)
+            assert photo.embeddings.shape == (0, DESCRIPTOR_SIZE)
         else:
             expected = alone[photo.key]
             assert photo.error is None

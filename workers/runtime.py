@@ -43,10 +43,10 @@ def job_store() -> JobStore:
 @cache
 def face_pipeline():
     from pipeline.detect import FaceDetector
-    from pipeline.embed import DlibEmbedder
+    from pipeline.face_resnet import FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    return FacePipeline(FaceDetector(), DlibEmbedder())
+    return FacePipeline(FaceDetector(), FaceResNetEmbedder(settings().cache_dir))
 
 
 _models: OrderedDict = OrderedDict()
