@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+import uuid
+
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, Conflict, NotFound
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 from pipeline import registry
-from workers import runtime
+from pipeline.storage import MissingKey
+from workers import runtime, schedules
 from workers.jobs import STATES, TERMINAL, TYPES, JobNotFound
-from workers.submit import RecognitionRequest, TrainingRequest, submit_recognition, submit_training
+from workers.submit import (
+    EnrollRequest,
+    RecognitionRequest,
+    ScheduleRequest,
+    TrainingRequest,
+    submit_enrollment,
+    submit_recognition,
+    submit_training,
+)
 
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -32,6 +43,12 @@ def submit_training_job():
 @v1.post("/jobs/recognition")
 def submit_recognition_job():
     job, created = submit_recognition(_parse(RecognitionRequest), _idempotency_key())
+    return jsonify(job), 202 if created else 200
+
+
+@v1.post("/jobs/enroll")
+def submit_enrollment_job():
+    job, created = submit_enrollment(_parse(EnrollRequest), _idempotency_key())
     return jsonify(job), 202 if created else 200
 
 
@@ -79,6 +96,88 @@ def get_model(name: str):
     if not versions:
         raise NotFound(f"no model named {name}")
     return jsonify(name=name, current_version=registry.current_version(storage, name), versions=versions)
+
+
+@v1.get("/models/<name>/versions/<version>/report")
+def get_report(name: str, version: str):
+    """The version's self-contained HTML report (report.json beside it holds the same figures)."""
+    try:
+        record = registry.get_version(runtime.storage(), name, version)
+        html = runtime.storage().get(record["report_key"].removesuffix(".json") + ".html")
+    except (LookupError, ValueError, MissingKey):
+        raise NotFound(f"no report for model {name} version {version}") from None
+    return Response(html, mimetype="text/html")
+
+
+@v1.post("/models/<name>/promote")
+def promote_version(name: str):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+        raise BadRequest('send {"version": "<version to make current>"}')
+    try:
+        pointer = registry.set_current(runtime.storage(), name, body["version"])
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    except LookupError as err:
+        raise NotFound(str(err)) from None
+    return jsonify(name=name, current_version=pointer["version"], history=pointer["history"])
+
+
+@v1.post("/models/<name>/rollback")
+def roll_back_version(name: str):
+    try:
+        pointer = registry.roll_back(runtime.storage(), name)
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    except LookupError as err:
+        raise Conflict(str(err)) from None
+    return jsonify(name=name, current_version=pointer["version"], history=pointer["history"])
+
+
+@v1.get("/schedules")
+def list_schedules():
+    return jsonify(schedules=schedules.list_schedules())
+
+
+@v1.post("/schedules")
+def create_schedule():
+    try:
+        schedule = schedules.create_schedule(_parse(ScheduleRequest))
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    except RuntimeError as err:
+        raise ServiceUnavailable(str(err)) from None
+    return jsonify(schedule), 201
+
+
+@v1.get("/schedules/<schedule_id>")
+def get_schedule(schedule_id: str):
+    return jsonify(_schedule(schedule_id))
+
+
+@v1.delete("/schedules/<schedule_id>")
+def delete_schedule(schedule_id: str):
+    _schedule(schedule_id)
+    try:
+        schedules.delete_schedule(schedule_id)
+    except RuntimeError as err:
+        raise ServiceUnavailable(str(err)) from None
+    return "", 204
+
+
+@v1.post("/schedules/<schedule_id>/run")
+def run_schedule_now(schedule_id: str):
+    """Run a schedule's training now, as beat would at its next time."""
+    _schedule(schedule_id)
+    job, created = schedules.submit_scheduled_run(schedule_id, f"manual-{_idempotency_key() or uuid.uuid4().hex}")
+    return jsonify(job), 202 if created else 200
+
+
+def _schedule(schedule_id: str) -> dict:
+    try:
+        return schedules.get_schedule(schedule_id)
+    except schedules.ScheduleNotFound as err:
+        raise NotFound(str(err)) from None
 
 
 def _parse(schema: type[BaseModel]) -> BaseModel:

@@ -53,6 +53,15 @@ def read_manifest(storage: Storage, key: str) -> list[Item]:
     return items
 
 
+def load_items(storage: Storage, prefix: str | None = None, manifest: str | None = None) -> list[Item]:
+    """Labelled photos from a JSONL manifest if given, else from a prefix with one folder per person."""
+    if manifest:
+        return read_manifest(storage, manifest)
+    if prefix:
+        return manifest_from_prefix(storage, prefix)
+    raise ValueError("give a dataset prefix or a manifest")
+
+
 def manifest_jsonl(items: list[Item]) -> bytes:
     lines = (json.dumps({"key": i.key, "label": i.label}) + "\n" for i in sorted(items, key=lambda i: i.key))
     return "".join(lines).encode()

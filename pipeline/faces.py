@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.align import align_face
+from pipeline.align import CHIP_SIZE, align_face
 from pipeline.decode import ImageError, decode_image
 from pipeline.detect import Face, FaceDetector, main_face
 from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
@@ -15,10 +15,11 @@ from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
 
 @dataclass
 class PhotoFaces:
-    """What the pipeline found in one photo: its faces and their embeddings, or the error."""
+    """What the pipeline found in one photo: its faces, their aligned chips and embeddings, or the error."""
 
     key: str
     faces: list[Face] = field(default_factory=list)
+    chips: np.ndarray = field(default_factory=lambda: np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8))
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, DESCRIPTOR_SIZE), np.float32))
     size: tuple[int, int] | None = None  # (width, height)
     error: str | None = None
@@ -71,12 +72,14 @@ class FacePipeline:
         self._tick("align", start)
 
         start = time.perf_counter()
-        embeddings = self.embedder.embed(np.stack(chips)) if chips else np.zeros((0, DESCRIPTOR_SIZE), np.float32)
+        if chips:
+            all_chips = np.stack(chips)
+            embeddings = self.embedder.embed(all_chips)
+            owners_array = np.asarray(owners)
+            for index in order:
+                mine = owners_array == index
+                results[index].chips, results[index].embeddings = all_chips[mine], embeddings[mine]
         self._tick("embed", start)
-
-        owners_array = np.asarray(owners)
-        for index in order:
-            results[index].embeddings = embeddings[owners_array == index] if owners else results[index].embeddings
         return results
 
     def _tick(self, stage: str, start: float) -> None:

@@ -68,16 +68,41 @@ def list_models(storage: Storage) -> list[str]:
 
 
 def current_version(storage: Storage, name: str) -> str | None:
-    try:
-        return storage.get_json(f"models/{check_model_name(name)}/current.json")["version"]
-    except MissingKey:
-        return None
+    return _pointer(storage, name).get("version")
 
 
-def set_current(storage: Storage, name: str, version: str) -> None:
-    """Point `current` at an existing version."""
+def set_current(storage: Storage, name: str, version: str) -> dict:
+    """Point `current` at an existing version (promotion), remembering the one it replaces."""
     get_version(storage, name, version)
-    storage.put_json(f"models/{check_model_name(name)}/current.json", {"version": version})
+    pointer = _pointer(storage, name)
+    history = pointer.get("history", [])
+    if pointer.get("version") and pointer["version"] != version:
+        history = history + [pointer["version"]]
+    pointer = {"version": version, "history": history, "updated_at": _now()}
+    storage.put_json(f"models/{check_model_name(name)}/current.json", pointer)
+    return pointer
+
+
+def roll_back(storage: Storage, name: str) -> dict:
+    """Make the version that was current before the present one current again."""
+    pointer = _pointer(storage, name)
+    if not pointer.get("history"):
+        raise LookupError(f"model {name} has no earlier current version to roll back to")
+    previous = pointer["history"][-1]
+    pointer = {"version": previous, "history": pointer["history"][:-1], "updated_at": _now()}
+    storage.put_json(f"models/{check_model_name(name)}/current.json", pointer)
+    return pointer
+
+
+def _pointer(storage: Storage, name: str) -> dict:
+    try:
+        return storage.get_json(f"models/{check_model_name(name)}/current.json")
+    except MissingKey:
+        return {}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def resolve_version(storage: Storage, name: str, version: str | None = None) -> str:

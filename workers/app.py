@@ -20,6 +20,8 @@ app.conf.update(
     task_default_queue=settings.queue_default,
     task_routes={
         "facerec.train": {"queue": settings.queue_gpu},
+        "facerec.enroll": {"queue": settings.queue_gpu},
+        "facerec.scheduled_training": {"queue": settings.queue_default},
         "facerec.recognize_chunk": {"queue": settings.queue_gpu},
         "facerec.plan_recognition": {"queue": settings.queue_default},
         "facerec.finish_recognition": {"queue": settings.queue_default},

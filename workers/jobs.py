@@ -21,7 +21,7 @@ from pipeline.storage import MissingKey, Storage
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-TYPES = ("training", "recognition")
+TYPES = ("training", "recognition", "enroll")
 
 REDIS_PREFIX = "facerec:"
 

@@ -14,9 +14,10 @@ from botocore.exceptions import BotoCoreError
 from celery import Task, chord
 
 from pipeline import registry
-from pipeline.dataset import manifest_from_prefix, read_manifest
+from pipeline.dataset import load_items
+from pipeline.enroll import enroll_people
 from pipeline.storage import MissingKey, StorageError
-from pipeline.train import TrainingParams, train_model
+from pipeline.train import TrainingParams, dataset_unchanged, train_model
 from workers import runtime
 from workers.app import app
 from workers.jobs import TERMINAL
@@ -75,19 +76,56 @@ def train(self: JobTask, job_id: str) -> None:
         jobs.set_progress(job_id, done, total, stage)
 
     try:
-        items = (read_manifest(storage, params["dataset_manifest"]) if params.get("dataset_manifest")
-                 else manifest_from_prefix(storage, params["dataset_prefix"]))
-        training = TrainingParams(validation_fraction=params.get("validation_fraction", 0.2))
-        record = train_model(storage, runtime.face_pipeline(), items, params["model"], training, on_progress)
+        items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
+        if params.get("skip_if_unchanged") and dataset_unchanged(storage, params["model"], items):
+            jobs.succeed(job_id, {"model": params["model"], "trained": False,
+                                  "decision": "dataset unchanged since the current version: nothing trained"})
+            return
+        validation = (load_items(storage, manifest=params["validation_manifest"])
+                      if params.get("validation_manifest") else None)
+        training = TrainingParams(model_type=params.get("model_type", "embedding"),
+                                  model_params=params.get("model_params", {}),
+                                  validation_fraction=params.get("validation_fraction", 0.2))
+        record = train_model(storage, runtime.face_pipeline(), items, params["model"], training, on_progress,
+                             validation_items=validation, promotion_margin=params.get("promotion_margin"))
     except JobCancelled:
         return
     except (ValueError, LookupError, MissingKey) as err:  # bad input: retrying cannot help
         jobs.fail(job_id, str(err))
         return
-    jobs.succeed(job_id, {
-        "model": record["model"], "version": record["version"], "metrics": record["metrics"],
-        "report": record["report_key"], "model_prefix": registry.version_prefix(record["model"], record["version"]),
-    })
+    jobs.succeed(job_id, _version_result(record, trained=True, promotion=record["promotion"]))
+
+
+@app.task(bind=True, base=JobTask, name="facerec.enroll")
+def enroll(self: JobTask, job_id: str) -> None:
+    """Add or update people in a centroid model: a new version, no one else retrained."""
+    job = self.begin(job_id)
+    if job is None:
+        return
+    jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
+    jobs.start(job_id)
+    try:
+        items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
+        record = enroll_people(storage, runtime.face_pipeline(), items, params["model"],
+                               on_progress=lambda done, total: jobs.set_progress(job_id, done, total, "enrolling"))
+    except (ValueError, LookupError, MissingKey) as err:
+        jobs.fail(job_id, str(err))
+        return
+    jobs.succeed(job_id, _version_result(record, enrolled=record["enrolled"]))
+
+
+@app.task(bind=True, name="facerec.scheduled_training", acks_late=True)
+def scheduled_training(self: Task, schedule_id: str) -> None:
+    """Run by celery beat: submit the schedule's training job (once per schedule and minute)."""
+    from workers.schedules import submit_scheduled_run
+
+    submit_scheduled_run(schedule_id, self.request.id)
+
+
+def _version_result(record: dict, **extra) -> dict:
+    return {"model": record["model"], "version": record["version"], "model_type": record["model_type"],
+            "metrics": record["metrics"], "report": record["report_key"],
+            "model_prefix": registry.version_prefix(record["model"], record["version"]), **extra}
 
 
 # -- bulk recognition ------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""What every identity model shares: the faces it learns from, its predictions, the `unknown` decision.
+
+A model names the most likely enrolled person for each face. Whether the face is that person at all
+is decided by an acceptance score (a similarity or a probability) against a threshold calibrated on
+the validation split; below it the answer is `unknown`. A closed-set softmax alone labels every
+stranger as someone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Self
+
+import numpy as np
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class FaceSet:
+    """Faces as the models see them: aligned 150x150 RGB chips and their 128-d embeddings."""
+
+    chips: np.ndarray  # (n, 150, 150, 3) uint8
+    embeddings: np.ndarray  # (n, 128) float32
+    labels: list[str] = field(default_factory=list)  # a person per face when known
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def subset(self, mask: np.ndarray) -> FaceSet:
+        labels = [label for label, keep in zip(self.labels, mask) if keep] if self.labels else []
+        return FaceSet(self.chips[mask], self.embeddings[mask], labels)
+
+
+@dataclass
+class Prediction:
+    label: str  # a person's name or UNKNOWN
+    score: float  # the acceptance score of the best person, compared with the threshold
+    confidence: float  # the model's probability (or similarity) for the best person
+    best_guess: str  # the best person even when the answer is UNKNOWN
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray) -> float:
+    """The acceptance threshold that best separates genuine from impostor scores (balanced accuracy)."""
+    candidates = np.unique(np.concatenate([genuine, impostor]))
+    if len(candidates) == 0:
+        return 0.0
+    rejected_genuine = np.searchsorted(np.sort(genuine), candidates, side="left")
+    rejected_impostor = np.searchsorted(np.sort(impostor), candidates, side="left")
+    balanced = (1 - rejected_genuine / max(len(genuine), 1)) + rejected_impostor / max(len(impostor), 1)
+    best = int(np.argmax(balanced))
+    # Put the threshold halfway to the next lower score so both neighbours stay on their side.
+    below = candidates[best - 1] if best > 0 else candidates[best] - 1e-3
+    return float((candidates[best] + below) / 2)
+
+
+def genuine_and_impostor(acceptance: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's score for its own person, and its best score for anyone else (as a stranger
+    compared with the gallery would get)."""
+    rows = np.arange(len(truth))
+    genuine = acceptance[rows, truth]
+    others = acceptance.copy()
+    others[rows, truth] = -np.inf
+    return genuine, others.max(axis=1)
+
+
+class IdentityModel(ABC):
+    """fit/predict, estimator-style: parameters in the constructor, learned state in attributes ending in _."""
+
+    model_type: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.labels_: list[str] = []
+        self.threshold_: float = 0.0
+        self.history_: dict[str, list[float]] = {}
+
+    @abstractmethod
+    def fit(self, train: FaceSet, val: FaceSet) -> Self:
+        """Learn the people in train; stop early and calibrate the threshold on val."""
+
+    @abstractmethod
+    def class_scores(self, faces: FaceSet) -> np.ndarray:
+        """(n, people) scores; the best person is the argmax."""
+
+    def acceptance(self, faces: FaceSet) -> np.ndarray:
+        """(n, people) scores compared with the threshold; by default the class scores."""
+        return self.class_scores(faces)
+
+    @abstractmethod
+    def params(self) -> dict:
+        """The constructor's parameters, JSON-ready."""
+
+    @abstractmethod
+    def save_weights(self, directory: Path) -> None:
+        """Write the learned state beyond labels and threshold into directory."""
+
+    @abstractmethod
+    def load_weights(self, directory: Path) -> None:
+        """Read what save_weights wrote."""
+
+    def label_indices(self, labels: list[str]) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels_)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise ValueError(f"people not in the training data: {unknown[:5]}")
+        return np.array([index[label] for label in labels], dtype=int)
+
+    def calibrate(self, val: FaceSet) -> float:
+        """Set the threshold from the validation faces and return it."""
+        genuine, impostor = genuine_and_impostor(self.acceptance(val), self.label_indices(val.labels))
+        self.threshold_ = calibrate_threshold(genuine, impostor)
+        return self.threshold_
+
+    def predict(self, faces: FaceSet) -> list[Prediction]:
+        """Name each face's person, or UNKNOWN when its acceptance score is below the threshold."""
+        if len(faces) == 0:
+            return []
+        scores, acceptance = self.class_scores(faces), self.acceptance(faces)
+        predictions = []
+        for i, best in enumerate(scores.argmax(axis=1)):
+            guess, accepted = self.labels_[best], float(acceptance[i, best])
+            label = guess if accepted >= self.threshold_ else UNKNOWN
+            predictions.append(Prediction(label, accepted, float(scores[i, best]), guess))
+        return predictions
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"model_type": self.model_type, "labels": self.labels_, "threshold": self.threshold_,
+                "params": self.params(), "history": self.history_}
+        (directory / "model.json").write_text(json.dumps(meta, indent=1))
+        self.save_weights(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Self:
+        directory = Path(directory)
+        meta = json.loads((directory / "model.json").read_text())
+        if meta["model_type"] != cls.model_type:
+            raise ValueError(f"{directory} holds a {meta['model_type']} model, not {cls.model_type}")
+        model = cls(**meta["params"])
+        model.labels_, model.threshold_, model.history_ = meta["labels"], meta["threshold"], meta["history"]
+        model.load_weights(directory)
+        return model

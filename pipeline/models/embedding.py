@@ -1,0 +1,87 @@
+"""The `embedding` model: a small Keras head on the ResNet embeddings.
+
+The head (softmax over the enrolled people) names the most likely person; the face is accepted as
+that person by its cosine similarity to the person's mean embedding, which rejects strangers far
+better than the softmax probability does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from pipeline.models.base import FaceSet, IdentityModel, l2_normalize
+
+
+class EmbeddingHead(IdentityModel):
+    model_type = "embedding"
+
+    def __init__(self, hidden_units: int = 256, dropout: float = 0.3, learning_rate: float = 1e-3,
+                 epochs: int = 200, batch_size: int = 64, patience: int = 15, seed: int = 0) -> None:
+        super().__init__()
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.seed = seed
+        self.network_ = None
+        self.centroids_: np.ndarray | None = None
+
+    def params(self) -> dict:
+        return {"hidden_units": self.hidden_units, "dropout": self.dropout, "learning_rate": self.learning_rate,
+                "epochs": self.epochs, "batch_size": self.batch_size, "patience": self.patience, "seed": self.seed}
+
+    def _build(self, people: int):
+        import keras
+        from keras import layers
+
+        inputs = keras.Input(shape=(128,), name="embedding")
+        x = layers.UnitNormalization(name="l2_normalize")(inputs)
+        x = layers.Dense(self.hidden_units, activation="relu", name="hidden")(x)
+        x = layers.Dropout(self.dropout, name="dropout")(x)
+        outputs = layers.Dense(people, activation="softmax", name="identity")(x)
+        network = keras.Model(inputs, outputs, name="identity_head")
+        network.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                        loss="categorical_crossentropy", metrics=["accuracy"])
+        return network
+
+    def fit(self, train: FaceSet, val: FaceSet) -> Self:
+        import keras
+
+        keras.utils.set_random_seed(self.seed)
+        self.labels_ = sorted(set(train.labels))
+        y_train, y_val = self.label_indices(train.labels), self.label_indices(val.labels)
+        people = len(self.labels_)
+        self.network_ = self._build(people)
+        history = self.network_.fit(
+            train.embeddings, keras.utils.to_categorical(y_train, people),
+            validation_data=(val.embeddings, keras.utils.to_categorical(y_val, people)),
+            epochs=self.epochs, batch_size=self.batch_size, verbose=0,
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                                     restore_best_weights=True)],
+        )
+        self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
+        unit = l2_normalize(train.embeddings)
+        self.centroids_ = l2_normalize(np.stack([unit[y_train == i].mean(axis=0) for i in range(people)]))
+        self.calibrate(val)
+        return self
+
+    def class_scores(self, faces: FaceSet) -> np.ndarray:
+        return np.asarray(self.network_.predict_on_batch(np.asarray(faces.embeddings, np.float32)))
+
+    def acceptance(self, faces: FaceSet) -> np.ndarray:
+        return l2_normalize(faces.embeddings) @ self.centroids_.T
+
+    def save_weights(self, directory: Path) -> None:
+        self.network_.save(directory / "head.keras")
+        np.save(directory / "centroids.npy", self.centroids_)
+
+    def load_weights(self, directory: Path) -> None:
+        import keras
+
+        self.network_ = keras.models.load_model(directory / "head.keras")
+        self.centroids_ = np.load(directory / "centroids.npy")
