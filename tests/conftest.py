@@ -151,3 +151,12 @@ def face_pipeline(face_resnet_cache: Path):
     from pipeline.faces import FacePipeline
 
     return FacePipeline(FaceDetector(), FaceResNetEmbedder(face_resnet_cache))
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory, redis_url: str, seaweedfs: dict[str, str]):
+    """The whole system running for the session: API server and Celery workers on Redis and SeaweedFS."""
+    from tests.system import running_system
+
+    with running_system(tmp_path_factory, redis_url, seaweedfs) as running:
+        yield running

@@ -7,130 +7,24 @@ photos of them, photos of a person never trained, and a broken file.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import pytest
-import requests
 
-from pipeline.storage import S3Storage
+from tests.system import call, upload_photos, wait_for_job
 
-REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Gerhard_Schroeder", "Tony_Blair"]
 STRANGER = "Jennifer_Aniston"
-API_KEY = "test-key"
-TIMEOUT_S = 600
 KNOWN_ACCURACY_BAR = 0.9  # 9 of 10 held-out photos of trained people; dlib's descriptor gets all 10 here
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory, redis_url, seaweedfs):
-    """A running system: API server, a GPU-queue worker and a default-queue worker, on Redis and S3."""
-    bucket = f"e2e-{uuid.uuid4().hex[:12]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "REDIS_URL": redis_url,
-        "S3_ENDPOINT_URL": seaweedfs["endpoint_url"],
-        "S3_ACCESS_KEY_ID": seaweedfs["access_key_id"],
-        "S3_SECRET_ACCESS_KEY": seaweedfs["secret_access_key"],
-        "S3_BUCKET": bucket,
-        "FACEREC_API_KEYS": f"other-key,{API_KEY}",
-        "FACEREC_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "FACEREC_CHUNK_SIZE": "4",  # several chunk tasks for a dozen photos
-    }
-    storage = S3Storage(bucket, seaweedfs["endpoint_url"], seaweedfs["access_key_id"],
-                        seaweedfs["secret_access_key"])
-    storage.ensure_bucket()
-    logs = tmp_path_factory.mktemp("logs")
-    port = free_port()
-    commands = {
-        "api": [sys.executable, "-m", "flask", "--app", "api:create_app()", "run", "--port", str(port)],
-        "gpu-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu", "-c", "1",
-                       "-n", f"gpu-{bucket}@%h", "--loglevel", "INFO"],
-        "default-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default",
-                           "-c", "1", "-n", f"default-{bucket}@%h", "--loglevel", "INFO"],
-    }
-    processes = {}
-    for name, command in commands.items():
-        with open(logs / f"{name}.log", "wb") as log:
-            processes[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-
-    def api_up():
-        try:
-            return requests.get(f"{base}/health", timeout=2).ok
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for(api_up, 60, "the API to answer")
-        yield {"base": base, "storage": storage, "logs": logs}
-    finally:
-        for process in processes.values():
-            process.terminate()
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            print(f"--- {name} log tail ---\n" + (logs / f"{name}.log").read_text()[-3000:])
-        for key in storage.list():
-            storage.delete(key)
-
-
-def call(system, method: str, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
-    headers = kwargs.pop("headers", {})
-    if key is not None:
-        headers["X-API-Key"] = key
-    return requests.request(method, f"{system['base']}{path}", headers=headers, timeout=30, **kwargs)
-
-
-def wait_for_job(system, job_id: str) -> dict:
-    def finished():
-        job = call(system, "GET", f"/jobs/{job_id}").json()
-        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(finished, TIMEOUT_S, f"job {job_id}")
 
 
 @pytest.fixture(scope="module")
 def photos(system, lfw_dir):
     """Upload 10 training photos per person, and an inbox of 2 other photos each, a stranger and a broken file."""
     storage = system["storage"]
-    truth = {}
-    for person in PEOPLE:
-        files = sorted((lfw_dir / person).glob("*.jpg"))
-        for path in files[:10]:
-            storage.put(f"datasets/five/{person}/{path.name}", path.read_bytes())
-        for path in files[10:12]:
-            storage.put(f"inbox/{path.name}", path.read_bytes())
-            truth[f"inbox/{path.name}"] = person
-    for path in sorted((lfw_dir / STRANGER).glob("*.jpg"))[:2]:
-        storage.put(f"inbox/{path.name}", path.read_bytes())
-        truth[f"inbox/{path.name}"] = STRANGER
+    upload_photos(storage, lfw_dir, PEOPLE, "datasets/five", 0, 10)
+    truth = upload_photos(storage, lfw_dir, PEOPLE, "inbox", 10, 12, by_person=False)
+    truth.update(upload_photos(storage, lfw_dir, [STRANGER], "inbox", 0, 2, by_person=False))
     storage.put("inbox/broken.jpg", (lfw_dir / PEOPLE[0] / f"{PEOPLE[0]}_0001.jpg").read_bytes()[:700])
     truth["inbox/broken.jpg"] = None
     return truth
