@@ -1,33 +1,55 @@
-"""Evaluation: accuracy, per-person and macro precision/recall/F1, a confusion matrix as JSON and PNG."""
+"""Evaluation: accuracy, top-5, per-person, macro and weighted precision/recall/F1, the confusion matrix,
+open-set figures (strangers rejected, enrolled people recognised) and the plots of all of these.
+
+Figures are drawn on matplotlib `Figure` objects rather than through pyplot: pyplot keeps every figure in
+global state until it is closed, which leaks in long-lived workers; a bare Figure is freed with its last
+reference and always renders with Agg, so no display or backend setting is needed.
+"""
 
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 NO_FACE = "(no face)"
+TOP_K = 5
+OPEN_SET_GRID_POINTS = 50
+# Cells of the confusion matrix are annotated with their share only while the numbers still fit.
+ANNOTATE_UP_TO_PEOPLE = 25
 
 
-def evaluate(truth: list[str], predicted: list[str], labels: list[str]) -> dict:
+def evaluate(truth: list[str], predicted: list[str], labels: list[str], scores: np.ndarray | None = None) -> dict:
     """Metrics of predicted against truth. Predictions outside labels (unknown, no face) count as errors.
 
-    Returns a JSON-ready dict with accuracy, macro precision/recall/F1, a per-person table and the
-    confusion matrix (rows: truth, columns: prediction; the extra columns hold unknown and no-face).
+    scores, when given, are the model's class scores: one row per photo, aligned with truth, one column
+    per label in the order of labels. A row of NaN stands for a photo without a usable face, which
+    counts as a miss for top-5 as it does for accuracy.
+
+    Returns a JSON-ready dict with accuracy, top-5 accuracy (None without scores), macro and
+    support-weighted precision/recall/F1, a per-person table and the confusion matrix (rows: truth,
+    columns: prediction; the extra columns hold unknown and no-face).
     """
     extra = sorted(set(predicted) - set(labels))
     columns = list(labels) + extra
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=labels, zero_division=0)
     macro = precision_recall_fscore_support(truth, predicted, labels=labels, average="macro", zero_division=0)
+    weighted = precision_recall_fscore_support(truth, predicted, labels=labels, average="weighted", zero_division=0)
     matrix = confusion_matrix(truth, predicted, labels=columns)[: len(labels)]
     return {
         "images": len(truth),
         "accuracy": float(accuracy_score(truth, predicted)),
+        "top5_accuracy": None if scores is None else top_k_accuracy(truth, labels, scores, TOP_K),
         "macro_precision": float(macro[0]),
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
+        "weighted_precision": float(weighted[0]),
+        "weighted_recall": float(weighted[1]),
+        "weighted_f1": float(weighted[2]),
         "rejected_as_unknown_or_no_face": int(sum(p not in labels for p in predicted)),
         "per_person": [
             {"person": label, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
@@ -37,28 +59,161 @@ def evaluate(truth: list[str], predicted: list[str], labels: list[str]) -> dict:
     }
 
 
-def confusion_matrix_png(confusion: dict) -> bytes:
-    """Render a confusion matrix (as returned in evaluate()['confusion_matrix']) as PNG bytes,
-    normalised per true person so small and large classes read alike."""
-    import matplotlib
+def top_k_accuracy(truth: list[str], labels: list[str], scores: np.ndarray, k: int) -> float:
+    """Share of photos whose true person is among the k highest class scores.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A NaN row (no face) or a true person outside labels is a miss; ties are resolved in the true
+    person's favour, since its rank is the number of people scored strictly higher.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.shape != (len(truth), len(labels)):
+        raise ValueError(f"scores must have shape (photos, people) = {(len(truth), len(labels))}, got {scores.shape}")
+    index = {label: i for i, label in enumerate(labels)}
+    hits = 0
+    for row, person in zip(scores, truth):
+        if person in index and not np.isnan(row).any():
+            hits += int((row > row[index[person]]).sum() < k)
+    return hits / max(len(truth), 1)
 
-    counts = np.asarray(confusion["counts"], dtype=float)
-    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    rows, columns = confusion["rows"], confusion["columns"]
-    side = max(6.0, 0.22 * len(columns) + 3)
-    fig, ax = plt.subplots(figsize=(side, side * len(rows) / max(len(columns), 1) + 1))
-    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(columns)), [c.replace("_", " ") for c in columns], rotation=90, fontsize=6)
-    ax.set_yticks(range(len(rows)), [r.replace("_", " ") for r in rows], fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Confusion matrix (share of each person's photos)")
-    fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def display_name(label: str, width: int | None = None) -> str:
+    """A person's folder name as people write it (LFW uses underscores), optionally wrapped to width."""
+    name = label.replace("_", " ")
+    return textwrap.fill(name, width) if width else name
+
+
+def confusion_matrix_png(confusion: dict) -> bytes:
+    """Render a confusion matrix (as returned in evaluate()['confusion_matrix']) as PNG bytes.
+
+    Each row is normalised per true person so small and large classes read alike; its label carries the
+    person's photo count. People are ordered by name, the same order down the rows and across the
+    columns, so a person is easy to find and correct answers sit on the diagonal. Photos answered with
+    unknown or no face get their own columns at the right (one empty `unknown / no face` column when
+    there were none). Figure and font sizes grow with the number of people so 60 or more stay legible.
+    """
+    rows = list(confusion["rows"])
+    counts = np.asarray(confusion["counts"], dtype=float).reshape(len(rows), len(confusion["columns"]))
+    column_index = {column: i for i, column in enumerate(confusion["columns"])}
+    people_set = set(rows)
+    rejected = [c for c in confusion["columns"] if c not in people_set]
+    order = sorted(rows, key=str.casefold)
+    in_order = [rows.index(r) for r in order]
+    people = counts[np.ix_(in_order, [column_index[r] for r in order])]
+    if rejected:
+        others = counts[np.ix_(in_order, [column_index[c] for c in rejected])]
+    else:
+        rejected, others = ["unknown / no face"], np.zeros((len(order), 1))
+    table = np.hstack([people, others])
+    support = table.sum(axis=1)
+    shares = table / np.maximum(support, 1)[:, None]
+
+    cell = max(0.2, 6.0 / max(len(order), 1))  # inches per cell: 6 inches of matrix for few people
+    font = min(10.0, cell * 72 * 0.55)  # points; about half a cell high
+    margin = 0.09 * font + 0.5  # inches for the name labels, which scale with the font
+    width = cell * table.shape[1] + margin + 1.6
+    height = cell * table.shape[0] + margin + 0.8
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="equal")
+    ax.set_xticks(range(table.shape[1]), [display_name(c) for c in order + rejected], rotation=90, fontsize=font)
+    ax.set_yticks(range(len(order)), [f"{display_name(r)} ({int(n)})" for r, n in zip(order, support)],
+                  fontsize=font)
+    ax.axvline(len(order) - 0.5, color="black", linewidth=1)  # separates people from rejections
+    if len(order) <= ANNOTATE_UP_TO_PEOPLE:
+        for (i, j), share in np.ndenumerate(shares):
+            if share > 0:
+                ax.text(j, i, f"{share:.0%}", ha="center", va="center", fontsize=font,
+                        color="white" if share > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true person (photos)")
+    ax.set_title("Confusion matrix: share of each person's photos, people by name")
+    fig.colorbar(image, ax=ax, shrink=min(1.0, 6 / height), label="share of the person's photos")
+    return figure_png(fig)
+
+
+def open_set(known_acceptance: np.ndarray, known_correct: np.ndarray, stranger_acceptance: np.ndarray,
+             threshold: float) -> dict:
+    """How well the unknown threshold separates enrolled people from strangers.
+
+    known_acceptance: for each face of an enrolled person, the acceptance score of the model's best
+    person; known_correct: whether that best person was right. stranger_acceptance: for each face of
+    someone not enrolled, its best acceptance score. A face is accepted when its score >= threshold.
+
+    Returns a JSON-ready dict: at the threshold, stranger_rejection (share of strangers rejected) and
+    known_accuracy (share of known faces accepted and named right); and a curve of both over a grid
+    of thresholds spanning every score and the threshold.
+    """
+    known = np.asarray(known_acceptance, dtype=float).ravel()
+    correct = np.asarray(known_correct, dtype=bool).ravel()
+    strangers = np.asarray(stranger_acceptance, dtype=float).ravel()
+    if len(known) != len(correct):
+        raise ValueError(f"{len(known)} known scores but {len(correct)} correctness flags")
+    if len(known) == 0 or len(strangers) == 0:
+        raise ValueError("open-set evaluation needs at least one known face and one stranger")
+
+    def rates(t: float) -> tuple[float, float]:
+        return float(np.mean(strangers < t)), float(np.mean((known >= t) & correct))
+
+    everything = np.concatenate([known, strangers, [threshold]])
+    grid = np.linspace(everything.min(), everything.max(), OPEN_SET_GRID_POINTS)
+    rejection, accuracy = rates(threshold)
+    curve = [rates(t) for t in grid]
+    return {
+        "threshold": float(threshold),
+        "known_faces": len(known),
+        "strangers": len(strangers),
+        "stranger_rejection": rejection,
+        "known_accuracy": accuracy,
+        "curve": {
+            "thresholds": grid.tolist(),
+            "stranger_rejection": [r for r, _ in curve],
+            "known_accuracy": [a for _, a in curve],
+        },
+    }
+
+
+def open_set_png(result: dict) -> bytes:
+    """Plot open_set()'s two curves against the threshold, with the calibrated threshold marked."""
+    curve = result["curve"]
+    fig = Figure(figsize=(7, 4.8), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(curve["thresholds"], curve["stranger_rejection"], label="strangers rejected", color="tab:red")
+    ax.plot(curve["thresholds"], curve["known_accuracy"], label="enrolled people accepted and named right",
+            color="tab:blue")
+    threshold = result["threshold"]
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1,
+               label=f"calibrated threshold {threshold:.3f}: {result['stranger_rejection']:.1%} strangers "
+                     f"rejected, {result['known_accuracy']:.1%} enrolled right")
+    ax.set_xlabel("acceptance threshold")
+    ax.set_ylabel("share of faces")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8)
+    ax.set_title(f"Open set: {result['known_faces']} enrolled faces, {result['strangers']} strangers")
+    return figure_png(fig)
+
+
+def training_curves_png(history: dict[str, list[float]]) -> bytes | None:
+    """Loss and accuracy per epoch, training and validation, from a Keras history (loss, val_loss,
+    accuracy, val_accuracy; any may be missing). None when there is nothing to plot, as for models
+    that train no network."""
+    panels = [metric for metric in ("loss", "accuracy") if history.get(metric) or history.get(f"val_{metric}")]
+    if not panels:
+        return None
+    fig = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
+    for ax, metric in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        for key, name in ((metric, "training"), (f"val_{metric}", "validation")):
+            values = history.get(key) or []
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return figure_png(fig)
