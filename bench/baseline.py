@@ -56,18 +56,25 @@ def _load_models(loaded: Barrier | None = None) -> None:
 
 
 def describe_photo(path: str | Path) -> np.ndarray | None:
-    """The 128-d descriptor of the largest face in a photo, or None when no face is found."""
+    """The 128-d descriptor of the photo's subject, or None when no face is found.
+
+    The subject is chosen as our pipeline chooses it (pipeline.detect.main_face: the largest face
+    holding the photo's centre, else the largest), so both pipelines are scored on the same face."""
     if _models is None:
         _load_models()
+    import dlib
+
     detector, predictor, network = _models
     # face_recognition's load_image_file: PIL, converted to 8-bit RGB.
     image = np.asarray(Image.open(path).convert("RGB"))
     faces = detector(image, UPSAMPLE)
     if not faces:
         return None
-    largest = max(faces, key=lambda rect: rect.area())
+    # main_face's rule on dlib's rectangles (importing pipeline.detect would load TensorFlow here).
+    centre = dlib.point(image.shape[1] // 2, image.shape[0] // 2)
+    subject = max([r for r in faces if r.contains(centre)] or faces, key=lambda r: r.area())
     # num_jitters 0 and 1 both mean no jitter in dlib; face_recognition passes 1.
-    descriptor = network.compute_face_descriptor(image, predictor(image, largest), num_jitters=0)
+    descriptor = network.compute_face_descriptor(image, predictor(image, subject), num_jitters=0)
     return np.asarray(descriptor, dtype=np.float32)
 
 

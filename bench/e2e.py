@@ -7,9 +7,9 @@ as the demo does. Ours: a Celery worker on the embedded broker and local storage
 data folder; a training job on the rest, then a recognition job over the photos kept aside, timed
 from submit to success. Baseline, in the same run: the face_recognition pipeline (bench.baseline, two
 processes) describes the same photos and a linear SVM is fitted on the training descriptors.
-Top-1 counts a photo as right only when its subject is named as the right person (ours: the face
-workers.demo.bulk_accuracy scores; baseline: the largest face); no face, `unknown` and errors count as
-wrong. The last line printed is the JSON written to bench/results/e2e.json.
+Top-1 counts a photo as right only when its subject (the largest face holding the photo's centre, else
+the largest face, for both pipelines) is named as the right person; no face, `unknown` and errors count
+as wrong. The last line printed is the JSON written to bench/results/e2e.json.
 """
 
 from __future__ import annotations
