@@ -9,7 +9,6 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 from pipeline import registry
-from pipeline.storage import MissingKey
 from workers import runtime, schedules
 from workers.jobs import STATES, TERMINAL, TYPES, JobNotFound
 from workers.submit import (
@@ -103,8 +102,8 @@ def get_report(name: str, version: str):
     """The version's self-contained HTML report (report.json beside it holds the same figures)."""
     try:
         record = registry.get_version(runtime.storage(), name, version)
-        html = runtime.storage().get(record["report_key"].removesuffix(".json") + ".html")
-    except (LookupError, ValueError, MissingKey):
+        html = runtime.storage().get(record["report_html_key"])
+    except (LookupError, ValueError, KeyError):
         raise NotFound(f"no report for model {name} version {version}") from None
     return Response(html, mimetype="text/html")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,15 +94,3 @@ def stratified_split(items: list[Item], fraction: float, seed: int = 0) -> tuple
         aside.extend(group[i] for i in order[:count])
         kept.extend(group[i] for i in order[count:])
     return kept, aside, skipped
-
-
-def describe(items: list[Item]) -> dict:
-    """People and photo counts, for reports."""
-    counts = Counter(item.label for item in items)
-    per_person = sorted(counts.values())
-    return {
-        "people": len(counts),
-        "photos": len(items),
-        "photos_per_person": {"min": per_person[0], "median": per_person[len(per_person) // 2],
-                              "max": per_person[-1]} if per_person else {},
-    }

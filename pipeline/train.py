@@ -11,13 +11,23 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline import registry
-from pipeline.dataset import Item, describe, manifest_hash, manifest_jsonl, stratified_split
-from pipeline.evaluate import NO_FACE, confusion_matrix_png, evaluate
+from pipeline.dataset import Item, manifest_hash, manifest_jsonl, stratified_split
+from pipeline.evaluate import (
+    NO_FACE,
+    confusion_matrix_png,
+    evaluate,
+    open_set,
+    open_set_png,
+    training_curves_png,
+)
 from pipeline.faces import FacePipeline
 from pipeline.models import UNKNOWN, FaceSet, IdentityModel, create_model, load_model_files, model_files
+from pipeline.report import explore, misclassified_png, render_html
 from pipeline.storage import MissingKey, Storage
 
 CODE_VERSION = "2"
+SAMPLE_FACES = 24  # people shown in the report's grid of sample faces
+MISCLASSIFIED_SHOWN = 24
 
 Progress = Callable[[str, int, int], None]
 
@@ -27,6 +37,7 @@ class TrainingParams:
     model_type: str = "embedding"
     model_params: dict = field(default_factory=dict)
     validation_fraction: float = 0.2
+    stranger_fraction: float = 0.0  # share of people held out of training, as strangers for open-set figures
     seed: int = 0
     batch_size: int = 32
 
@@ -84,15 +95,42 @@ def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], b
     return ExtractedFaces(kept, faces, no_face, several, errors)
 
 
-def evaluate_on(model: IdentityModel, extracted: ExtractedFaces, items: list[Item]) -> dict:
+@dataclass
+class Evaluation:
+    metrics: dict
+    misclassified: list[tuple[np.ndarray, str, str]]  # (chip, truth, prediction)
+    scores: np.ndarray  # each evaluated face's acceptance score for its best person
+    correct: np.ndarray  # whether that face was named right
+
+
+def evaluate_on(model: IdentityModel, extracted: ExtractedFaces, items: list[Item]) -> Evaluation:
     """Metrics of model on items; a photo without a usable face counts as an error."""
     found, faces = extracted.of(items)
-    predicted_by_key = {item.key: p.label for item, p in zip(found, model.predict(faces))}
+    predictions = model.predict(faces)
+    row = {item.key: i for i, item in enumerate(found)}
+    class_scores = model.class_scores(faces) if len(faces) else np.zeros((0, len(model.labels_)))
+    scores = np.full((len(items), len(model.labels_)), np.nan)
+    for i, item in enumerate(items):
+        if item.key in row:
+            scores[i] = class_scores[row[item.key]]
     truth = [item.label for item in items]
-    predicted = [predicted_by_key.get(item.key, NO_FACE) for item in items]
-    metrics = evaluate(truth, predicted, model.labels_)
+    predicted = [predictions[row[item.key]].label if item.key in row else NO_FACE for item in items]
+    metrics = evaluate(truth, predicted, model.labels_, scores)
     metrics["unknown_rate"] = sum(p == UNKNOWN for p in predicted) / max(len(predicted), 1)
-    return metrics
+    wrong = [(faces.chips[i], item.label, predictions[i].label)
+             for i, item in enumerate(found) if predictions[i].label != item.label]
+    return Evaluation(metrics, wrong, np.array([p.score for p in predictions]),
+                      np.array([p.label == item.label for p, item in zip(predictions, found)], dtype=bool))
+
+
+def hold_out_strangers(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Split items into (known people's photos, strangers' photos), holding out a share of the people."""
+    people = sorted({item.label for item in items})
+    count = round(fraction * len(people))
+    if count == 0:
+        return items, []
+    strangers = set(np.random.default_rng(seed).choice(people, size=count, replace=False))
+    return [i for i in items if i.label not in strangers], [i for i in items if i.label in strangers]
 
 
 def dataset_unchanged(storage: Storage, model_name: str, items: list[Item]) -> bool:
@@ -115,7 +153,7 @@ def decide_promotion(storage: Storage, model_name: str, candidate_accuracy: floa
     if margin is None:
         return {**decision, "promote": True, "reason": "no promotion margin: a trained version becomes current"}
     incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
-    current_accuracy = evaluate_on(incumbent, extracted, validation)["accuracy"]
+    current_accuracy = evaluate_on(incumbent, extracted, validation).metrics["accuracy"]
     promote = candidate_accuracy >= current_accuracy - margin
     verdict = "within" if promote else "worse by more than"
     return {**decision, "current_accuracy": current_accuracy, "promote": promote,
@@ -136,14 +174,15 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     registry.check_model_name(model_name)
     model = create_model(params.model_type, **params.model_params)
     started = time.perf_counter()
+    known, strangers = hold_out_strangers(items, params.stranger_fraction, params.seed)
     if validation_items is None:
-        train_items, val_items, skipped_people = stratified_split(items, params.validation_fraction, params.seed)
+        train_items, val_items, skipped_people = stratified_split(known, params.validation_fraction, params.seed)
     else:
-        train_items, val_items, skipped_people = items, validation_items, []
+        train_items, val_items, skipped_people = known, validation_items, []
     if len({i.label for i in train_items}) < 2:
         raise ValueError("training needs at least two people with at least two photos each")
 
-    ordered = train_items + val_items
+    ordered = train_items + val_items + strangers
     extracted = extract_faces(storage, pipeline, ordered, params.batch_size,
                               on_progress=lambda done: on_progress("extracting faces", done, len(ordered)))
     extract_seconds = time.perf_counter() - started
@@ -154,7 +193,8 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
 
     on_progress("fitting", len(ordered), len(ordered))
     model.fit(train_faces, val_faces)
-    metrics = evaluate_on(model, extracted, val_items)
+    evaluation = evaluate_on(model, extracted, val_items)
+    metrics = evaluation.metrics
 
     on_progress("comparing with the current version", len(ordered), len(ordered))
     promotion = decide_promotion(storage, model_name, metrics["accuracy"], extracted, val_items, promotion_margin)
@@ -162,27 +202,44 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     on_progress("publishing", len(ordered), len(ordered))
     version = registry.new_version_id()
     prefix = registry.version_prefix(model_name, version)
+    dataset, figures = explore(items, extracted.no_face, extracted.several_faces, extracted.errors,
+                               _sample_faces(extracted))
+    figures["confusion_matrix"] = confusion_matrix_png(metrics["confusion_matrix"])
+    curves = training_curves_png(model.history_)
+    if curves:
+        figures["training_curves"] = curves
+    if evaluation.misclassified:
+        figures["misclassified"] = misclassified_png(evaluation.misclassified[:MISCLASSIFIED_SHOWN])
     report = {
-        "dataset": {**describe(items), "skipped_people_with_one_photo": skipped_people,
+        "model": {"name": model_name, "type": model.model_type, "version": version},
+        "dataset": {**dataset, "skipped_people_with_one_photo": skipped_people,
                     "training_photos": len(train_items), "validation_photos": len(val_items),
-                    "no_face": extracted.no_face, "several_faces": extracted.several_faces,
-                    "errors": extracted.errors},
+                    "stranger_photos": len(strangers)},
         "evaluation": metrics,
         "unknown_threshold": model.threshold_,
         "training_curves": model.history_,
         "promotion": promotion,
+        "params": asdict(params),
         "timings_s": {"extracting_faces": round(extract_seconds, 1),
                       "total": round(time.perf_counter() - started, 1)},
     }
+    stranger_found, stranger_faces = extracted.of(strangers)
+    if stranger_found:
+        stranger_scores = np.array([p.score for p in model.predict(stranger_faces)])
+        report["open_set"] = open_set(evaluation.scores, evaluation.correct, stranger_scores, model.threshold_)
+        figures["open_set"] = open_set_png(report["open_set"])
     files = {
         **model_files(model),
         "report.json": json.dumps(report, indent=2).encode(),
-        "confusion_matrix.json": json.dumps(metrics["confusion_matrix"]).encode(),
-        "confusion_matrix.png": confusion_matrix_png(metrics["confusion_matrix"]),
+        "report.html": render_html(report, figures).encode(),
+        **{f"figures/{name}.png": png for name, png in figures.items()},
         "manifest.jsonl": manifest_jsonl(items),
         "validation.jsonl": manifest_jsonl(val_items),
     }
-    summary = {k: metrics[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "images")}
+    summary = {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall",
+                                       "macro_f1", "images")}
+    if "open_set" in report:
+        summary.update({k: report["open_set"][k] for k in ("stranger_rejection", "known_accuracy")})
     record = {
         "model_type": model.model_type,
         "embedder": pipeline.embedder_name,
@@ -192,9 +249,19 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
         "metrics": summary,
         "people": len(model.labels_),
         "report_key": f"{prefix}/report.json",
+        "report_html_key": f"{prefix}/report.html",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     registry.publish_version(storage, model_name, version, files, record)
     if promotion["promote"]:
         registry.set_current(storage, model_name, version)
     return {**registry.get_version(storage, model_name, version), "promotion": promotion}
+
+
+def _sample_faces(extracted: ExtractedFaces) -> list[tuple[str, np.ndarray]]:
+    """The first face of each of the first SAMPLE_FACES people."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(extracted.items):
+        if item.label not in first and len(first) < SAMPLE_FACES:
+            first[item.label] = i
+    return [(label, extracted.faces.chips[i]) for label, i in sorted(first.items())]

@@ -80,8 +80,13 @@ def test_training_job_publishes_a_model_version_with_its_report(system, trained)
     storage = system["storage"]
     report = storage.get_json(result["report"])
     assert report["dataset"]["people"] == 5 and report["dataset"]["photos"] == 50
-    assert set(report["evaluation"]) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1", "confusion_matrix"}
-    assert storage.get(f"{result['model_prefix']}/confusion_matrix.png").startswith(b"\x89PNG")
+    assert set(report["evaluation"]) >= {"accuracy", "top5_accuracy", "macro_precision", "macro_recall",
+                                         "macro_f1", "weighted_f1", "per_person", "confusion_matrix"}
+    assert storage.get(f"{result['model_prefix']}/figures/confusion_matrix.png").startswith(b"\x89PNG")
+    page = call(system, "GET", f"/models/five/versions/{result['version']}/report")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "Confusion matrix" in page.text and "data:image/png;base64," in page.text
+    assert page.text.encode() == storage.get(f"{result['model_prefix']}/report.html")
     model = call(system, "GET", "/models/five").json()
     assert model["current_version"] == result["version"]
     assert [v["version"] for v in model["versions"]] == [result["version"]]

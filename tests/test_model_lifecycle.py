@@ -144,3 +144,16 @@ def test_a_schedule_with_an_invalid_cron_expression_is_refused(system):
         response = call(system, "POST", "/schedules", json={"model": "promo", "dataset_prefix": "lifecycle/gallery",
                                                            "cron": cron})
         assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+def test_holding_out_strangers_adds_open_set_figures_to_the_report(system, datasets):
+    job = run_job(system, "/jobs/training", {"model": "open", "dataset_prefix": "lifecycle/gallery",
+                                             "stranger_fraction": 0.25})
+    metrics = job["result"]["metrics"]
+    assert 0 <= metrics["stranger_rejection"] <= 1 and 0 <= metrics["known_accuracy"] <= 1
+    report = system["storage"].get_json(job["result"]["report"])
+    assert report["dataset"]["stranger_photos"] == 10  # one of the 4 people, 10 photos
+    assert report["evaluation"]["images"] == 6  # the 3 known people's validation photos
+    assert len(report["open_set"]["curve"]["thresholds"]) == 50
+    page = call(system, "GET", f"/models/open/versions/{job['result']['version']}/report").text
+    assert "Open set" in page

@@ -43,6 +43,7 @@ class TrainingRequest(DatasetSource):
     model_params: dict = Field(default_factory=dict)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     validation_manifest: StorageKey | None = None
+    stranger_fraction: float = Field(0.0, ge=0, lt=1)
     promotion_margin: float | None = Field(None, ge=0, le=1)
     skip_if_unchanged: bool = False
     schedule_id: str | None = None

@@ -85,7 +85,8 @@ def train(self: JobTask, job_id: str) -> None:
                       if params.get("validation_manifest") else None)
         training = TrainingParams(model_type=params.get("model_type", "embedding"),
                                   model_params=params.get("model_params", {}),
-                                  validation_fraction=params.get("validation_fraction", 0.2))
+                                  validation_fraction=params.get("validation_fraction", 0.2),
+                                  stranger_fraction=params.get("stranger_fraction", 0.0))
         record = train_model(storage, runtime.face_pipeline(), items, params["model"], training, on_progress,
                              validation_items=validation, promotion_margin=params.get("promotion_margin"))
     except JobCancelled:
@@ -125,6 +126,7 @@ def scheduled_training(self: Task, schedule_id: str) -> None:
 def _version_result(record: dict, **extra) -> dict:
     return {"model": record["model"], "version": record["version"], "model_type": record["model_type"],
             "metrics": record["metrics"], "report": record["report_key"],
+            "report_html": record.get("report_html_key"),
             "model_prefix": registry.version_prefix(record["model"], record["version"]), **extra}
 
 

@@ -1,0 +1,138 @@
+"""Closed- and open-set identification on LFW for every model type, against the face_recognition pipeline.
+
+    python -m bench.identification [--min-photos 20] [--folds 5] [--types embedding,centroid,cnn,finetune]
+
+Closed set: the LFW people with at least --min-photos photos, stratified k-fold; top-1 for each model
+type and, in the same run, for the face_recognition pipeline (bench.baseline) with a linear SVM. A
+photo with no face found counts as an error for both. `unknown` counts as an error too.
+Open set: 20% of the people are held out as strangers; the models train on the others (one
+stratified split) and we report the share of strangers rejected and the accuracy on known people
+at the calibrated threshold, for `embedding` and `centroid`.
+The last line printed is the JSON written to bench/results/identification.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+
+from bench.baseline import BaselineEncoder
+from config import load_settings
+from pipeline.dataset import Item, stratified_split
+from pipeline.models import MODEL_TYPES, UNKNOWN, create_model
+from pipeline.storage import LocalStorage
+from pipeline.train import ExtractedFaces, extract_faces
+
+RESULTS = Path(__file__).resolve().parent / "results" / "identification.json"
+STRANGER_FRACTION = 0.2
+
+
+def lfw_items(lfw: Path, min_photos: int) -> list[Item]:
+    items = []
+    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= min_photos:
+            items.extend(Item(f"{person.name}/{photo.name}", person.name) for photo in photos)
+    return items
+
+
+def top1(model_type: str, extracted: ExtractedFaces, train: list[Item], test: list[Item]) -> float:
+    """Fit on train (a stratified part of it kept for validation) and score on test."""
+    fit_items, val_items, _ = stratified_split(train, 0.15, seed=0)
+    _, fit_faces = extracted.of(fit_items)
+    _, val_faces = extracted.of(val_items)
+    model = create_model(model_type).fit(fit_faces, val_faces)
+    found, test_faces = extracted.of(test)
+    predicted = {item.key: p.label for item, p in zip(found, model.predict(test_faces))}
+    return sum(predicted.get(item.key) == item.label for item in test) / len(test)
+
+
+def open_set(model_type: str, extracted: ExtractedFaces, items: list[Item], seed: int = 0) -> dict:
+    """Hold out people as strangers; returns stranger rejection and known accuracy at the threshold."""
+    people = sorted({item.label for item in items})
+    rng = np.random.default_rng(seed)
+    strangers = set(rng.choice(people, size=round(STRANGER_FRACTION * len(people)), replace=False))
+    known = [item for item in items if item.label not in strangers]
+    train, test, _ = stratified_split(known, 0.2, seed=seed)
+    fit_items, val_items, _ = stratified_split(train, 0.15, seed=seed)
+    model = create_model(model_type).fit(extracted.of(fit_items)[1], extracted.of(val_items)[1])
+    found, test_faces = extracted.of(test)
+    known_right = sum(p.label == item.label for item, p in zip(found, model.predict(test_faces)))
+    stranger_items, stranger_faces = extracted.of([item for item in items if item.label in strangers])
+    rejected = sum(p.label == UNKNOWN for p in model.predict(stranger_faces))
+    return {"people_known": len(people) - len(strangers), "strangers": len(strangers),
+            "stranger_photos": len(stranger_items), "stranger_rejection": rejected / max(len(stranger_items), 1),
+            "known_accuracy": known_right / len(test), "threshold": model.threshold_}
+
+
+def baseline_top1(descriptors: dict[str, np.ndarray | None], train: list[Item], test: list[Item]) -> float:
+    fitted = [(descriptors[i.key], i.label) for i in train if descriptors[i.key] is not None]
+    svm = LinearSVC().fit(np.stack([d for d, _ in fitted]), [label for _, label in fitted])
+    found = [i for i in test if descriptors[i.key] is not None]
+    predicted = dict(zip([i.key for i in found], svm.predict(np.stack([descriptors[i.key] for i in found]))))
+    return sum(predicted.get(i.key) == i.label for i in test) / len(test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-photos", type=int, default=20)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--types", default=",".join(MODEL_TYPES), help="comma-separated model types")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    settings = load_settings()
+    lfw = settings.datasets_dir / "lfw-deepfunneled"
+    items = lfw_items(lfw, args.min_photos)
+    print(f"{len({i.label for i in items})} people, {len(items)} photos")
+
+    from pipeline.detect import FaceDetector
+    from pipeline.face_resnet import FaceResNetEmbedder
+    from pipeline.faces import FacePipeline
+
+    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir))
+    extracted = extract_faces(LocalStorage(lfw), pipeline, items, batch_size=64)
+    print(f"ours: faces in {len(extracted.items)} photos, no face in {len(extracted.no_face)}")
+    with BaselineEncoder(processes=2) as encoder:
+        encoded = encoder.encode([lfw / item.key for item in items])
+    descriptors = {item.key: d for item, d in zip(items, encoded.descriptors)}
+    print(f"baseline: no face in {sum(d is None for d in encoded.descriptors)} photos")
+
+    folds = StratifiedKFold(args.folds, shuffle=True, random_state=0)
+    labels = [item.label for item in items]
+    scores: dict[str, list[float]] = {t: [] for t in args.types.split(",")}
+    scores["baseline"] = []
+    for fold, (train_rows, test_rows) in enumerate(folds.split(np.zeros(len(items)), labels), start=1):
+        train, test = [items[i] for i in train_rows], [items[i] for i in test_rows]
+        for model_type in scores:
+            fold_started = time.perf_counter()
+            score = (baseline_top1(descriptors, train, test) if model_type == "baseline"
+                     else top1(model_type, extracted, train, test))
+            scores[model_type].append(score)
+            print(f"fold {fold}: {model_type:<10} top-1 {score:.4f} ({time.perf_counter() - fold_started:.0f} s)")
+
+    figures = {
+        "people": len({i.label for i in items}), "photos": len(items), "folds": args.folds,
+        "top1": {t: round(float(np.mean(s)), 4) for t, s in scores.items() if t != "baseline"},
+        "top1_std": {t: round(float(np.std(s)), 4) for t, s in scores.items()},
+        "baseline_top1": round(float(np.mean(scores["baseline"])), 4),
+        "ours_no_face": len(extracted.no_face),
+        "baseline_no_face": sum(d is None for d in encoded.descriptors),
+        "open_set": {t: open_set(t, extracted, items) for t in ("embedding", "centroid") if t in scores},
+    }
+    for model_type, result in figures["open_set"].items():
+        print(f"open set, {model_type}: {result['stranger_rejection']:.4f} of strangers rejected, "
+              f"known accuracy {result['known_accuracy']:.4f}")
+    figures["seconds"] = round(time.perf_counter() - started)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
