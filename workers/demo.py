@@ -143,7 +143,7 @@ def main() -> int:
               f"{result['unknown_faces']} unknown, {result['errors']} errors")
         print(f"bulk accuracy (main face named correctly): {bulk_accuracy(storage, result['results'], truth):.4f}")
         where = storage.describe()
-        print(f"evaluation report: {where}/{trained['report']}")
+        print(f"evaluation report: {where}/{trained['report_html']} (and report.json beside it)")
         print(f"predictions:       {where}/{result['results']}")
         print(f"summary:           {where}/{result['summary']}")
         return 0
