@@ -1,4 +1,10 @@
-"""Face detection with MTCNN: every face in a photo, with its box, score and 5 landmarks."""
+"""Face detection with MTCNN: every face in a photo, with its box, score and 5 landmarks.
+
+The three networks and their weights come from the `mtcnn` package; the pipeline around them is ours,
+so that photos of the same size run as one batch through compiled TensorFlow functions. Its box,
+landmark and suppression arithmetic reproduces the package's `MTCNN().detect_faces` (mtcnn 1.0.0,
+default settings) step by step, so the two find the same faces.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,27 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+
+# The package's defaults (mtcnn/stages/stage_*.py): a proposal survives a stage when its face
+# probability is above the threshold; the IoU thresholds are those of its suppression rounds.
+SCALE_FACTOR = 0.709
+PNET_THRESHOLD = 0.6
+RNET_THRESHOLD = 0.7
+ONET_THRESHOLD = 0.8
+PNET_SCALE_NMS = 0.5  # within one pyramid scale
+PNET_NMS = 0.7  # across the scales of one photo
+RNET_NMS = 0.7
+ONET_NMS = 0.7  # measured against the smaller box ("min"), not the union
+
+# PNet looks at 12x12 windows, every 2 pixels of the scaled photo.
+PNET_WINDOW = 12
+PNET_STRIDE = 2
+RNET_INPUT = 24
+ONET_INPUT = 48
+
+# Large photos go in smaller batches: PNet's first layer holds about 15 floats per photo pixel, so a
+# batch of 16 megapixels needs about 1 GB (32 LFW photos are 2 megapixels).
+MAX_BATCH_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -26,38 +53,94 @@ class Face:
 
 
 class FaceDetector:
-    """MTCNN from the `mtcnn` package (its weights ship inside the package).
+    """MTCNN with the `mtcnn` package's networks and weights, batched.
 
-    detect() takes a list of photos and runs those of the same size together as one batch.
+    detect() runs the photos of the same size together, at most batch_size (and MAX_BATCH_PIXELS) at a
+    time, through the three stages; faces whose final score is below min_score are dropped.
     """
 
     def __init__(self, min_face_size: int = 20, min_score: float = 0.9, batch_size: int = 32,
                  device: str = "CPU:0") -> None:
-        from mtcnn import MTCNN
-
         self.min_face_size = min_face_size
         self.min_score = min_score
         self.batch_size = batch_size
-        self._mtcnn = MTCNN(device=device)
+        self.device = device
+        self._networks = _Networks(device)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Return, for each RGB uint8 image, its faces sorted by decreasing box area."""
+        """Return, for each RGB uint8 image (H, W, 3), its faces sorted by decreasing box area."""
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             by_shape[image.shape].append(index)
         results: list[list[Face]] = [[] for _ in images]
-        for indices in by_shape.values():
-            for start in range(0, len(indices), self.batch_size):
-                batch = indices[start:start + self.batch_size]
-                rows = self._mtcnn.detect_faces([images[i] for i in batch], output_type="numpy",
-                                                box_format="xywh", min_face_size=self.min_face_size)
-                for row in np.asarray(rows).reshape(-1, 16):
-                    face = _face_from_row(row)
-                    if face.score >= self.min_score:
-                        results[batch[int(row[0])]].append(face)
-        for faces in results:
-            faces.sort(key=lambda f: f.box[2] * f.box[3], reverse=True)
+        for (height, width, _), indices in by_shape.items():
+            batch_size = max(1, min(self.batch_size, MAX_BATCH_PIXELS // (height * width)))
+            for start in range(0, len(indices), batch_size):
+                batch = indices[start:start + batch_size]
+                for index, faces in zip(batch, self._detect_same_size(np.stack([images[i] for i in batch]))):
+                    results[index] = sorted((f for f in faces if f.score >= self.min_score),
+                                            key=lambda f: f.box[2] * f.box[3], reverse=True)
         return results
+
+    def _detect_same_size(self, images: np.ndarray) -> list[list[Face]]:
+        """The three stages on a (B, H, W, 3) uint8 batch."""
+        import tensorflow as tf  # here, not at the top, so that importing Face or main_face stays light
+
+        count, height, width = images.shape[:3]
+        with tf.device(self.device):
+            # Exact in float32 (half-integers over a power of two), as the package's float64.
+            normalized = tf.constant((images.astype(np.float32) - 127.5) / 128)
+            boxes = self._propose(normalized)
+            boxes = self._refine(normalized, boxes)
+            boxes, landmarks = self._output(normalized, boxes)
+        # Like the package's fit_to_image: boxes (not landmarks) are clipped to the photo.
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, width - 1)
+        boxes[:, [2, 4]] = np.clip(boxes[:, [2, 4]], 0, height - 1)
+        faces: list[list[Face]] = [[] for _ in range(count)]
+        for (image, x1, y1, x2, y2, score), points in zip(boxes, landmarks):
+            faces[int(image)].append(Face(box=(float(x1), float(y1), float(x2 - x1), float(y2 - y1)),
+                                          score=float(score), landmarks=points.reshape(2, 5).T.copy()))
+        return faces
+
+    def _propose(self, normalized) -> np.ndarray:
+        """PNet over the image pyramid: squared candidate boxes, rows (image, x1, y1, x2, y2, score)."""
+        height, width = normalized.shape[1:3]
+        kept_per_scale = []
+        for scale in pyramid_scales(width, height, self.min_face_size):
+            # Truncated like the package's resize (tf.image.resize casts the float size to int).
+            size = (np.asarray([height, width]) * scale).astype(np.int32)
+            cells, regression, scores = (t.numpy() for t in self._networks.pnet(normalized, size))
+            boxes = _pnet_boxes(cells, regression, scores)
+            boxes[:, 1:5] /= scale
+            kept_per_scale.append(_suppress_per_image(boxes, PNET_SCALE_NMS, "union"))
+        if not kept_per_scale:
+            return np.empty((0, 6))
+        return _square(_suppress_per_image(np.concatenate(kept_per_scale), PNET_NMS, "union"))
+
+    def _refine(self, normalized, boxes: np.ndarray) -> np.ndarray:
+        """RNet on the PNet proposals: squared refined boxes, same rows."""
+        if len(boxes) == 0:
+            return boxes
+        regression, scores = _run_on_crops(self._networks.rnet, normalized, boxes)
+        boxes = _regress(boxes, regression, scores)
+        boxes = boxes[boxes[:, 5] > RNET_THRESHOLD]
+        return _square(_suppress_per_image(boxes, RNET_NMS, "union"))
+
+    def _output(self, normalized, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ONet on the RNet boxes: final boxes (same rows) and landmarks (n, 10: five x then five y)."""
+        if len(boxes) == 0:
+            return boxes, np.empty((0, 10))
+        regression, landmarks, scores = _run_on_crops(self._networks.onet, normalized, boxes)
+        # Landmarks are relative to the box ONet saw, before its own regression moves it.
+        widths = boxes[:, 3:4] - boxes[:, 1:2] + 1
+        heights = boxes[:, 4:5] - boxes[:, 2:3] + 1
+        landmarks = np.concatenate([widths * landmarks[:, :5] + boxes[:, 1:2] - 1,
+                                    heights * landmarks[:, 5:] + boxes[:, 2:3] - 1], axis=1)
+        boxes = _regress(boxes, regression, scores)
+        keep = boxes[:, 5] > ONET_THRESHOLD
+        rows = np.concatenate([boxes[keep], landmarks[keep]], axis=1)
+        rows = _suppress_per_image(rows, ONET_NMS, "min")
+        return rows[:, :6], rows[:, 6:]
 
 
 def main_face(faces: list[Face], width: int, height: int) -> int | None:
@@ -71,8 +154,146 @@ def main_face(faces: list[Face], width: int, height: int) -> int | None:
     return max(candidates, key=lambda i: faces[i].box[2] * faces[i].box[3])
 
 
-def _face_from_row(row: np.ndarray) -> Face:
-    # mtcnn's numpy rows: image index, x, y, width, height, score, the 5 landmarks' x, then their y.
-    x, y, width, height = (float(v) for v in row[1:5])
-    landmarks = row[6:16].reshape(2, 5).T.astype(np.float64)
-    return Face(box=(x, y, width, height), score=float(row[5]), landmarks=landmarks)
+def pyramid_scales(width: int, height: int, min_face_size: int) -> np.ndarray:
+    """The scales at which PNet sees the photo: the first maps a face of min_face_size pixels onto
+    PNet's 12-pixel window, each next one is SCALE_FACTOR smaller, down to the last at which the
+    photo's short side still holds one window.
+
+    For the default min_face_size of 20 these are the package's scales (but for a narrow band of photo
+    sizes, where the package's rounding leaves out the last one); for larger min_face_size the
+    package's count, which depends on the photo alone, runs below the window, PNet fails and the
+    package returns no face at all.
+    """
+    short_side = min(width, height)
+    first = PNET_WINDOW / min_face_size
+    # Enough levels to reach the window, plus one; the filter drops those below it. Powers rather
+    # than repeated products give the package's scales to the last bit.
+    count = max(0, int(np.log(short_side * first / PNET_WINDOW) / -np.log(SCALE_FACTOR)) + 2)
+    scales = first * SCALE_FACTOR ** np.arange(count)
+    return scales[short_side * scales >= PNET_WINDOW]
+
+
+class _Networks:
+    """The package's PNet, RNet and ONet with its weights, each wrapped in one compiled function whose
+    input signature leaves batch, height and width open, so one trace serves every photo size.
+
+    Not jit_compile: XLA has no CPU kernel for the area resize, ran RNet and ONet no faster than
+    TensorFlow's oneDNN kernels here, and would compile again for every new batch or photo size.
+    """
+
+    def __init__(self, device: str) -> None:
+        import tensorflow as tf
+        from mtcnn.network.onet import ONet
+        from mtcnn.network.pnet import PNet
+        from mtcnn.network.rnet import RNet
+        from mtcnn.utils.tensorflow import load_weights
+
+        def load(network: type, weights: str) -> tf.keras.Model:
+            with tf.device(device):
+                model = network()
+                model.build()
+                model.set_weights(load_weights(weights))
+            return model
+
+        pnet, rnet, onet = load(PNet, "pnet.lz4"), load(RNet, "rnet.lz4"), load(ONet, "onet.lz4")
+        images = tf.TensorSpec([None, None, None, 3], tf.float32)
+        crops = [tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)]
+
+        @tf.function(input_signature=[images, tf.TensorSpec([2], tf.int32)])
+        def run_pnet(normalized, size):
+            regression, classes = pnet(tf.image.resize(normalized, size, method="area"))
+            # Only the windows above threshold leave the graph: (image, row, column) of each.
+            cells = tf.where(classes[..., 1] > PNET_THRESHOLD)
+            return cells, tf.gather_nd(regression, cells), tf.gather_nd(classes[..., 1], cells)
+
+        @tf.function(input_signature=[images, *crops])
+        def run_rnet(normalized, boxes, box_images):
+            regression, classes = rnet(tf.image.crop_and_resize(normalized, boxes, box_images,
+                                                                (RNET_INPUT, RNET_INPUT)))
+            return regression, classes[:, 1]
+
+        @tf.function(input_signature=[images, *crops])
+        def run_onet(normalized, boxes, box_images):
+            regression, landmarks, classes = onet(tf.image.crop_and_resize(normalized, boxes, box_images,
+                                                                           (ONET_INPUT, ONET_INPUT)))
+            return regression, landmarks, classes[:, 1]
+
+        self.pnet, self.rnet, self.onet = run_pnet, run_rnet, run_onet
+
+
+def _pnet_boxes(cells: np.ndarray, regression: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Boxes in the scaled photo from PNet's windows (as the package's generate_bounding_box: the window
+    spans pixels stride*cell+1 .. stride*cell+12, and the regression is in units of its 11-pixel extent)."""
+    extent = PNET_WINDOW - 1
+    regression = regression.astype(np.float64)  # the package's arithmetic is float64 from here on
+    top_left = cells[:, 1:] * PNET_STRIDE + 1
+    bottom_right = cells[:, 1:] * PNET_STRIDE + PNET_WINDOW
+    return np.stack([cells[:, 0],
+                     top_left[:, 1] + regression[:, 0] * extent, top_left[:, 0] + regression[:, 1] * extent,
+                     bottom_right[:, 1] + regression[:, 2] * extent, bottom_right[:, 0] + regression[:, 3] * extent,
+                     scores], axis=1)
+
+
+def _suppress_per_image(rows: np.ndarray, threshold: float, overlap: str) -> np.ndarray:
+    """Each image's rows sorted by decreasing score, then suppressed (see _fast_nms)."""
+    kept = []
+    for image in np.unique(rows[:, 0]):
+        image_rows = rows[rows[:, 0] == image]
+        # argsort reversed, as the package's sort_by_scores, so that ties keep the package's order.
+        image_rows = image_rows[np.argsort(image_rows[:, 5])[::-1]]
+        kept.append(image_rows[_fast_nms(image_rows, threshold, overlap)])
+    return np.concatenate(kept) if kept else rows[:0]
+
+
+def _fast_nms(rows: np.ndarray, threshold: float, overlap: str) -> np.ndarray:
+    """Indices of the rows to keep; the rows (one image's) must be sorted by decreasing score.
+
+    The package's suppression (utils/bboxes.py nms) drops a box when any higher-scored box overlaps it
+    by more than threshold, even one that was itself dropped: stricter than greedy NMS, and kept so
+    that our faces are the package's. overlap is "union" (IoU) or "min" (intersection over the smaller area).
+    """
+    x1, y1, x2, y2 = (rows[:, i] for i in range(1, 5))
+    areas = (x2 - x1) * (y2 - y1)
+    widths = np.maximum(0, np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]))
+    heights = np.maximum(0, np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]))
+    intersections = widths * heights
+    if overlap == "union":
+        denominators = areas[:, None] + areas[None, :] - intersections
+    else:
+        denominators = np.minimum(areas[:, None], areas[None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlapping = intersections / denominators > threshold
+    # Row i suppresses row j only when it scores higher (comes earlier).
+    return np.flatnonzero(~np.triu(overlapping, k=1).any(axis=0))
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Boxes grown to squares around the same centre, as the package's resize_to_square."""
+    boxes = boxes.copy()
+    widths = boxes[:, 3] - boxes[:, 1]
+    heights = boxes[:, 4] - boxes[:, 2]
+    sides = np.maximum(widths, heights)
+    boxes[:, 1] += widths * 0.5 - sides * 0.5
+    boxes[:, 2] += heights * 0.5 - sides * 0.5
+    boxes[:, 3] = boxes[:, 1] + sides
+    boxes[:, 4] = boxes[:, 2] + sides
+    return boxes
+
+
+def _regress(boxes: np.ndarray, regression: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Boxes moved by a stage's regression (in units of the box's size plus one pixel, as the package's
+    adjust_bboxes), with the stage's scores."""
+    boxes = boxes.copy()
+    widths = boxes[:, 3] - boxes[:, 1] + 1
+    heights = boxes[:, 4] - boxes[:, 2] + 1
+    boxes[:, 1:5] += regression * np.stack([widths, heights, widths, heights], axis=1)
+    boxes[:, 5] = scores
+    return boxes
+
+
+def _run_on_crops(network, normalized, boxes: np.ndarray) -> list[np.ndarray]:
+    """RNet's or ONet's outputs for the boxes' crops. The boxes go to crop_and_resize divided by the
+    photo's height and width, as the package does (though crop_and_resize maps 1.0 to the last pixel)."""
+    height, width = normalized.shape[1:3]
+    crops = boxes[:, [2, 1, 4, 3]] / np.asarray([height, width, height, width])
+    return [t.numpy() for t in network(normalized, crops.astype(np.float32), boxes[:, 0].astype(np.int32))]

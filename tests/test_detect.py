@@ -1,0 +1,144 @@
+"""Our batched MTCNN against the `mtcnn` package's own pipeline, on real LFW photos.
+
+The package's default call, MTCNN().detect_faces(image), is the reference: the same networks and
+weights, one photo at a time. It takes about a minute on 2 CPU cores for the 200 photos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.detect import Face, FaceDetector
+
+SAMPLE_SIZE = 200
+EXACT_SAMPLE_SIZE = 20
+KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+# The package's default output rounds boxes and landmarks to whole pixels.
+ROUNDING_TOLERANCE_PX = 0.5 + 1e-3
+# Against its unrounded output only float32 round-off separates the two (measured: about 1e-4 px).
+EXACT_TOLERANCE_PX = 0.01
+# A batch against one photo at a time: oneDNN's convolutions sum in a batch-dependent order.
+BATCH_TOLERANCE = 1e-3
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def package():
+    from mtcnn import MTCNN
+
+    return MTCNN()
+
+
+@pytest.fixture(scope="module")
+def photos(lfw_dir: Path) -> list[np.ndarray]:
+    """200 LFW photos spread over the whole alphabet of people (every Nth of the sorted list)."""
+    files = sorted(lfw_dir.glob("*/*.jpg"))
+    chosen = files[::len(files) // SAMPLE_SIZE][:SAMPLE_SIZE]
+    return [load_rgb(path) for path in chosen]
+
+
+@pytest.fixture(scope="module")
+def ours(detector: FaceDetector, photos: list[np.ndarray]) -> list[list[Face]]:
+    return detector.detect(photos)
+
+
+@pytest.fixture(scope="module")
+def theirs(package, photos: list[np.ndarray]) -> list[list[dict]]:
+    return [package.detect_faces(photo) for photo in photos]
+
+
+def package_faces(faces: list[dict], min_score: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(box, landmarks) of the package's JSON faces at or above min_score, largest box first."""
+    kept = [(np.asarray(f["box"], float), np.asarray([f["keypoints"][k] for k in KEYPOINTS], float))
+            for f in faces if f["confidence"] >= min_score]
+    return sorted(kept, key=lambda face: face[0][2] * face[0][3], reverse=True)
+
+
+def test_finds_a_face_in_as_many_photos_as_the_package(ours: list[list[Face]], theirs: list[list[dict]]) -> None:
+    found_ours = sum(bool(faces) for faces in ours)
+    found_theirs = sum(bool(faces) for faces in theirs)
+    print(f"\nface found in {found_ours}/{SAMPLE_SIZE} photos by ours, {found_theirs} by the package")
+    assert found_ours >= found_theirs - 1
+
+
+def test_boxes_and_landmarks_match_the_package(ours: list[list[Face]], theirs: list[list[dict]],
+                                                detector: FaceDetector) -> None:
+    landmark_distances = []
+    for index, (our_faces, their_faces) in enumerate(zip(ours, theirs)):
+        reference = package_faces(their_faces, detector.min_score)
+        assert len(our_faces) == len(reference), f"photo {index}: {len(our_faces)} faces, package {len(reference)}"
+        for face, (box, landmarks) in zip(our_faces, reference):
+            assert np.abs(np.asarray(face.box) - box).max() <= ROUNDING_TOLERANCE_PX, (index, face.box, box)
+            assert np.abs(face.landmarks - landmarks).max() <= ROUNDING_TOLERANCE_PX, (index, face.landmarks)
+            landmark_distances.extend(np.linalg.norm(face.landmarks - landmarks, axis=1))
+    print(f"\nmean landmark distance to the package's whole-pixel output: {np.mean(landmark_distances):.3f} px "
+          f"over {len(landmark_distances) // 5} faces")
+    assert np.mean(landmark_distances) < 1.0
+
+
+def test_matches_the_package_unrounded_output_to_a_hundredth_of_a_pixel(ours: list[list[Face]], package,
+                                                                        photos: list[np.ndarray],
+                                                                        detector: FaceDetector) -> None:
+    for index in range(EXACT_SAMPLE_SIZE):
+        rows = np.asarray(package.detect_faces(photos[index], output_type="numpy")).reshape(-1, 16)
+        rows = rows[rows[:, 5] >= detector.min_score]
+        rows = rows[np.argsort(-rows[:, 3] * rows[:, 4], kind="stable")]
+        assert len(ours[index]) == len(rows), index
+        for face, row in zip(ours[index], rows):
+            assert np.abs(np.asarray(face.box) - row[1:5]).max() <= EXACT_TOLERANCE_PX, (index, face.box, row)
+            # The package's rows hold the five landmarks' x, then their y.
+            assert np.abs(face.landmarks - row[6:16].reshape(2, 5).T).max() <= EXACT_TOLERANCE_PX, index
+            assert face.score == pytest.approx(row[5], abs=1e-5)
+
+
+def test_a_batch_of_two_photo_sizes_gives_each_photo_what_it_gets_alone(detector: FaceDetector,
+                                                                          photos: list[np.ndarray]) -> None:
+    # 200x300 photos: the middle 200 columns of an LFW photo, stretched to 300 rows.
+    tall = [np.asarray(Image.fromarray(photo[:, 25:225]).resize((200, 300))) for photo in photos[:3]]
+    batch = [photos[10], tall[0], photos[11], photos[12], tall[1], tall[2], photos[13]]
+    together = detector.detect(batch)
+    for image, faces in zip(batch, together):
+        alone = detector.detect([image])[0]
+        assert faces, image.shape
+        assert len(faces) == len(alone)
+        for face, reference in zip(faces, alone):
+            np.testing.assert_allclose(face.box, reference.box, atol=BATCH_TOLERANCE)
+            np.testing.assert_allclose(face.landmarks, reference.landmarks, atol=BATCH_TOLERANCE)
+            assert face.score == pytest.approx(reference.score, abs=1e-5)
+
+
+def test_no_face_in_a_gray_or_noise_image(detector: FaceDetector) -> None:
+    gray = np.full((250, 250, 3), 128, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (250, 250, 3), dtype=np.uint8)
+    assert detector.detect([gray, noise]) == [[], []]
+
+
+def test_min_face_size_skips_smaller_faces_and_keeps_larger_ones(photos: list[np.ndarray]) -> None:
+    # min_face_size sets the finest pyramid scale, not a hard cut: the box regression still reaches
+    # faces down to about half of it. So the small faces here are about a quarter of the larger one.
+    large = photos[:4]
+    small = []
+    for photo in large:
+        canvas = np.full_like(photo, 128)
+        # The photo shrunk to a quarter of its side onto a gray canvas of the same size: a face about 22 px wide.
+        canvas[:62, :62] = np.asarray(Image.fromarray(photo).resize((62, 62), Image.Resampling.LANCZOS))
+        small.append(canvas)
+
+    fine, coarse = FaceDetector(min_face_size=20), FaceDetector(min_face_size=80)
+    for faces in fine.detect(small):
+        assert faces and 15 <= faces[0].box[2] <= 35, faces
+    assert coarse.detect(small) == [[]] * len(small)
+    for faces in coarse.detect(large):
+        assert faces and faces[0].box[2] >= 80, faces
