@@ -1,0 +1,46 @@
+"""LFW's verification pairs (pairs.txt): which two photos, same person or not, and in which fold.
+
+The file starts with "FOLDS PER_FOLD" (10 300 for the standard protocol); then each fold lists
+PER_FOLD matched pairs ("name n1 n2") followed by PER_FOLD mismatched pairs ("name1 n1 name2 n2").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Pair:
+    first: str  # photo path relative to the LFW folder, e.g. "Abel_Pacheco/Abel_Pacheco_0001.jpg"
+    second: str
+    same: bool  # True for a matched pair (same person)
+    fold: int  # 0-based
+
+
+def photo_path(name: str, number: int) -> str:
+    """The relative path of a person's photo number `number` (1-based, as pairs.txt counts)."""
+    return f"{name}/{name}_{number:04d}.jpg"
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Every pair of pairs.txt, in file order; raises ValueError when the file breaks the format."""
+    lines = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    folds, per_fold = (int(v) for v in lines[0])
+    rows = lines[1:]
+    if len(rows) != folds * 2 * per_fold:
+        raise ValueError(f"{path}: header announces {folds} folds of 2 x {per_fold} pairs, found {len(rows)} lines")
+    pairs = []
+    for index, row in enumerate(rows):
+        fold, position = divmod(index, 2 * per_fold)
+        same = position < per_fold
+        if same and len(row) == 3:
+            name, first, second = row
+            pairs.append(Pair(photo_path(name, int(first)), photo_path(name, int(second)), True, fold))
+        elif not same and len(row) == 4:
+            name1, first, name2, second = row
+            pairs.append(Pair(photo_path(name1, int(first)), photo_path(name2, int(second)), False, fold))
+        else:
+            kind = "matched" if same else "mismatched"
+            raise ValueError(f"{path}: line {index + 2} should be a {kind} pair, got {' '.join(row)!r}")
+    return pairs
