@@ -45,6 +45,7 @@ class Settings:
     chunk_size: int = 256
     worker_max_memory_mb: int = 8192
     task_max_retries: int = 3
+    mirror_faces: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -87,4 +88,5 @@ def load_settings() -> Settings:
         chunk_size=_env_int("FACEREC_CHUNK_SIZE", 256),
         worker_max_memory_mb=_env_int("FACEREC_WORKER_MAX_MEMORY_MB", 8192),
         task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
+        mirror_faces=_env("FACEREC_MIRROR_FACES", "1") not in ("0", "false", "no"),
     )

@@ -95,7 +95,7 @@ def main() -> None:
     from pipeline.face_resnet import FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir))
+    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir, mirror=settings.mirror_faces))
     extracted = extract_faces(LocalStorage(lfw), pipeline, items, batch_size=64)
     print(f"ours: faces in {len(extracted.items)} photos, no face in {len(extracted.no_face)}")
     with BaselineEncoder(processes=2) as encoder:

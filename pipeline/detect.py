@@ -56,13 +56,17 @@ class FaceDetector:
     """MTCNN with the `mtcnn` package's networks and weights, batched.
 
     detect() runs the photos of the same size together, at most batch_size (and MAX_BATCH_PIXELS) at a
-    time, through the three stages; faces whose final score is below min_score are dropped.
+    time, through the three stages; faces whose final score is below min_score are dropped, except
+    that a photo with no face at min_score keeps its best face if that scores at least fallback_score.
+    (On LFW, 9 of 7,701 photos have their only face at 0.82-0.89; keeping every face above 0.8
+    instead would add 176 doubtful faces.)
     """
 
-    def __init__(self, min_face_size: int = 20, min_score: float = 0.9, batch_size: int = 32,
-                 device: str = "CPU:0") -> None:
+    def __init__(self, min_face_size: int = 20, min_score: float = 0.9, fallback_score: float = 0.8,
+                 batch_size: int = 32, device: str = "CPU:0") -> None:
         self.min_face_size = min_face_size
         self.min_score = min_score
+        self.fallback_score = fallback_score
         self.batch_size = batch_size
         self.device = device
         self._networks = _Networks(device)
@@ -78,9 +82,15 @@ class FaceDetector:
             for start in range(0, len(indices), batch_size):
                 batch = indices[start:start + batch_size]
                 for index, faces in zip(batch, self._detect_same_size(np.stack([images[i] for i in batch]))):
-                    results[index] = sorted((f for f in faces if f.score >= self.min_score),
-                                            key=lambda f: f.box[2] * f.box[3], reverse=True)
+                    results[index] = sorted(self._confident(faces), key=lambda f: f.box[2] * f.box[3], reverse=True)
         return results
+
+    def _confident(self, faces: list[Face]) -> list[Face]:
+        kept = [f for f in faces if f.score >= self.min_score]
+        if kept or not faces:
+            return kept
+        best = max(faces, key=lambda f: f.score)
+        return [best] if best.score >= self.fallback_score else []
 
     def _detect_same_size(self, images: np.ndarray) -> list[list[Face]]:
         """The three stages on a (B, H, W, 3) uint8 batch."""

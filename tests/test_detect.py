@@ -59,10 +59,19 @@ def theirs(package, photos: list[np.ndarray]) -> list[list[dict]]:
     return [package.detect_faces(photo) for photo in photos]
 
 
-def package_faces(faces: list[dict], min_score: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(box, landmarks) of the package's JSON faces at or above min_score, largest box first."""
-    kept = [(np.asarray(f["box"], float), np.asarray([f["keypoints"][k] for k in KEYPOINTS], float))
-            for f in faces if f["confidence"] >= min_score]
+def selected(scores: list[float], detector: FaceDetector) -> list[int]:
+    """Indices of the faces our detector keeps: those at min_score, else the best one at fallback_score."""
+    kept = [i for i, score in enumerate(scores) if score >= detector.min_score]
+    if kept or not scores:
+        return kept
+    best = int(np.argmax(scores))
+    return [best] if scores[best] >= detector.fallback_score else []
+
+
+def package_faces(faces: list[dict], detector: FaceDetector) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(box, landmarks) of the package's JSON faces that our detector keeps, largest box first."""
+    kept = [(np.asarray(faces[i]["box"], float), np.asarray([faces[i]["keypoints"][k] for k in KEYPOINTS], float))
+            for i in selected([f["confidence"] for f in faces], detector)]
     return sorted(kept, key=lambda face: face[0][2] * face[0][3], reverse=True)
 
 
@@ -77,7 +86,7 @@ def test_boxes_and_landmarks_match_the_package(ours: list[list[Face]], theirs: l
                                                 detector: FaceDetector) -> None:
     landmark_distances = []
     for index, (our_faces, their_faces) in enumerate(zip(ours, theirs)):
-        reference = package_faces(their_faces, detector.min_score)
+        reference = package_faces(their_faces, detector)
         assert len(our_faces) == len(reference), f"photo {index}: {len(our_faces)} faces, package {len(reference)}"
         for face, (box, landmarks) in zip(our_faces, reference):
             assert np.abs(np.asarray(face.box) - box).max() <= ROUNDING_TOLERANCE_PX, (index, face.box, box)
@@ -93,7 +102,7 @@ def test_matches_the_package_unrounded_output_to_a_hundredth_of_a_pixel(ours: li
                                                                         detector: FaceDetector) -> None:
     for index in range(EXACT_SAMPLE_SIZE):
         rows = np.asarray(package.detect_faces(photos[index], output_type="numpy")).reshape(-1, 16)
-        rows = rows[rows[:, 5] >= detector.min_score]
+        rows = rows[selected(list(rows[:, 5]), detector)]
         rows = rows[np.argsort(-rows[:, 3] * rows[:, 4], kind="stable")]
         assert len(ours[index]) == len(rows), index
         for face, row in zip(ours[index], rows):
@@ -142,3 +151,11 @@ def test_min_face_size_skips_smaller_faces_and_keeps_larger_ones(photos: list[np
     assert coarse.detect(small) == [[]] * len(small)
     for faces in coarse.detect(large):
         assert faces and faces[0].box[2] >= 80, faces
+
+
+def test_a_photo_with_no_confident_face_keeps_its_best_face_above_the_fallback_score(photos: list[np.ndarray]) -> None:
+    sample = photos[:10]
+    # Nothing reaches a score above 1, so every photo falls back to its single best face...
+    assert [len(faces) for faces in FaceDetector(min_score=1.01).detect(sample)] == [1] * len(sample)
+    # ...unless the fallback score cannot be reached either.
+    assert FaceDetector(min_score=1.01, fallback_score=1.01).detect(sample) == [[] for _ in sample]

@@ -81,3 +81,11 @@ def test_converted_weights_are_cached_per_converter_version(tmp_path, monkeypatc
     new_cache_file = tmp_path / f"face_resnet_v{face_resnet.CONVERTER_VERSION}.weights.h5"
     # Both versions' files and no leftover temporary file.
     assert sorted(tmp_path.iterdir()) == sorted([cache_file, new_cache_file])
+
+
+def test_mirroring_averages_the_descriptors_of_the_chip_and_its_mirror_image(lfw_chips, embedder, face_resnet_cache):
+    chips = lfw_chips[:8]
+    mirrored = FaceResNetEmbedder(face_resnet_cache, mirror=True)
+    expected = (embedder.embed(chips) + embedder.embed(chips[:, :, ::-1].copy())) / 2
+    np.testing.assert_allclose(mirrored.embed(chips), expected, atol=1e-5)
+    assert mirrored.name != embedder.name  # a model version records which descriptor it was trained on

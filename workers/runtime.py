@@ -46,7 +46,7 @@ def face_pipeline():
     from pipeline.face_resnet import FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    return FacePipeline(FaceDetector(), FaceResNetEmbedder(settings().cache_dir))
+    return FacePipeline(FaceDetector(), FaceResNetEmbedder(settings().cache_dir, mirror=settings().mirror_faces))
 
 
 _models: OrderedDict = OrderedDict()

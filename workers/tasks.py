@@ -41,7 +41,7 @@ class JobTask(Task):
     retry_backoff = 2
     retry_backoff_max = 120
     retry_jitter = True
-    max_retries = 5
+    max_retries = runtime.settings().task_max_retries
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         runtime.job_store().fail(args[0], f"{type(exc).__name__}: {exc}", {"task": self.name})
