@@ -8,8 +8,9 @@ data folder; a training job on the rest, then a recognition job over the photos 
 from submit to success. Baseline, in the same run: the face_recognition pipeline (bench.baseline, two
 processes) describes the same photos and a linear SVM is fitted on the training descriptors.
 Top-1 counts a photo as right only when its subject (the largest face holding the photo's centre, else
-the largest face, for both pipelines) is named as the right person; no face, `unknown` and errors count
-as wrong. The last line printed is the JSON written to bench/results/e2e.json.
+the largest face, for both pipelines) is named as the right person; no face and errors count as wrong.
+`ours_top1` scores our closed-set answer (the best person), as the baseline's SVM has no other;
+`ours_top1_with_unknown` also counts our open-set `unknown` answers as wrong. The last line printed is the JSON written to bench/results/e2e.json.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def run_ours(train_items: list[Item], aside: list[Item]) -> dict:
     return {
         "training_s": training_s,
         "recognition_s": recognition_s,
-        "top1": bulk_accuracy(storage, result["results"], truth),
+        # Closed set, like the baseline's SVM: the best person, even when the answer is `unknown`.
+        "top1": bulk_accuracy(storage, result["results"], truth, answer="best_guess"),
+        "top1_with_unknown": bulk_accuracy(storage, result["results"], truth),
         "no_face": summary["images_without_face"],
         "errors": summary["errors"],
         "stage_ms": summary["timings_ms"],
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": round(baseline["recognition_s"] / ours["recognition_s"], 2),
         "ours_top1": round(ours["top1"], 4),
         "baseline_top1": round(baseline["top1"], 4),
+        "ours_top1_with_unknown": round(ours["top1_with_unknown"], 4),
         "ours_training_s": round(ours["training_s"], 1),
         "ours_recognition_s": round(ours["recognition_s"], 2),
         "baseline_recognition_s": round(baseline["recognition_s"], 2),
@@ -199,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print(f"held-out photos:        {images} ({people} people; trained on {len(train_items)})")
-    print(f"ours:     {figures['ours_images_per_s']:6.2f} images/s  top-1 {figures['ours_top1']:.4f}  "
+    print(f"ours:     {figures['ours_images_per_s']:6.2f} images/s  top-1 {figures['ours_top1']:.4f} "
+          f"(with `unknown` counted wrong: {figures['ours_top1_with_unknown']:.4f})  "
           f"({ours['recognition_s']:.1f} s submit to success, {ours['no_face']} without a face, "
           f"{ours['errors']} errors)")
     print(f"baseline: {figures['baseline_images_per_s']:6.2f} images/s  top-1 {figures['baseline_top1']:.4f}  "

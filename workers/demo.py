@@ -79,13 +79,14 @@ def start_worker() -> subprocess.Popen:
         )
 
 
-def bulk_accuracy(storage, results_key: str, truth: dict[str, str]) -> float:
-    """Share of photos whose subject (main face) was named as the right person."""
+def bulk_accuracy(storage, results_key: str, truth: dict[str, str], answer: str = "identity") -> float:
+    """Share of photos whose subject (main face) was named as the right person. answer="identity"
+    counts `unknown` as wrong; answer="best_guess" scores the closed-set answer (the best person)."""
     correct = 0
     for line in storage.get(results_key).decode().splitlines():
         result = json.loads(line)
         if result.get("main_face") is not None:
-            correct += result["faces"][result["main_face"]]["identity"] == truth[result["key"]]
+            correct += result["faces"][result["main_face"]][answer] == truth[result["key"]]
     return correct / len(truth)
 
 
