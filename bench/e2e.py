@@ -10,7 +10,8 @@ processes) describes the same photos and a linear SVM is fitted on the training 
 Top-1 counts a photo as right only when its subject (the largest face holding the photo's centre, else
 the largest face, for both pipelines) is named as the right person; no face and errors count as wrong.
 `ours_top1` scores our closed-set answer (the best person), as the baseline's SVM has no other;
-`ours_top1_with_unknown` also counts our open-set `unknown` answers as wrong. The last line printed is the JSON written to bench/results/e2e.json.
+`ours_top1_with_unknown` also counts our open-set `unknown` answers as wrong.
+The last line printed is the JSON written to bench/results/e2e.json.
 """
 
 from __future__ import annotations
