@@ -13,11 +13,13 @@ from pathlib import Path
 
 from pipeline.models.base import UNKNOWN, FaceSet, IdentityModel, Prediction
 from pipeline.models.centroid import CentroidModel
+from pipeline.models.cnn import NotebookCnn
 from pipeline.models.embedding import EmbeddingHead
+from pipeline.models.finetune import FinetunedResNet
 from pipeline.storage import Storage
 
 MODEL_TYPES: dict[str, type[IdentityModel]] = {
-    model.model_type: model for model in (EmbeddingHead, CentroidModel)
+    model.model_type: model for model in (EmbeddingHead, CentroidModel, NotebookCnn, FinetunedResNet)
 }
 
 __all__ = ["MODEL_TYPES", "UNKNOWN", "FaceSet", "IdentityModel", "Prediction", "create_model",
