@@ -7,6 +7,9 @@ the 20% test photos are seen by nothing before the count. The notebook reported 
 top-1. Faces come from our pipeline (MTCNN, alignment; the photo's subject face); a photo with no
 face found counts as an error. Top-1 is the best guess, whatever the unknown threshold says.
 The last line printed is a JSON summary, also written to bench/results/cnn_notebook.json.
+
+Measured on 2 shared cores: 93.4% (41 epochs, 6 minutes) and 82.1% (83 epochs, 26 minutes), where
+the frozen ResNet embedding's nearest centroid gets 100% and 99.8% on the same test photos.
 """
 
 from __future__ import annotations
