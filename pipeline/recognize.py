@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
 
 from pipeline import registry
-from pipeline.faces import FacePipeline
+from pipeline.faces import FacePipeline, PhotoFaces
 from pipeline.models import FaceSet, IdentityModel, load_model_files
 from pipeline.storage import Storage
 
@@ -23,21 +27,31 @@ def load_model(storage: Storage, name: str, version: str) -> LoadedModel:
     return LoadedModel(name, version, load_model_files(storage, registry.version_prefix(name, version)))
 
 
-def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: list[tuple[str, bytes]]) -> list[dict]:
-    """One JSON-ready result per (key, bytes) photo: its faces with identities, or its error."""
-    results = []
-    for photo in pipeline.process(photos):
+def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: Iterable[tuple[str, bytes]],
+              batch_size: int = 32) -> Iterator[dict]:
+    """One JSON-ready result per (key, bytes) photo, in order: its faces with identities, or its error."""
+    found = pipeline.process_stream(photos, batch_size)
+    while batch := list(islice(found, batch_size)):
+        yield from _name_faces(loaded, batch)
+
+
+def _name_faces(loaded: LoadedModel, photos: list[PhotoFaces]) -> Iterator[dict]:
+    """The results of a batch of photos, with one call of the model for all their faces."""
+    # A photo without faces holds empty arrays of the right shapes, so `nothing` keeps the joins defined.
+    readable = [photo for photo in photos if not photo.error] + [PhotoFaces(key="nothing")]
+    faces = FaceSet(np.concatenate([photo.chips for photo in readable]),
+                    np.concatenate([photo.embeddings for photo in readable]))
+    predictions = iter(loaded.model.predict(faces))
+    for photo in photos:
         result = {"key": photo.key, "model": loaded.name, "model_version": loaded.version}
         if photo.error:
             result["error"] = photo.error
         else:
-            predictions = loaded.model.predict(FaceSet(photo.chips, photo.embeddings))
             result["width"], result["height"] = photo.size
             result["main_face"] = photo.main_face
             result["faces"] = [
                 {**face.to_json(), "identity": p.label, "score": round(p.score, 4),
                  "confidence": round(p.confidence, 4), "best_guess": p.best_guess}
-                for face, p in zip(photo.faces, predictions)
+                for face, p in zip(photo.faces, islice(predictions, len(photo.faces)))
             ]
-        results.append(result)
-    return results
+        yield result

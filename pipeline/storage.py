@@ -10,7 +10,9 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,28 @@ class Storage(ABC):
             return False
         self.put(key, data)
         return True
+
+    def get_many(self, keys: Iterable[str], threads: int = 8, ahead: int = 64
+                 ) -> Iterator[tuple[str, bytes | MissingKey]]:
+        """(key, data) for each key, in order; a missing key comes with its MissingKey in place of the
+        data. Reads run on a few threads, at most `ahead` keys before the caller: a remote store
+        answers one request at a time far slower than it answers several."""
+        def read(key: str) -> bytes | MissingKey:
+            try:
+                return self.get(key)
+            except MissingKey as missing:
+                return missing
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="storage-read") as pool:
+            pending: deque = deque()
+            for key in keys:
+                pending.append((key, pool.submit(read, key)))
+                if len(pending) >= ahead:
+                    key, data = pending.popleft()
+                    yield key, data.result()
+            while pending:
+                key, data = pending.popleft()
+                yield key, data.result()
 
     def put_json(self, key: str, value: Any) -> None:
         self.put(key, json.dumps(value, indent=2, sort_keys=True).encode())

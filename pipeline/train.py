@@ -64,31 +64,33 @@ class ExtractedFaces:
 def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], batch_size: int = 32,
                   on_progress: Callable[[int], None] = lambda done: None) -> ExtractedFaces:
     """Detect, align and embed the subject's face in every photo, batch by batch."""
-    kept, chips, vectors, no_face, several, errors = [], [], [], [], [], {}
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        photos = []
-        for item in batch:
-            try:
-                photos.append((item.key, storage.get(item.key)))
-            except MissingKey:
-                errors[item.key] = "missing from storage"
-        found_by_key = {found.key: found for found in pipeline.process(photos)}
-        for item in batch:
-            found = found_by_key.get(item.key)
-            if found is None:
-                continue
-            if found.error:
-                errors[item.key] = found.error
-            elif not found.faces:
-                no_face.append(item.key)
+    kept, chips, vectors, no_face, several = [], [], [], [], []
+    missing: list[str] = []
+    errors: dict[str, str] = {}
+    label = {item.key: item.label for item in items}
+
+    def photos():
+        for key, data in storage.get_many(label):
+            if isinstance(data, MissingKey):
+                missing.append(key)
             else:
-                if len(found.faces) > 1:
-                    several.append(item.key)
-                kept.append(item)
-                chips.append(found.chips[found.main_face])
-                vectors.append(found.embeddings[found.main_face])
-        on_progress(min(start + batch_size, len(items)))
+                yield key, data
+
+    for processed, found in enumerate(pipeline.process_stream(photos(), batch_size), start=1):
+        if found.error:
+            errors[found.key] = found.error
+        elif not found.faces:
+            no_face.append(found.key)
+        else:
+            if len(found.faces) > 1:
+                several.append(found.key)
+            kept.append(Item(found.key, label[found.key]))
+            chips.append(found.chips[found.main_face])
+            vectors.append(found.embeddings[found.main_face])
+        if processed % batch_size == 0:
+            on_progress(processed + len(missing))
+    on_progress(len(label))
+    errors.update(dict.fromkeys(missing, "missing from storage"))
     faces = FaceSet(np.stack(chips) if chips else np.zeros((0, 150, 150, 3), np.uint8),
                     np.stack(vectors) if vectors else np.zeros((0, 128), np.float32),
                     [item.label for item in kept])

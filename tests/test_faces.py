@@ -207,6 +207,23 @@ def test_broken_photos_get_an_error_and_do_not_disturb_good_photos_in_the_same_b
         assert np.linalg.norm(a - b) > DLIB_SAME_PERSON_THRESHOLD
 
 
+def test_a_stream_of_photos_gives_what_batches_give_in_the_same_order(
+        lfw_dir: Path, face_pipeline: FacePipeline) -> None:
+    """process_stream detects the next batch while embedding this one; the results must not change."""
+    photos = read_photos(sorted(lfw_dir.glob("*/*.jpg"))[:70])
+    photos.insert(33, ("notes.txt", b"not a photo"))  # a broken photo in the second batch
+    by_batch = process_in_batches(face_pipeline, photos)
+
+    streamed = list(face_pipeline.process_stream(iter(photos), batch_size=BATCH_SIZE))
+
+    assert [photo.key for photo in streamed] == [key for key, _ in photos]
+    assert streamed[33].error is not None and streamed[33].faces == []
+    for photo, expected in zip(streamed, by_batch):
+        assert [f.box for f in photo.faces] == [f.box for f in expected.faces], photo.key
+        np.testing.assert_array_equal(photo.embeddings, expected.embeddings, err_msg=photo.key)
+    assert all(face_pipeline.timings_ms[stage] > 0 for stage in ("decode", "detect", "align", "embed"))
+
+
 def test_a_batch_of_only_broken_photos_gives_only_errors(face_pipeline: FacePipeline) -> None:
     results = face_pipeline.process([("empty.jpg", b""), ("dot.png", png((1, 1)))])
     assert [bool(photo.error) for photo in results] == [True, True]

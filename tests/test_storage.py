@@ -131,6 +131,25 @@ def test_delete_makes_the_key_missing_and_is_idempotent(storage: Storage) -> Non
     storage.delete("never/existed")
 
 
+def test_get_many_reads_every_key_in_order_and_names_the_missing_ones(storage: Storage) -> None:
+    # More keys than it reads ahead, so that the window slides.
+    keys = [f"many/{i:03d}" for i in range(150)]
+    for i, key in enumerate(keys):
+        if i % 7:
+            storage.put(key, f"photo {i}".encode())
+    read = list(storage.get_many(keys, threads=4, ahead=16))
+    assert [key for key, _ in read] == keys
+    for i, (key, data) in enumerate(read):
+        if i % 7:
+            assert data == f"photo {i}".encode()
+        else:
+            assert isinstance(data, MissingKey) and key in str(data)
+
+
+def test_get_many_of_nothing_reads_nothing(storage: Storage) -> None:
+    assert list(storage.get_many([])) == []
+
+
 def test_put_new_writes_once_and_refuses_the_second_time(storage: Storage) -> None:
     assert storage.put_new("models/m/versions/1/version.json", b"first") is True
     assert storage.put_new("models/m/versions/1/version.json", b"second") is False

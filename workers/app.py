@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_process_init
+from kombu.transport import sqlalchemy as sqlalchemy_transport
 
 from workers import runtime
 
 settings = runtime.settings()
 settings.data_dir.mkdir(parents=True, exist_ok=True)
+if settings.embedded:
+    # The SQLite broker is polled, by default every second, so each hand-over of a job (plan, chunks,
+    # summary) waited up to a second. Set on the class: this transport passes its options to SQLAlchemy.
+    sqlalchemy_transport.Transport.polling_interval = 0.1
 
 app = Celery("facerec", broker=settings.broker_url, backend=settings.result_backend, include=["workers.tasks"])
 app.conf.update(
@@ -35,6 +40,9 @@ app.conf.update(
     worker_max_memory_per_child=settings.worker_max_memory_mb * 1024,
     # Redis redelivers a message not acknowledged within this time: longer than any one task.
     broker_transport_options={} if settings.embedded else {"visibility_timeout": 2 * 3600},
+    # The SQLite result backend joins a chord by polling (Redis joins it without): every second by
+    # default, which is seconds in all on a job of a few hundred photos.
+    result_chord_retry_interval=0.2,
     broker_connection_retry_on_startup=True,
     task_serializer="json",
     result_serializer="json",

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (StorageError, BotoCoreError, ConnectionError, TimeoutError)
 MAX_DELIVERIES = 3
-PHOTOS_PER_BATCH = 32
 
 
 class JobCancelled(Exception):
@@ -195,21 +194,13 @@ def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
     keys = storage.get_json(f"{output}/chunks/{index:05d}.json")
     model = runtime.model(plan["model"], plan["model_version"])
     faces = runtime.face_pipeline()
-    lines, timings = [], {}
+    photos = ((key, data) for key, data in storage.get_many(keys) if not isinstance(data, MissingKey))
     started = time.perf_counter()
-    for start in range(0, len(keys), PHOTOS_PER_BATCH):
-        batch_keys = keys[start:start + PHOTOS_PER_BATCH]
-        photos, missing = [], {}
-        for key in batch_keys:
-            try:
-                photos.append((key, storage.get(key)))
-            except MissingKey:
-                missing[key] = {"key": key, "model": plan["model"], "model_version": plan["model_version"],
-                                "error": "missing from storage"}
-        found = {r["key"]: r for r in recognize(faces, model, photos)}
-        for stage, ms in faces.timings_ms.items():
-            timings[stage] = timings.get(stage, 0.0) + ms
-        lines.extend(json.dumps(found.get(key) or missing[key]) for key in batch_keys)
+    found = {result["key"]: result for result in recognize(faces, model, photos)}
+    timings = dict(faces.timings_ms)
+    lines = [json.dumps(found.get(key) or {"key": key, "model": plan["model"], "model_version": plan["model_version"],
+                                           "error": "missing from storage"})
+             for key in keys]
     timings["total"] = (time.perf_counter() - started) * 1000
     storage.put_json(f"{output}/stats/{index:05d}.json", {"images": len(keys), "timings_ms": timings})
     storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
