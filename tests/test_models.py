@@ -144,6 +144,12 @@ def test_finetune_saves_and_loads_with_identical_predictions(
     assert (tmp_path / "finetune.keras").exists()
 
 
+def test_finetune_scores_both_ways_in_one_pass(finetune: FinetunedResNet, faces: Faces) -> None:
+    scores, acceptance = finetune.scores_and_acceptance(faces.val)
+    np.testing.assert_allclose(scores, finetune.class_scores(faces.val), atol=1e-6)
+    np.testing.assert_allclose(acceptance, finetune.acceptance(faces.val), atol=1e-6)
+
+
 def test_finetune_params_leave_out_the_weights_cache(tmp_path: Path) -> None:
     model = FinetunedResNet(cache_dir=tmp_path, trainable_blocks=3, learning_rate=3e-5, epochs=2, seed=1)
     assert "cache_dir" not in model.params()

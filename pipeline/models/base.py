@@ -13,9 +13,12 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras  # at run time imported only where used, as in the models: loading Keras is slow
 
 UNKNOWN = "unknown"
 
@@ -73,6 +76,35 @@ def genuine_and_impostor(acceptance: np.ndarray, truth: np.ndarray) -> tuple[np.
     return genuine, others.max(axis=1)
 
 
+def fit_keras(network: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+              learning_rate: float, epochs: int, batch_size: int, patience: int,
+              balance_classes: bool = False) -> dict[str, list[float]]:
+    """Train a Keras network whose output is a softmax over the people, as every Keras model here does.
+
+    y_train and y_val are class indices. Adam on categorical cross-entropy; training stops when the
+    validation loss has not improved for `patience` epochs and keeps the best epoch's weights. With
+    balance_classes, people with few photos weigh as much in the loss as people with many. Returns
+    the history as lists of floats, JSON-ready for IdentityModel.history_.
+    """
+    import keras
+
+    people = network.output_shape[-1]
+    network.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                    loss="categorical_crossentropy", metrics=["accuracy"])
+    class_weight = None
+    if balance_classes:
+        from sklearn.utils.class_weight import compute_class_weight
+
+        class_weight = dict(enumerate(compute_class_weight("balanced", classes=np.arange(people), y=y_train)))
+    history = network.fit(
+        x_train, keras.utils.to_categorical(y_train, people),
+        validation_data=(x_val, keras.utils.to_categorical(y_val, people)),
+        class_weight=class_weight, epochs=epochs, batch_size=batch_size, verbose=0,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)],
+    )
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
 class IdentityModel(ABC):
     """fit/predict, estimator-style: parameters in the constructor, learned state in attributes ending in _."""
 
@@ -95,6 +127,11 @@ class IdentityModel(ABC):
         """(n, people) scores compared with the threshold; by default the class scores."""
         return self.class_scores(faces)
 
+    def scores_and_acceptance(self, faces: FaceSet) -> tuple[np.ndarray, np.ndarray]:
+        """class_scores and acceptance together, for predict; a model whose two come from one
+        network pass overrides this to run the network once."""
+        return self.class_scores(faces), self.acceptance(faces)
+
     @abstractmethod
     def params(self) -> dict:
         """The constructor's parameters, JSON-ready."""
@@ -106,6 +143,11 @@ class IdentityModel(ABC):
     @abstractmethod
     def load_weights(self, directory: Path) -> None:
         """Read what save_weights wrote."""
+
+    def learn_labels(self, train: FaceSet, val: FaceSet) -> tuple[np.ndarray, np.ndarray]:
+        """Make train's people, sorted, the model's classes; return train's and val's class indices."""
+        self.labels_ = sorted(set(train.labels))
+        return self.label_indices(train.labels), self.label_indices(val.labels)
 
     def label_indices(self, labels: list[str]) -> np.ndarray:
         index = {label: i for i, label in enumerate(self.labels_)}
@@ -124,7 +166,7 @@ class IdentityModel(ABC):
         """Name each face's person, or UNKNOWN when its acceptance score is below the threshold."""
         if len(faces) == 0:
             return []
-        scores, acceptance = self.class_scores(faces), self.acceptance(faces)
+        scores, acceptance = self.scores_and_acceptance(faces)
         predictions = []
         for i, best in enumerate(scores.argmax(axis=1)):
             guess, accepted = self.labels_[best], float(acceptance[i, best])

@@ -14,7 +14,7 @@ from typing import Self
 import numpy as np
 
 from pipeline.align import CHIP_SIZE
-from pipeline.models.base import FaceSet, IdentityModel
+from pipeline.models.base import FaceSet, IdentityModel, fit_keras
 
 # The chip is cut with padding 0.25, so the face box fills its central 150 / 1.5 = 100 pixels;
 # the notebook trained on 96x96 centre crops of the face.
@@ -72,31 +72,18 @@ class NotebookCnn(IdentityModel):
         x = layers.Dense(self.dense_units, activation="relu", name="dense")(x)
         x = layers.Dropout(self.dropout, name="dropout")(x)
         outputs = layers.Dense(people, activation="softmax", name="identity")(x)
-        network = keras.Model(inputs, outputs, name="notebook_cnn")
-        network.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                        loss="categorical_crossentropy", metrics=["accuracy"])
-        return network
+        return keras.Model(inputs, outputs, name="notebook_cnn")
 
     def fit(self, train: FaceSet, val: FaceSet) -> Self:
         import keras
-        from sklearn.utils.class_weight import compute_class_weight
 
         keras.utils.set_random_seed(self.seed)
-        self.labels_ = sorted(set(train.labels))
-        y_train, y_val = self.label_indices(train.labels), self.label_indices(val.labels)
-        people = len(self.labels_)
+        y_train, y_val = self.learn_labels(train, val)
+        self.network_ = self._build(len(self.labels_))
         # People with few photos weigh as much in the loss as people with many.
-        weights = compute_class_weight("balanced", classes=np.arange(people), y=y_train)
-        self.network_ = self._build(people)
-        history = self.network_.fit(
-            train.chips, keras.utils.to_categorical(y_train, people),
-            validation_data=(val.chips, keras.utils.to_categorical(y_val, people)),
-            class_weight=dict(enumerate(weights)),
-            epochs=self.epochs, batch_size=self.batch_size, verbose=0,
-            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                                     restore_best_weights=True)],
-        )
-        self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
+        self.history_ = fit_keras(self.network_, train.chips, y_train, val.chips, y_val, balance_classes=True,
+                                  learning_rate=self.learning_rate, epochs=self.epochs,
+                                  batch_size=self.batch_size, patience=self.patience)
         self.calibrate(val)
         return self
 

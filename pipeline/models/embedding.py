@@ -12,7 +12,7 @@ from typing import Self
 
 import numpy as np
 
-from pipeline.models.base import FaceSet, IdentityModel, l2_normalize
+from pipeline.models.base import FaceSet, IdentityModel, fit_keras, l2_normalize
 
 
 class EmbeddingHead(IdentityModel):
@@ -44,27 +44,18 @@ class EmbeddingHead(IdentityModel):
         x = layers.Dense(self.hidden_units, activation="relu", name="hidden")(x)
         x = layers.Dropout(self.dropout, name="dropout")(x)
         outputs = layers.Dense(people, activation="softmax", name="identity")(x)
-        network = keras.Model(inputs, outputs, name="identity_head")
-        network.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                        loss="categorical_crossentropy", metrics=["accuracy"])
-        return network
+        return keras.Model(inputs, outputs, name="identity_head")
 
     def fit(self, train: FaceSet, val: FaceSet) -> Self:
         import keras
 
         keras.utils.set_random_seed(self.seed)
-        self.labels_ = sorted(set(train.labels))
-        y_train, y_val = self.label_indices(train.labels), self.label_indices(val.labels)
+        y_train, y_val = self.learn_labels(train, val)
         people = len(self.labels_)
         self.network_ = self._build(people)
-        history = self.network_.fit(
-            train.embeddings, keras.utils.to_categorical(y_train, people),
-            validation_data=(val.embeddings, keras.utils.to_categorical(y_val, people)),
-            epochs=self.epochs, batch_size=self.batch_size, verbose=0,
-            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                                     restore_best_weights=True)],
-        )
-        self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
+        self.history_ = fit_keras(self.network_, train.embeddings, y_train, val.embeddings, y_val,
+                                  learning_rate=self.learning_rate, epochs=self.epochs,
+                                  batch_size=self.batch_size, patience=self.patience)
         unit = l2_normalize(train.embeddings)
         self.centroids_ = l2_normalize(np.stack([unit[y_train == i].mean(axis=0) for i in range(people)]))
         self.calibrate(val)

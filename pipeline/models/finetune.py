@@ -24,7 +24,7 @@ import numpy as np
 
 from config import load_settings
 from pipeline.align import CHIP_SIZE
-from pipeline.models.base import FaceSet, IdentityModel, l2_normalize
+from pipeline.models.base import FaceSet, IdentityModel, fit_keras, l2_normalize
 
 # Logits of the imprinted head are IMPRINT_SCALE * cosine similarity. dlib's embeddings lie in a
 # narrow cone: a face's similarity to its own person's mean beats the next person's by a few
@@ -54,7 +54,10 @@ class FinetunedResNet(IdentityModel):
         self.patience = patience
         self.seed = seed
         self.network_ = None
-        self.embedder_ = None  # the network up to the L2-normalised embedding, sharing its weights
+        # Views of network_ sharing its weights: up to the L2-normalised embedding, and with that
+        # embedding as a second output so that predict runs the ResNet once for both scores.
+        self.embedder_ = None
+        self.scorer_ = None
         self.centroids_: np.ndarray | None = None
 
     def params(self) -> dict:
@@ -95,18 +98,13 @@ class FinetunedResNet(IdentityModel):
         x = self._load_resnet()(x, training=False)
         x = layers.UnitNormalization(name="l2_normalize")(x)
         outputs = layers.Dense(people, activation="softmax", name="identity")(x)
-        network = keras.Model(inputs, outputs, name="finetuned_face_resnet")
-        network.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                        loss="categorical_crossentropy", metrics=["accuracy"])
-        return network
+        return keras.Model(inputs, outputs, name="finetuned_face_resnet")
 
     def fit(self, train: FaceSet, val: FaceSet) -> Self:
         import keras
-        from sklearn.utils.class_weight import compute_class_weight
 
         keras.utils.set_random_seed(self.seed)
-        self.labels_ = sorted(set(train.labels))
-        y_train, y_val = self.label_indices(train.labels), self.label_indices(val.labels)
+        y_train, y_val = self.learn_labels(train, val)
         people = len(self.labels_)
         self._use_network(self._build(people))
         # Imprint the head from train.embeddings: the untouched ResNet's embeddings of these chips
@@ -114,16 +112,9 @@ class FinetunedResNet(IdentityModel):
         imprint = _class_means(l2_normalize(train.embeddings), y_train, people)
         self.network_.get_layer("identity").set_weights([IMPRINT_SCALE * imprint.T, np.zeros(people)])
         # People with few photos weigh as much in the loss as people with many.
-        weights = compute_class_weight("balanced", classes=np.arange(people), y=y_train)
-        history = self.network_.fit(
-            train.chips, keras.utils.to_categorical(y_train, people),
-            validation_data=(val.chips, keras.utils.to_categorical(y_val, people)),
-            class_weight=dict(enumerate(weights)),
-            epochs=self.epochs, batch_size=self.batch_size, verbose=0,
-            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                                     restore_best_weights=True)],
-        )
-        self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
+        self.history_ = fit_keras(self.network_, train.chips, y_train, val.chips, y_val, balance_classes=True,
+                                  learning_rate=self.learning_rate, epochs=self.epochs,
+                                  batch_size=self.batch_size, patience=self.patience)
         self.centroids_ = _class_means(self.embed(train.chips), y_train, people)
         self.calibrate(val)
         return self
@@ -132,7 +123,9 @@ class FinetunedResNet(IdentityModel):
         import keras
 
         self.network_ = network
-        self.embedder_ = keras.Model(network.inputs, network.get_layer("l2_normalize").output)
+        embedding = network.get_layer("l2_normalize").output
+        self.embedder_ = keras.Model(network.inputs, embedding)
+        self.scorer_ = keras.Model(network.inputs, [network.outputs[0], embedding])
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """The fine-tuned embeddings of uint8 chips, L2-normalised: (n, 128)."""
@@ -143,6 +136,10 @@ class FinetunedResNet(IdentityModel):
 
     def acceptance(self, faces: FaceSet) -> np.ndarray:
         return self.embed(faces.chips) @ self.centroids_.T
+
+    def scores_and_acceptance(self, faces: FaceSet) -> tuple[np.ndarray, np.ndarray]:
+        scores, embeddings = self.scorer_.predict(faces.chips, batch_size=self.batch_size, verbose=0)
+        return np.asarray(scores), np.asarray(embeddings) @ self.centroids_.T
 
     def save_weights(self, directory: Path) -> None:
         self.network_.save(directory / "finetune.keras")
