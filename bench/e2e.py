@@ -7,8 +7,8 @@ as the demo does. Ours: a Celery worker on the embedded broker and local storage
 data folder; a training job on the rest, then a recognition job over the photos kept aside, timed
 from submit to success. Baseline, in the same run: the face_recognition pipeline (bench.baseline, two
 processes) describes the same photos and a linear SVM is fitted on the training descriptors.
-Top-1 counts a photo as right only when its subject (the largest face holding the photo's centre, else
-the largest face, for both pipelines) is named as the right person; no face and errors count as wrong.
+Top-1 counts a photo as right only when its subject (detect.main_face's rule, for both pipelines)
+is named as the right person; no face and errors count as wrong.
 `ours_top1` scores our closed-set answer (the best person), as the baseline's SVM has no other;
 `ours_top1_with_unknown` also counts our open-set `unknown` answers as wrong.
 The last line printed is the JSON written to bench/results/e2e.json.

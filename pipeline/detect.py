@@ -154,14 +154,17 @@ class FaceDetector:
 
 
 def main_face(faces: list[Face], width: int, height: int) -> int | None:
-    """Index of the photo's subject: the largest face whose box holds the photo's centre, else the
-    largest face (a labelled or portrait photo centres its subject; bystanders can be larger)."""
+    """Index of the photo's subject: among the faces whose box holds the photo's centre, the one whose
+    centre is nearest it; else the largest face. A labelled or portrait photo centres its subject;
+    bystanders can be larger, and a neighbour's box can reach over the centre too."""
     if not faces:
         return None
     centred = [i for i, f in enumerate(faces)
                if f.box[0] <= width / 2 <= f.box[0] + f.box[2] and f.box[1] <= height / 2 <= f.box[1] + f.box[3]]
-    candidates = centred or range(len(faces))
-    return max(candidates, key=lambda i: faces[i].box[2] * faces[i].box[3])
+    if not centred:
+        return max(range(len(faces)), key=lambda i: faces[i].box[2] * faces[i].box[3])
+    return min(centred, key=lambda i: (faces[i].box[0] + faces[i].box[2] / 2 - width / 2) ** 2
+                                      + (faces[i].box[1] + faces[i].box[3] / 2 - height / 2) ** 2)
 
 
 def pyramid_scales(width: int, height: int, min_face_size: int) -> np.ndarray:

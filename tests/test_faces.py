@@ -207,6 +207,20 @@ def test_broken_photos_get_an_error_and_do_not_disturb_good_photos_in_the_same_b
         assert np.linalg.norm(a - b) > DLIB_SAME_PERSON_THRESHOLD
 
 
+def test_the_subject_is_the_centred_face_even_when_a_larger_neighbour_reaches_the_centre(
+        lfw_dir: Path, face_pipeline: FacePipeline) -> None:
+    # In McEnroe's first photo his face and a larger one beside it both hold the photo's centre; his
+    # own is nearer it. His second photo has him alone in the centre.
+    first, second = face_pipeline.process(read_photos([lfw_dir / "John_McEnroe" / "John_McEnroe_0001.jpg",
+                                                       lfw_dir / "John_McEnroe" / "John_McEnroe_0002.jpg"]))
+    assert len(first.faces) == 2
+    subject = first.faces[first.main_face]
+    larger = max(first.faces, key=lambda f: f.box[2] * f.box[3])
+    assert subject is not larger
+    same_person = np.linalg.norm(first.embeddings[first.main_face] - second.embeddings[second.main_face])
+    assert same_person < DLIB_SAME_PERSON_THRESHOLD
+
+
 def test_a_stream_of_photos_gives_what_batches_give_in_the_same_order(
         lfw_dir: Path, face_pipeline: FacePipeline) -> None:
     """process_stream detects the next batch while embedding this one; the results must not change."""
