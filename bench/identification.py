@@ -1,6 +1,6 @@
 """Closed- and open-set identification on LFW for every model type, against the face_recognition pipeline.
 
-    python -m bench.identification [--min-photos 20] [--folds 5] [--types embedding,centroid,cnn,finetune]
+    python -m bench.identification [--min-photos 20] [--folds 5] [--only-folds N] [--types embedding,cnn,...]
 
 Closed set: the LFW people with at least --min-photos photos, stratified k-fold; top-1 for each model
 type and, in the same run, for the face_recognition pipeline (bench.baseline) with a linear SVM. A
@@ -8,7 +8,8 @@ photo with no face found counts as an error for both. `top1` counts our `unknown
 `top1_closed_set` scores our best person instead, as the SVM (which cannot answer `unknown`) is scored.
 Open set: 20% of the people are held out as strangers; the models train on the others (one
 stratified split) and we report the share of strangers rejected and the accuracy on known people
-at the calibrated threshold, for `embedding` and `centroid`.
+at the calibrated threshold, for `embedding` and `centroid`. --only-folds runs the first N of the
+folds only (each fold of `cnn` or `finetune` trains a network for tens of minutes on a CPU).
 The last line printed is the JSON written to bench/results/identification.json.
 """
 
@@ -88,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-photos", type=int, default=20)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-folds", type=int, help="run only the first N of the folds")
     parser.add_argument("--types", default=",".join(MODEL_TYPES), help="comma-separated model types")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -114,7 +116,8 @@ def main() -> None:
     scores: dict[str, list[float]] = {t: [] for t in types}
     closed: dict[str, list[float]] = {t: [] for t in types}
     scores["baseline"] = []
-    for fold, (train_rows, test_rows) in enumerate(folds.split(np.zeros(len(items)), labels), start=1):
+    splits = list(folds.split(np.zeros(len(items)), labels))[:args.only_folds]
+    for fold, (train_rows, test_rows) in enumerate(splits, start=1):
         train, test = [items[i] for i in train_rows], [items[i] for i in test_rows]
         for model_type in scores:
             fold_started = time.perf_counter()
@@ -130,7 +133,7 @@ def main() -> None:
                   f"({time.perf_counter() - fold_started:.0f} s)")
 
     figures = {
-        "people": len({i.label for i in items}), "photos": len(items), "folds": args.folds,
+        "people": len({i.label for i in items}), "photos": len(items), "folds": args.folds, "folds_run": len(splits),
         "top1": {t: round(float(np.mean(s)), 4) for t, s in scores.items() if t != "baseline"},
         "top1_std": {t: round(float(np.std(s)), 4) for t, s in scores.items()},
         "top1_closed_set": {t: round(float(np.mean(s)), 4) for t, s in closed.items()},

@@ -90,6 +90,10 @@ class NotebookCnn(IdentityModel):
     def class_scores(self, faces: FaceSet) -> np.ndarray:
         return np.asarray(self.network_.predict(faces.chips, batch_size=self.batch_size, verbose=0))
 
+    def scores_and_acceptance(self, faces: FaceSet) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.class_scores(faces)  # the softmax is also what faces are accepted by: one pass
+        return scores, scores
+
     def save_weights(self, directory: Path) -> None:
         self.network_.save(directory / "cnn.keras")
 
