@@ -255,8 +255,8 @@ class FaceResNetEmbedder:
     """Batched 128-d face descriptors for aligned 150x150 RGB chips.
 
     With mirror=True each descriptor is the mean of the chip's and its mirror image's: on LFW's
-    verification protocol that is right more often (98.67% to 98.83%, never worse in a fold) for
-    twice the network's work.
+    verification protocol that is right more often (99.02% to 99.30% by cosine distance, 98.97% to
+    99.13% by Euclidean; never worse in a fold: bench.lfw_pairs) for twice the network's work.
     """
 
     def __init__(self, cache_dir: str | Path, batch_size: int = 64, mirror: bool = False) -> None:
