@@ -8,6 +8,7 @@ stranger as someone.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from abc import ABC, abstractmethod
@@ -76,6 +77,11 @@ def genuine_and_impostor(acceptance: np.ndarray, truth: np.ndarray) -> tuple[np.
     return genuine, others.max(axis=1)
 
 
+def class_means(unit: np.ndarray, classes: np.ndarray, count: int) -> np.ndarray:
+    """Each class's mean of the unit vectors, L2-normalised: (count, dim)."""
+    return l2_normalize(np.stack([unit[classes == i].mean(axis=0) for i in range(count)]))
+
+
 def fit_keras(network: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
               learning_rate: float, epochs: int, batch_size: int, patience: int,
               balance_classes: bool = False) -> dict[str, list[float]]:
@@ -132,9 +138,17 @@ class IdentityModel(ABC):
         network pass overrides this to run the network once."""
         return self.class_scores(faces), self.acceptance(faces)
 
-    @abstractmethod
+    # Constructor arguments that say where to find things on this machine, not how the model learns:
+    # left out of params(), so a saved model does not carry one machine's paths.
+    local_arguments: ClassVar[tuple[str, ...]] = ()
+
     def params(self) -> dict:
-        """The constructor's parameters, JSON-ready."""
+        """The constructor's parameters and their values, JSON-ready (tuples as lists), read from the
+        attributes of the same names, as scikit-learn's get_params does."""
+        names = [name for name in inspect.signature(type(self).__init__).parameters
+                 if name != "self" and name not in self.local_arguments]
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in ((name, getattr(self, name)) for name in names)}
 
     @abstractmethod
     def save_weights(self, directory: Path) -> None:

@@ -22,9 +22,6 @@ class CentroidModel(IdentityModel):
         self.centroids_: np.ndarray | None = None
         self.counts_: list[int] = []
 
-    def params(self) -> dict:
-        return {}
-
     def fit(self, train: FaceSet, val: FaceSet) -> Self:
         self.labels_, self.centroids_, self.counts_ = [], np.zeros((0, train.embeddings.shape[1])), []
         self.enroll(train)

@@ -44,11 +44,6 @@ class NotebookCnn(IdentityModel):
         self.seed = seed
         self.network_ = None
 
-    def params(self) -> dict:
-        return {"image_size": self.image_size, "filters": list(self.filters), "dense_units": self.dense_units,
-                "dropout": self.dropout, "learning_rate": self.learning_rate, "epochs": self.epochs,
-                "batch_size": self.batch_size, "patience": self.patience, "seed": self.seed}
-
     def _build(self, people: int):
         import keras
         from keras import layers

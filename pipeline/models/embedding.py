@@ -12,7 +12,7 @@ from typing import Self
 
 import numpy as np
 
-from pipeline.models.base import FaceSet, IdentityModel, fit_keras, l2_normalize
+from pipeline.models.base import FaceSet, IdentityModel, class_means, fit_keras, l2_normalize
 
 
 class EmbeddingHead(IdentityModel):
@@ -30,10 +30,6 @@ class EmbeddingHead(IdentityModel):
         self.seed = seed
         self.network_ = None
         self.centroids_: np.ndarray | None = None
-
-    def params(self) -> dict:
-        return {"hidden_units": self.hidden_units, "dropout": self.dropout, "learning_rate": self.learning_rate,
-                "epochs": self.epochs, "batch_size": self.batch_size, "patience": self.patience, "seed": self.seed}
 
     def _build(self, people: int):
         import keras
@@ -56,8 +52,7 @@ class EmbeddingHead(IdentityModel):
         self.history_ = fit_keras(self.network_, train.embeddings, y_train, val.embeddings, y_val,
                                   learning_rate=self.learning_rate, epochs=self.epochs,
                                   batch_size=self.batch_size, patience=self.patience)
-        unit = l2_normalize(train.embeddings)
-        self.centroids_ = l2_normalize(np.stack([unit[y_train == i].mean(axis=0) for i in range(people)]))
+        self.centroids_ = class_means(l2_normalize(train.embeddings), y_train, people)
         self.calibrate(val)
         return self
 

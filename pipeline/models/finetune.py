@@ -24,7 +24,7 @@ import numpy as np
 
 from config import load_settings
 from pipeline.align import CHIP_SIZE
-from pipeline.models.base import FaceSet, IdentityModel, fit_keras, l2_normalize
+from pipeline.models.base import FaceSet, IdentityModel, class_means, fit_keras, l2_normalize
 
 # Logits of the imprinted head are IMPRINT_SCALE * cosine similarity. dlib's embeddings lie in a
 # narrow cone: a face's similarity to its own person's mean beats the next person's by a few
@@ -40,12 +40,13 @@ CONTRAST = 0.1
 
 class FinetunedResNet(IdentityModel):
     model_type = "finetune"
+    local_arguments = ("cache_dir",)
 
     def __init__(self, cache_dir: str | Path | None = None, trainable_blocks: int = 2, learning_rate: float = 1e-4,
                  epochs: int = 30, batch_size: int = 32, patience: int = 5, seed: int = 0) -> None:
         super().__init__()
         # Where dlib's converted weights are cached: where training starts from, not a parameter of
-        # the trained model, so params() leaves it out.
+        # the trained model (see local_arguments).
         self.cache_dir = Path(cache_dir) if cache_dir is not None else load_settings().cache_dir
         self.trainable_blocks = trainable_blocks
         self.learning_rate = learning_rate
@@ -59,10 +60,6 @@ class FinetunedResNet(IdentityModel):
         self.embedder_ = None
         self.scorer_ = None
         self.centroids_: np.ndarray | None = None
-
-    def params(self) -> dict:
-        return {"trainable_blocks": self.trainable_blocks, "learning_rate": self.learning_rate,
-                "epochs": self.epochs, "batch_size": self.batch_size, "patience": self.patience, "seed": self.seed}
 
     def _load_resnet(self):
         """dlib's ResNet, frozen but for the last trainable_blocks blocks and the embedding layer."""
@@ -109,13 +106,13 @@ class FinetunedResNet(IdentityModel):
         self._use_network(self._build(people))
         # Imprint the head from train.embeddings: the untouched ResNet's embeddings of these chips
         # (averaged with their mirror images' when the pipeline mirrors), near enough for a start.
-        imprint = _class_means(l2_normalize(train.embeddings), y_train, people)
+        imprint = class_means(l2_normalize(train.embeddings), y_train, people)
         self.network_.get_layer("identity").set_weights([IMPRINT_SCALE * imprint.T, np.zeros(people)])
         # People with few photos weigh as much in the loss as people with many.
         self.history_ = fit_keras(self.network_, train.chips, y_train, val.chips, y_val, balance_classes=True,
                                   learning_rate=self.learning_rate, epochs=self.epochs,
                                   batch_size=self.batch_size, patience=self.patience)
-        self.centroids_ = _class_means(self.embed(train.chips), y_train, people)
+        self.centroids_ = class_means(self.embed(train.chips), y_train, people)
         self.calibrate(val)
         return self
 
@@ -153,7 +150,3 @@ class FinetunedResNet(IdentityModel):
         self._use_network(keras.models.load_model(directory / "finetune.keras"))
         self.centroids_ = np.load(directory / "centroids.npy")
 
-
-def _class_means(unit: np.ndarray, classes: np.ndarray, count: int) -> np.ndarray:
-    """Each class's mean of the unit vectors, L2-normalised: (count, dim)."""
-    return l2_normalize(np.stack([unit[classes == i].mean(axis=0) for i in range(count)]))
