@@ -6,10 +6,9 @@ Each pipeline describes every photo the pairs use once, the photo's subject only
 FacePipeline (MTCNN, our alignment, the Keras port of dlib's ResNet; the subject is `.main_face`),
 the baseline through bench.baseline (dlib's HOG detector, 5-point landmarks and ResNet; the subject
 by main_face's rule on dlib's boxes). Ours is scored with and without test-time mirroring (the
-descriptor of the subject's chip averaged with that of its horizontal mirror: the chip cut again with
-pipeline.align from the same landmarks, embedded by the same embedder); `ours_accuracy` is the
-product's setting (FACEREC_MIRROR_FACES, on by default), `ours_unmirrored_accuracy` and
-`ours_mirrored_accuracy` both.
+descriptor of the subject's chip averaged with that of its horizontal mirror, embedded by the same
+embedder); `ours_accuracy` is the product's setting (FACEREC_MIRROR_FACES, on by default),
+`ours_unmirrored_accuracy` and `ours_mirrored_accuracy` both.
 
 LFW's unrestricted protocol: for each fold, the distance threshold that maximises accuracy on the
 other folds is applied to this fold. Accuracy is the mean over folds, ± the sample standard deviation
@@ -111,8 +110,6 @@ def embed_ours(paths: list[Path], batch_size: int = BATCH_SIZE) -> tuple[np.ndar
     Returns (plain, mirrored, seconds, stage milliseconds). The seconds cover reading the files and
     FacePipeline.process without mirroring, not the mirrored embedding done beside it.
     """
-    from pipeline.align import align_face
-    from pipeline.decode import decode_image
     from pipeline.detect import FaceDetector
     from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
     from pipeline.faces import FacePipeline
@@ -133,14 +130,13 @@ def embed_ours(paths: list[Path], batch_size: int = BATCH_SIZE) -> tuple[np.ndar
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
 
         rows, chips = [], []
-        for offset, ((_key, data), result) in enumerate(zip(photos, results)):
+        for offset, result in enumerate(results):
             subject = result.main_face
             if subject is None:
                 continue
             rows.append(start + offset)
             plain[start + offset] = result.embeddings[subject]
-            # The same chip the pipeline embedded: same photo, same landmarks, same alignment.
-            chips.append(align_face(decode_image(data), result.faces[subject].landmarks))
+            chips.append(result.chips[subject])  # the chip the pipeline embedded
         if chips:
             # Chips are (n, height, width, 3): reversing axis 2 mirrors them left to right.
             flipped = pipeline.embedder.embed(np.ascontiguousarray(np.stack(chips)[:, :, ::-1]))
