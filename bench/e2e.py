@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,18 @@ def wait_for(job: dict) -> dict:
     return job
 
 
+def run_job(submit: Callable[[], tuple[dict, bool]]) -> tuple[dict, float]:
+    """Submit a job and wait for its success: the finished job and its seconds from submit to success."""
+    from workers.jobs import SUCCEEDED
+
+    started = time.perf_counter()
+    job = wait_for(submit()[0])
+    seconds = time.perf_counter() - started
+    if job["state"] != SUCCEEDED:
+        raise RuntimeError(f"{job['type']} job {job['id']} {job['state']}: {job['error']}")
+    return job, seconds
+
+
 def stop(worker: subprocess.Popen) -> None:
     worker.send_signal(signal.SIGTERM)
     try:
@@ -80,7 +93,6 @@ def run_ours(train_items: list[Item], aside: list[Item]) -> dict:
     """Train and bulk-recognise through the job system, as a user of the API would."""
     from workers import runtime
     from workers.demo import bulk_accuracy, copy_into_storage, start_worker
-    from workers.jobs import SUCCEEDED
     from workers.submit import RecognitionRequest, TrainingRequest, submit_recognition, submit_training
 
     storage = runtime.storage()
@@ -91,18 +103,10 @@ def run_ours(train_items: list[Item], aside: list[Item]) -> dict:
         truth = copy_into_storage(storage, aside, "inbox/e2e", by_person=False)
 
         print(f"ours: training job on {len(train_items)} photos ...", flush=True)
-        started = time.perf_counter()
-        job = wait_for(submit_training(TrainingRequest(model="e2e", dataset_prefix="datasets/e2e"))[0])
-        training_s = time.perf_counter() - started
-        if job["state"] != SUCCEEDED:
-            raise RuntimeError(f"training job {job['id']} {job['state']}: {job['error']}")
-
+        _, training_s = run_job(lambda: submit_training(TrainingRequest(model="e2e", dataset_prefix="datasets/e2e")))
         print(f"ours: recognition job on {len(aside)} photos ...", flush=True)
-        started = time.perf_counter()
-        job = wait_for(submit_recognition(RecognitionRequest(model="e2e", input_prefix="inbox/e2e"))[0])
-        recognition_s = time.perf_counter() - started
-        if job["state"] != SUCCEEDED:
-            raise RuntimeError(f"recognition job {job['id']} {job['state']}: {job['error']}")
+        job, recognition_s = run_job(
+            lambda: submit_recognition(RecognitionRequest(model="e2e", input_prefix="inbox/e2e")))
     finally:
         stop(worker)
 
