@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from pipeline import registry
-from pipeline.dataset import Item, manifest_hash, manifest_jsonl
+from pipeline.dataset import Item, manifest_hash, manifest_jsonl, read_manifest
 from pipeline.faces import FacePipeline
 from pipeline.models import load_model_files, model_files
 from pipeline.storage import Storage
@@ -30,7 +30,7 @@ def enroll_people(storage: Storage, pipeline: FacePipeline, items: list[Item], m
     people = model.enroll(extracted.faces)
 
     # The new version's dataset: the base's photos of everyone else, plus the enrolled photos.
-    base_items = [Item(**json.loads(line)) for line in storage.get(f"{base_prefix}/manifest.jsonl").splitlines()]
+    base_items = read_manifest(storage, f"{base_prefix}/manifest.jsonl")
     dataset = [item for item in base_items if item.label not in people] + extracted.items
     base = registry.get_version(storage, model_name, base_version)
     version = registry.new_version_id()

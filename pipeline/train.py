@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline import registry
+from pipeline.align import CHIP_SIZE
 from pipeline.dataset import Item, manifest_hash, manifest_jsonl, stratified_split
 from pipeline.evaluate import (
     NO_FACE,
@@ -20,6 +21,7 @@ from pipeline.evaluate import (
     open_set_png,
     training_curves_png,
 )
+from pipeline.face_resnet import DESCRIPTOR_SIZE
 from pipeline.faces import FacePipeline
 from pipeline.models import UNKNOWN, FaceSet, IdentityModel, create_model, load_model_files, model_files
 from pipeline.report import explore, misclassified_png, render_html
@@ -91,8 +93,8 @@ def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], b
             on_progress(processed + len(missing))
     on_progress(len(label))
     errors.update(dict.fromkeys(missing, "missing from storage"))
-    faces = FaceSet(np.stack(chips) if chips else np.zeros((0, 150, 150, 3), np.uint8),
-                    np.stack(vectors) if vectors else np.zeros((0, 128), np.float32),
+    faces = FaceSet(np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8),
+                    np.stack(vectors) if vectors else np.zeros((0, DESCRIPTOR_SIZE), np.float32),
                     [item.label for item in kept])
     return ExtractedFaces(kept, faces, no_face, several, errors)
 
@@ -105,12 +107,14 @@ class Evaluation:
     correct: np.ndarray  # whether that face was named right
 
 
-def evaluate_on(model: IdentityModel, extracted: ExtractedFaces, items: list[Item]) -> Evaluation:
-    """Metrics of model on items; a photo without a usable face counts as an error."""
-    found, faces = extracted.of(items)
-    predictions = model.predict(faces)
+def evaluate_on(model: IdentityModel, items: list[Item], found: list[Item], faces: FaceSet) -> Evaluation:
+    """Metrics of model on items, given the items that have a face and their faces (ExtractedFaces.of);
+    a photo without a usable face counts as an error."""
+    class_scores = acceptance = np.zeros((0, len(model.labels_)))
+    if len(faces):
+        class_scores, acceptance = model.scores_and_acceptance(faces)
+    predictions = model.predictions(class_scores, acceptance)
     row = {item.key: i for i, item in enumerate(found)}
-    class_scores = model.class_scores(faces) if len(faces) else np.zeros((0, len(model.labels_)))
     scores = np.full((len(items), len(model.labels_)), np.nan)
     for i, item in enumerate(items):
         if item.key in row:
@@ -143,8 +147,8 @@ def dataset_unchanged(storage: Storage, model_name: str, items: list[Item]) -> b
     return registry.get_version(storage, model_name, current)["dataset_manifest_hash"] == manifest_hash(items)
 
 
-def decide_promotion(storage: Storage, model_name: str, candidate_accuracy: float, extracted: ExtractedFaces,
-                     validation: list[Item], margin: float | None) -> dict:
+def decide_promotion(storage: Storage, model_name: str, candidate_accuracy: float, validation: list[Item],
+                     val_found: list[Item], val_faces: FaceSet, margin: float | None) -> dict:
     """Whether a new version should become current: always with no margin given or no current
     version; else only if it is not worse than the current one, on the same validation photos,
     by more than the margin."""
@@ -155,7 +159,7 @@ def decide_promotion(storage: Storage, model_name: str, candidate_accuracy: floa
     if margin is None:
         return {**decision, "promote": True, "reason": "no promotion margin: a trained version becomes current"}
     incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
-    current_accuracy = evaluate_on(incumbent, extracted, validation).metrics["accuracy"]
+    current_accuracy = evaluate_on(incumbent, validation, val_found, val_faces).metrics["accuracy"]
     promote = candidate_accuracy >= current_accuracy - margin
     verdict = "within" if promote else "worse by more than"
     return {**decision, "current_accuracy": current_accuracy, "promote": promote,
@@ -195,11 +199,12 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
 
     on_progress("fitting", len(ordered), len(ordered))
     model.fit(train_faces, val_faces)
-    evaluation = evaluate_on(model, extracted, val_items)
+    evaluation = evaluate_on(model, val_items, val_found, val_faces)
     metrics = evaluation.metrics
 
     on_progress("comparing with the current version", len(ordered), len(ordered))
-    promotion = decide_promotion(storage, model_name, metrics["accuracy"], extracted, val_items, promotion_margin)
+    promotion = decide_promotion(storage, model_name, metrics["accuracy"], val_items, val_found, val_faces,
+                                 promotion_margin)
 
     on_progress("publishing", len(ordered), len(ordered))
     version = registry.new_version_id()

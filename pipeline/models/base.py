@@ -180,7 +180,10 @@ class IdentityModel(ABC):
         """Name each face's person, or UNKNOWN when its acceptance score is below the threshold."""
         if len(faces) == 0:
             return []
-        scores, acceptance = self.scores_and_acceptance(faces)
+        return self.predictions(*self.scores_and_acceptance(faces))
+
+    def predictions(self, scores: np.ndarray, acceptance: np.ndarray) -> list[Prediction]:
+        """predict() from the faces' class_scores and acceptance, for callers that need those too."""
         predictions = []
         for i, best in enumerate(scores.argmax(axis=1)):
             guess, accepted = self.labels_[best], float(acceptance[i, best])
