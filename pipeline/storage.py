@@ -157,8 +157,14 @@ class LocalStorage(Storage):
         return self.path(key).is_file()
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        # Walk only the folder the prefix names, not the whole store (datasets, jobs and models).
+        folder = prefix.rpartition("/")[0]
+        try:
+            start = self.path(folder) if folder else self.root
+        except ValueError:  # a prefix no valid key can start with
+            return
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(start):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             for name in files:
                 if name.startswith(".tmp-"):

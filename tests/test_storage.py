@@ -87,6 +87,9 @@ def test_list_by_prefix_returns_exactly_the_keys_under_it_sorted(storage: Storag
     assert list(storage.list("jobs/")) == ["jobs/a/1", "jobs/a/10", "jobs/a/2", "jobs/ab/1", "jobs/b/1"]
     assert list(storage.list()) == sorted(KEYS)
     assert list(storage.list("nothing/")) == []
+    # A prefix no valid key can start with, and one that runs through an object as if it were a folder.
+    assert list(storage.list("../")) == []
+    assert list(storage.list("jobs/a/1/")) == []
 
 
 # Keys whose lexicographic order differs from a folder-by-folder walk: '-' and '.' sort before '/'.
