@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
+from bench.lfw import lfw_items
 from config import load_settings
-from pipeline.align import align_face
 from pipeline.dataset import Item, stratified_split
-from pipeline.decode import decode_image
 from pipeline.detect import FaceDetector
 from pipeline.face_resnet import FaceResNetEmbedder
 from pipeline.faces import FacePipeline
-from pipeline.models.base import FaceSet
 from pipeline.models.cnn import NotebookCnn
+from pipeline.storage import LocalStorage
+from pipeline.train import ExtractedFaces, extract_faces
 
 MIN_PHOTOS = (70, 20)
 TEST_FRACTION = 0.2
@@ -38,39 +35,12 @@ BATCH_SIZE = 64
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "cnn_notebook.json"
 
 
-def lfw_items(lfw_dir: Path, min_photos: int) -> list[Item]:
-    """The photos of every LFW person with at least min_photos of them."""
-    items = [Item(f"{p.parent.name}/{p.name}", p.parent.name) for p in sorted(lfw_dir.glob("*/*.jpg"))]
-    counts = Counter(item.label for item in items)
-    return [item for item in items if counts[item.label] >= min_photos]
-
-
-def subject_faces(pipeline: FacePipeline, lfw_dir: Path, items: list[Item]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each photo's subject face, chip and embedding, by photo key; photos with no face are left out."""
-    faces = {}
-    for start in range(0, len(items), BATCH_SIZE):
-        photos = [(item.key, (lfw_dir / item.key).read_bytes()) for item in items[start:start + BATCH_SIZE]]
-        for (key, data), photo in zip(photos, pipeline.process(photos)):
-            subject = photo.main_face
-            if subject is not None:
-                chip = align_face(decode_image(data), photo.faces[subject].landmarks)
-                faces[key] = (chip, photo.embeddings[subject])
-        print(f"faces: {min(start + BATCH_SIZE, len(items))}/{len(items)} photos", flush=True)
-    return faces
-
-
-def face_set(items: list[Item], faces: dict[str, tuple[np.ndarray, np.ndarray]]) -> FaceSet:
-    found = [item for item in items if item.key in faces]
-    return FaceSet(np.stack([faces[item.key][0] for item in found]), np.stack([faces[item.key][1] for item in found]),
-                   [item.label for item in found])
-
-
-def top1(items: list[Item], faces: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[float, int]:
+def top1(items: list[Item], extracted: ExtractedFaces) -> tuple[float, int]:
     """Train a NotebookCnn on 80% of each person's photos; its top-1 on the other 20%, and its epochs."""
     rest, test, _ = stratified_split(items, TEST_FRACTION)
     train, val, _ = stratified_split(rest, VAL_FRACTION)
-    model = NotebookCnn().fit(face_set(train, faces), face_set(val, faces))
-    test_faces = face_set(test, faces)
+    model = NotebookCnn().fit(extracted.of(train)[1], extracted.of(val)[1])
+    _, test_faces = extracted.of(test)
     predictions = model.predict(test_faces)
     correct = sum(p.best_guess == truth for p, truth in zip(predictions, test_faces.labels))
     # Test photos with no face found are in len(test) but not among the predictions: errors.
@@ -84,12 +54,13 @@ def main() -> None:
     pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir))
     # Every person with 70 photos also has 20: cut the faces once, for the larger set.
     all_items = lfw_items(lfw_dir, min(MIN_PHOTOS))
-    faces = subject_faces(pipeline, lfw_dir, all_items)
-    summary: dict[str, float | int] = {"no_face": len(all_items) - len(faces)}
+    extracted = extract_faces(LocalStorage(lfw_dir), pipeline, all_items, BATCH_SIZE,
+                              on_progress=lambda done: print(f"faces: {done}/{len(all_items)} photos", flush=True))
+    summary: dict[str, float | int] = {"no_face": len(all_items) - len(extracted.items)}
     for min_photos in MIN_PHOTOS:
         items = lfw_items(lfw_dir, min_photos)
         started = time.perf_counter()
-        accuracy, epochs = top1(items, faces)
+        accuracy, epochs = top1(items, extracted)
         summary |= {f"top1_{min_photos}": round(accuracy, 4), f"epochs_{min_photos}": epochs,
                     f"people_{min_photos}": len({item.label for item in items}),
                     f"train_seconds_{min_photos}": round(time.perf_counter() - started, 1)}

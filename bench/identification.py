@@ -25,23 +25,15 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from bench.baseline import BaselineEncoder
+from bench.lfw import lfw_items
 from config import load_settings
 from pipeline.dataset import Item, stratified_split
 from pipeline.models import MODEL_TYPES, UNKNOWN, create_model
 from pipeline.storage import LocalStorage
-from pipeline.train import ExtractedFaces, extract_faces
+from pipeline.train import ExtractedFaces, extract_faces, hold_out_strangers
 
 RESULTS = Path(__file__).resolve().parent / "results" / "identification.json"
 STRANGER_FRACTION = 0.2
-
-
-def lfw_items(lfw: Path, min_photos: int) -> list[Item]:
-    items = []
-    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        photos = sorted(person.glob("*.jpg"))
-        if len(photos) >= min_photos:
-            items.extend(Item(f"{person.name}/{photo.name}", person.name) for photo in photos)
-    return items
 
 
 def top1(model_type: str, extracted: ExtractedFaces, train: list[Item], test: list[Item]) -> tuple[float, float]:
@@ -61,18 +53,15 @@ def top1(model_type: str, extracted: ExtractedFaces, train: list[Item], test: li
 
 def open_set(model_type: str, extracted: ExtractedFaces, items: list[Item], seed: int = 0) -> dict:
     """Hold out people as strangers; returns stranger rejection and known accuracy at the threshold."""
-    people = sorted({item.label for item in items})
-    rng = np.random.default_rng(seed)
-    strangers = set(rng.choice(people, size=round(STRANGER_FRACTION * len(people)), replace=False))
-    known = [item for item in items if item.label not in strangers]
+    known, stranger_photos = hold_out_strangers(items, STRANGER_FRACTION, seed)
     train, test, _ = stratified_split(known, 0.2, seed=seed)
     fit_items, val_items, _ = stratified_split(train, 0.15, seed=seed)
     model = create_model(model_type).fit(extracted.of(fit_items)[1], extracted.of(val_items)[1])
     found, test_faces = extracted.of(test)
     known_right = sum(p.label == item.label for item, p in zip(found, model.predict(test_faces)))
-    stranger_items, stranger_faces = extracted.of([item for item in items if item.label in strangers])
+    stranger_items, stranger_faces = extracted.of(stranger_photos)
     rejected = sum(p.label == UNKNOWN for p in model.predict(stranger_faces))
-    return {"people_known": len(people) - len(strangers), "strangers": len(strangers),
+    return {"people_known": len({item.label for item in known}), "strangers": len({i.label for i in stranger_photos}),
             "stranger_photos": len(stranger_items), "stranger_rejection": rejected / max(len(stranger_items), 1),
             "known_accuracy": known_right / len(test), "threshold": model.threshold_}
 
@@ -108,7 +97,7 @@ def main() -> None:
     with BaselineEncoder(processes=2) as encoder:
         encoded = encoder.encode([lfw / item.key for item in items])
     descriptors = {item.key: d for item, d in zip(items, encoded.descriptors)}
-    print(f"baseline: no face in {sum(d is None for d in encoded.descriptors)} photos")
+    print(f"baseline: no face in {encoded.no_face} photos")
 
     folds = StratifiedKFold(args.folds, shuffle=True, random_state=0)
     labels = [item.label for item in items]
@@ -140,7 +129,7 @@ def main() -> None:
         "top1_with_unknown": {t: round(float(np.mean(s)), 4) for t, s in with_unknown.items()},
         "baseline_top1": round(float(np.mean(scores["baseline"])), 4),
         "ours_no_face": len(extracted.no_face),
-        "baseline_no_face": sum(d is None for d in encoded.descriptors),
+        "baseline_no_face": encoded.no_face,
         "open_set": {t: open_set(t, extracted, items) for t in ("embedding", "centroid") if t in scores},
     }
     for model_type, result in figures["open_set"].items():

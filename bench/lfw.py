@@ -1,6 +1,7 @@
-"""LFW's verification pairs (pairs.txt): which two photos, same person or not, and in which fold.
+"""LFW for the benchmarks: the photos of the people with enough of them, and the verification pairs.
 
-The file starts with "FOLDS PER_FOLD" (10 300 for the standard protocol); then each fold lists
+pairs.txt says which two photos, same person or not, and in which fold. The file starts with
+"FOLDS PER_FOLD" (10 300 for the standard protocol); then each fold lists
 PER_FOLD matched pairs ("name n1 n2") followed by PER_FOLD mismatched pairs ("name1 n1 name2 n2").
 """
 
@@ -8,6 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.dataset import Item
+
+
+def lfw_items(lfw_dir: Path, min_photos: int) -> list[Item]:
+    """The photos of every LFW person with at least min_photos of them, keyed relative to lfw_dir."""
+    items = []
+    for person in sorted(p for p in lfw_dir.iterdir() if p.is_dir()):
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= min_photos:
+            items.extend(Item(f"{person.name}/{photo.name}", person.name) for photo in photos)
+    return items
 
 
 @dataclass(frozen=True)
