@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.storage import MissingKey, Storage
@@ -109,29 +109,32 @@ class JobStore:
 
     def update(self, job_id: str, **changes) -> dict:
         """Apply changes to the record. A job in a final state is never changed again."""
-        with self._lock(f"job-{job_id}"):
-            job = self._read_fresh(job_id)
-            if job["state"] in TERMINAL:
-                return job
-            job.update(changes)
-            self._write(job)
-            return job
+        return self._change(job_id, lambda job: job.update(changes))
 
-    def start(self, job_id: str, total: int | None = None) -> dict:
-        changes = {"state": RUNNING}
-        job = self.get(job_id)
-        if job["started_at"] is None:
-            changes["started_at"] = now()
-        if total is not None:
-            changes["progress"] = {"done": 0, "total": total}
-        return self.update(job_id, **changes)
+    def start(self, job_id: str, total: int | None = None, **changes) -> dict:
+        """Mark the job running (keeping the time it first started), with other changes if given."""
+        def run(job: dict) -> None:
+            job.update(changes, state=RUNNING)
+            if job["started_at"] is None:
+                job["started_at"] = now()
+            if total is not None:
+                job["progress"] = {"done": 0, "total": total}
+
+        return self._change(job_id, run)
 
     def add_progress(self, job_id: str, done: int) -> dict:
+        def advance(job: dict) -> None:
+            job["progress"]["done"] += done
+
+        return self._change(job_id, advance)
+
+    def _change(self, job_id: str, change: Callable[[dict], None]) -> dict:
+        """Read the record under its lock, change it in place and write it; a job in a final state stays as it is."""
         with self._lock(f"job-{job_id}"):
             job = self._read_fresh(job_id)
             if job["state"] in TERMINAL:
                 return job
-            job["progress"]["done"] += done
+            change(job)
             self._write(job)
             return job
 
@@ -146,9 +149,6 @@ class JobStore:
 
     def cancel(self, job_id: str) -> dict:
         return self.update(job_id, state=CANCELLED, finished_at=now())
-
-    def is_cancelled(self, job_id: str) -> bool:
-        return self._read_fresh(job_id)["state"] == CANCELLED
 
     def count_delivery(self, job_id: str, delivery: str) -> int:
         """Count how often one task message has started, to bound redeliveries of lost tasks."""

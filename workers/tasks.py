@@ -20,7 +20,7 @@ from pipeline.storage import MissingKey, StorageError
 from pipeline.train import TrainingParams, dataset_unchanged, train_model
 from workers import runtime
 from workers.app import app
-from workers.jobs import TERMINAL
+from workers.jobs import CANCELLED, TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,8 @@ def train(self: JobTask, job_id: str) -> None:
     jobs.start(job_id)
 
     def on_progress(stage: str, done: int, total: int) -> None:
-        if jobs.is_cancelled(job_id):
+        if jobs.set_progress(job_id, done, total, stage)["state"] == CANCELLED:
             raise JobCancelled
-        jobs.set_progress(job_id, done, total, stage)
 
     try:
         items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
@@ -173,8 +172,7 @@ def plan_recognition(self: JobTask, job_id: str) -> None:
     except (ValueError, LookupError, MissingKey) as err:
         jobs.fail(job_id, str(err))
         return
-    jobs.start(job_id, total=plan["images"])
-    jobs.update(job_id, model_version=plan["model_version"])
+    jobs.start(job_id, total=plan["images"], model_version=plan["model_version"])
     chord(recognize_chunk.si(job_id, i) for i in range(plan["chunks"]))(finish_recognition.si(job_id))
 
 
