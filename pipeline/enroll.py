@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 from pipeline import registry
@@ -43,8 +42,7 @@ def enroll_people(storage: Storage, pipeline: FacePipeline, items: list[Item], m
         "dataset_manifest_hash": manifest_hash(dataset), "params": base["params"],
         "metrics": base["metrics"], "people": len(model.labels_), "base_version": base_version,
         "enrolled": people, "report_key": f"{registry.version_prefix(model_name, version)}/report.json",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    registry.publish_version(storage, model_name, version, files, record)
+    published = registry.publish_version(storage, model_name, version, files, record)
     registry.set_current(storage, model_name, version)
-    return registry.get_version(storage, model_name, version)
+    return published

@@ -36,17 +36,18 @@ def new_version_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def publish_version(storage: Storage, name: str, version: str, files: dict[str, bytes], record: dict) -> str:
-    """Write a complete version: its files first, then version.json as the commit marker."""
+def publish_version(storage: Storage, name: str, version: str, files: dict[str, bytes], record: dict) -> dict:
+    """Write a complete version: its files first, then version.json as the commit marker. Returns
+    the record written: the given one with the model, version, file names and creation time."""
     prefix = version_prefix(name, version)
     if storage.exists(f"{prefix}/version.json"):
         raise VersionExists(f"model {name} version {version} already exists")
     for filename, data in files.items():
         storage.put(f"{prefix}/{filename}", data)
-    record = {**record, "model": name, "version": version, "files": sorted(files)}
+    record = {**record, "model": name, "version": version, "files": sorted(files), "created_at": _now()}
     if not storage.put_new(f"{prefix}/version.json", json.dumps(record, indent=2, sort_keys=True).encode()):
         raise VersionExists(f"model {name} version {version} already exists")
-    return prefix
+    return record
 
 
 def get_version(storage: Storage, name: str, version: str) -> dict:

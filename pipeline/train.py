@@ -257,12 +257,11 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
         "people": len(model.labels_),
         "report_key": f"{prefix}/report.json",
         "report_html_key": f"{prefix}/report.html",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    registry.publish_version(storage, model_name, version, files, record)
+    published = registry.publish_version(storage, model_name, version, files, record)
     if promotion["promote"]:
         registry.set_current(storage, model_name, version)
-    return {**registry.get_version(storage, model_name, version), "promotion": promotion}
+    return {**published, "promotion": promotion}
 
 
 def _sample_faces(extracted: ExtractedFaces) -> list[tuple[str, np.ndarray]]:
