@@ -151,14 +151,18 @@ def create_schedule():
 
 @v1.get("/schedules/<schedule_id>")
 def get_schedule(schedule_id: str):
-    return jsonify(_schedule(schedule_id))
+    try:
+        return jsonify(schedules.get_schedule(schedule_id))
+    except schedules.ScheduleNotFound as err:
+        raise NotFound(str(err)) from None
 
 
 @v1.delete("/schedules/<schedule_id>")
 def delete_schedule(schedule_id: str):
-    _schedule(schedule_id)
     try:
         schedules.delete_schedule(schedule_id)
+    except schedules.ScheduleNotFound as err:
+        raise NotFound(str(err)) from None
     except RuntimeError as err:
         raise ServiceUnavailable(str(err)) from None
     return "", 204
@@ -167,16 +171,13 @@ def delete_schedule(schedule_id: str):
 @v1.post("/schedules/<schedule_id>/run")
 def run_schedule_now(schedule_id: str):
     """Run a schedule's training now, as beat would at its next time."""
-    _schedule(schedule_id)
-    job, created = schedules.submit_scheduled_run(schedule_id, f"manual-{_idempotency_key() or uuid.uuid4().hex}")
-    return jsonify(job), 202 if created else 200
-
-
-def _schedule(schedule_id: str) -> dict:
+    run_id = f"manual-{_idempotency_key() or uuid.uuid4().hex}"
     try:
-        return schedules.get_schedule(schedule_id)
+        job, created = schedules.submit_scheduled_run(schedule_id, run_id)
     except schedules.ScheduleNotFound as err:
         raise NotFound(str(err)) from None
+    return jsonify(job), 202 if created else 200
+
 
 
 def _parse(schema: type[BaseModel]) -> BaseModel:

@@ -137,6 +137,8 @@ def test_a_scheduled_run_on_unchanged_data_trains_nothing(system, incumbent):
     assert call(system, "DELETE", f"/schedules/{schedule['id']}").status_code == 204
     assert not beat.exists(f"redbeat:facerec-schedule-{schedule['id']}")
     assert call(system, "GET", f"/schedules/{schedule['id']}").status_code == 404
+    assert call(system, "DELETE", f"/schedules/{schedule['id']}").status_code == 404
+    assert call(system, "POST", f"/schedules/{schedule['id']}/run").status_code == 404
 
 
 def test_a_schedule_with_an_invalid_cron_expression_is_refused(system):

@@ -8,7 +8,6 @@ promotes the new version only if it is not worse than the current one by more th
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from celery.schedules import crontab
@@ -16,6 +15,7 @@ from celery.schedules import crontab
 from pipeline.storage import MissingKey
 from workers import runtime
 from workers.app import app
+from workers.jobs import now
 from workers.submit import ScheduleRequest, TrainingRequest, submit_training
 
 TASK = "facerec.scheduled_training"
@@ -55,8 +55,7 @@ def _entry(schedule: dict):
 def create_schedule(request: ScheduleRequest) -> dict:
     _require_redis()
     parse_cron(request.cron)
-    schedule = {"id": uuid.uuid4().hex, **request.model_dump(exclude_none=True),
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    schedule = {"id": uuid.uuid4().hex, **request.model_dump(exclude_none=True), "created_at": now()}
     runtime.storage().put_json(f"schedules/{schedule['id']}.json", schedule)
     _entry(schedule).save()
     return schedule
@@ -78,8 +77,8 @@ def list_schedules() -> list[dict]:
 
 
 def delete_schedule(schedule_id: str) -> None:
-    _require_redis()
     schedule = get_schedule(schedule_id)
+    _require_redis()
     _entry(schedule).delete()
     runtime.storage().delete(f"schedules/{schedule_id}.json")
 
