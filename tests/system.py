@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from pipeline.storage import S3Storage
+from workers.jobs import TERMINAL
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "test-key"
@@ -105,7 +106,7 @@ def call(system, method: str, path: str, key: str | None = API_KEY, **kwargs) ->
 def wait_for_job(system, job_id: str) -> dict:
     def finished():
         job = call(system, "GET", f"/jobs/{job_id}").json()
-        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+        return job if job["state"] in TERMINAL else None
 
     return wait_for(finished, JOB_TIMEOUT_S, f"job {job_id}")
 

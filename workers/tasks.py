@@ -134,7 +134,8 @@ def _output_prefix(job: dict) -> str:
     return job["params"].get("output_prefix") or f"jobs/{job['id']}/output"
 
 
-def _input_keys(job: dict) -> list[str]:
+def _input_keys(job: dict, output: str) -> list[str]:
+    """The job's photos, each once, in input order; never those under its own output prefix."""
     storage, params = runtime.storage(), job["params"]
     if params.get("input_manifest"):
         lines = storage.get(params["input_manifest"]).decode("utf-8").splitlines()
@@ -142,8 +143,8 @@ def _input_keys(job: dict) -> list[str]:
     else:
         prefix = params["input_prefix"].rstrip("/") + "/"
         # Sorted: backends list in different orders, and a plan should not depend on the backend.
-        keys = sorted(k for k in storage.list(prefix) if not k.startswith(_output_prefix(job) + "/"))
-    return list(dict.fromkeys(keys))  # each photo once, in input order
+        keys = sorted(k for k in storage.list(prefix) if not k.startswith(output + "/"))
+    return list(dict.fromkeys(keys))
 
 
 @app.task(bind=True, base=JobTask, name="facerec.plan_recognition")
@@ -160,7 +161,7 @@ def plan_recognition(self: JobTask, job_id: str) -> None:
             plan = storage.get_json(plan_key)
         else:
             version = registry.resolve_version(storage, params["model"], params.get("model_version"))
-            keys = _input_keys(job)
+            keys = _input_keys(job, output)
             if not keys:
                 raise ValueError("the input holds no photos")
             size = runtime.settings().chunk_size
