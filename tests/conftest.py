@@ -29,7 +29,8 @@ S3_ENDPOINT = "http://127.0.0.1:8333"
 S3_ACCESS_KEY_ID = "facerec-dev"
 S3_SECRET_ACCESS_KEY = "facerec-dev-secret"
 
-REDIS_TEST_DB = 15
+# Separate databases let several test sessions run at once (each flushes its own at the start).
+REDIS_TEST_DB = int(os.environ.get("FACEREC_TEST_REDIS_DB", "15"))
 
 
 def _run_script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -108,7 +109,7 @@ def _redis_pings(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis URL on a database reserved for tests (/15), flushed at the start of the session.
+    """A Redis URL on a database reserved for tests (/15, or FACEREC_TEST_REDIS_DB), flushed at the start of the session.
 
     Uses REDIS_URL's server (default 127.0.0.1:6379); if nothing answers there, starts one with
     infra/scripts/start-redis.sh and stops it again at the end.
