@@ -5,24 +5,88 @@ It never loads TensorFlow or runs a model; the Celery workers do that.
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import BadRequest, HTTPException
+
+# Job requests are a few levels deep; a bound far below Python's recursion limit keeps a hostile body
+# (100,000 '[') from reaching json's recursion limit, and keeps deep values out of job records.
+MAX_JSON_DEPTH = 32
+TOO_DEEP = f"the JSON body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects"
 
 
-def create_app(api_keys: tuple[str, ...] | None = None) -> Flask:
-    """Build the app. API keys come from FACEREC_API_KEYS unless given here."""
-    from api.auth import require_api_key
+class BoundedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing request bodies nested deeper than MAX_JSON_DEPTH with a 400.
+
+    It raises BadRequest rather than ValueError so that routes reading the body with
+    get_json(silent=True) still answer with this message instead of a vaguer one.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            value = json.loads(s, **kwargs)
+        except RecursionError:
+            raise BadRequest(TOO_DEEP) from None
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise BadRequest(TOO_DEEP)
+        return value
+
+
+def _depth(value: Any) -> int:
+    """How many arrays and objects deep value goes, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:  # deeper than the bound is enough to know
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def create_app(api_keys: Iterable[str] | None = None) -> Flask:
+    """Build the app. API-key entries (name:scope:sha256hex, see api.keys) come from FACEREC_API_KEYS
+    unless given here; a malformed entry, such as a plain key, stops the app from starting."""
+    from api.auth import authenticate
+    from api.keys import parse_entries
+    from api.openapi import openapi_document
     from api.routes import v1
     from workers import runtime
 
     app = Flask(__name__)
-    app.config["API_KEYS"] = tuple(api_keys if api_keys is not None else runtime.settings().api_keys)
+    app.json = BoundedJSONProvider(app)
+    entries = api_keys if api_keys is not None else runtime.settings().api_keys
+    app.config["API_KEYS"] = parse_entries(entries)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # job requests are small JSON documents
-    v1.before_request(require_api_key)
+    # On the app, not on the module-level blueprint: a blueprint takes no hooks once registered, so
+    # create_app could run only once per process.
+    app.before_request(authenticate)
     app.register_blueprint(v1)
+
+    @app.get("/v1/openapi.json", endpoint="openapi")
+    def openapi():
+        """The OpenAPI 3.1 document of this API (no key needed)."""
+        if "openapi" not in app.extensions:
+            app.extensions["openapi"] = openapi_document(app)
+        return jsonify(app.extensions["openapi"])
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         return jsonify(error=err.description or err.name), err.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(err: Exception):
+        # The message and traceback can hold server paths, hostnames or data: they go to the log only,
+        # and the client gets an id to quote that finds them there.
+        error_id = uuid.uuid4().hex[:16]
+        app.logger.error("error %s on %s %s", error_id, request.method, request.path, exc_info=err)
+        return jsonify(error=f"internal error (id {error_id}); the server's log has the details"), 500
 
     return app

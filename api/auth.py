@@ -1,24 +1,79 @@
-"""API-key authentication: every route but health needs a key from FACEREC_API_KEYS in X-API-Key."""
+"""API-key authentication and scopes.
+
+Every route but health and the OpenAPI document needs a key in the X-API-Key header, whose SHA-256 is
+configured in FACEREC_API_KEYS (see api.keys), with a scope at least the one the route needs:
+reading needs ``read``, submitting and cancelling jobs ``submit``, and whatever changes which model is
+live or when training runs (promote, roll back, every schedules route) ``admin``.
+"""
 
 from __future__ import annotations
 
 import hmac
 
-from flask import current_app, request
-from werkzeug.exceptions import Unauthorized
+from flask import current_app, g, request
+from werkzeug.exceptions import Forbidden, Unauthorized
+
+from api.keys import ApiKey, hash_key
 
 HEADER = "X-API-Key"
-OPEN_ENDPOINTS = {"v1.health"}
+OPEN_ENDPOINTS = {"v1.health", "openapi"}
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Rules as in app.url_map. Writes that are not listed here need admin, so a new route is safe by
+# default until someone decides it is an ordinary submit.
+SUBMIT_ROUTES = {
+    ("POST", "/v1/jobs/training"),
+    ("POST", "/v1/jobs/recognition"),
+    ("POST", "/v1/jobs/enroll"),
+    ("POST", "/v1/jobs/<job_id>/cancel"),
+    ("POST", "/v1/jobs/<job_id>/resume"),
+}
+ADMIN_ROUTES = {
+    ("POST", "/v1/models/<name>/promote"),
+    ("POST", "/v1/models/<name>/rollback"),
+}
+ADMIN_PREFIXES = ("/v1/schedules",)  # any method: schedules decide what trains and gets promoted
 
 
-def require_api_key() -> None:
-    if request.endpoint in OPEN_ENDPOINTS:
+def required_scope(endpoint: str | None, rule: str, method: str) -> str | None:
+    """The scope a request needs, from its endpoint, URL rule and method; None when it needs no key."""
+    if endpoint in OPEN_ENDPOINTS:
+        return None
+    if (method, rule) in ADMIN_ROUTES or rule.startswith(ADMIN_PREFIXES):
+        return "admin"
+    if method in READ_METHODS:
+        return "read"
+    if (method, rule) in SUBMIT_ROUTES:
+        return "submit"
+    return "admin"
+
+
+def find_key(keys: tuple[ApiKey, ...], given: str) -> ApiKey | None:
+    """The configured key whose hash matches, comparing hashes in constant time."""
+    digest = hash_key(given)
+    found = None
+    for key in keys:  # no early exit: the time taken does not tell which entry matched
+        if hmac.compare_digest(digest, key.digest):
+            found = key
+    return found
+
+
+def authenticate() -> None:
+    """before_request hook of the app: refuse a request without a valid key of the scope it needs."""
+    if request.url_rule is None:
+        return  # no such route: let routing answer 404 or 405
+    scope = required_scope(request.endpoint, request.url_rule.rule, request.method)
+    if scope is None:
         return
-    keys = current_app.config["API_KEYS"]
+    keys: tuple[ApiKey, ...] = current_app.config["API_KEYS"]
     given = request.headers.get(HEADER, "")
     if not keys:
         raise Unauthorized("no API keys are configured on the server (set FACEREC_API_KEYS)")
     if not given:
         raise Unauthorized(f"missing API key: send it in the {HEADER} header")
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+    key = find_key(keys, given)
+    if key is None:
         raise Unauthorized("invalid API key")
+    if not key.allows(scope):
+        raise Forbidden(f"this API key has scope {key.scope}; {request.method} {request.url_rule.rule} "
+                        f"needs scope {scope}")
+    g.api_key_name = key.name  # who is calling, for routes that scope things per caller (never the key)

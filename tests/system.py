@@ -15,11 +15,22 @@ from pathlib import Path
 
 import requests
 
+from api.keys import config_entry
 from pipeline.storage import S3Storage
 from workers.jobs import TERMINAL
 
 REPO = Path(__file__).resolve().parents[1]
-API_KEY = "test-key"
+# Test keys, long and random-looking like real ones; the API is configured with their hashes only.
+API_KEY = "frk_test-all-scopes-3kq8ZxV1b2mWn5pT7yR0"  # every scope: what call() sends by default
+ADMIN_KEY = "frk_test-admin-Jd92LmQx7cVb4nHs1aPe"
+SUBMIT_KEY = "frk_test-submit-Wc6tYh3kPq0zRf8mNx2L"
+READ_KEY = "frk_test-read-Tg5sQe1vBn9kXu4dMj7A"
+API_KEY_ENTRIES = ",".join([
+    config_entry("tests", "admin", API_KEY),
+    config_entry("test-admin", "admin", ADMIN_KEY),
+    config_entry("test-submit", "submit", SUBMIT_KEY),
+    config_entry("test-read", "read", READ_KEY),
+])
 JOB_TIMEOUT_S = 600
 
 
@@ -52,7 +63,7 @@ def running_system(tmp_path_factory, redis_url: str, seaweedfs: dict) -> Iterato
         "S3_ACCESS_KEY_ID": seaweedfs["access_key_id"],
         "S3_SECRET_ACCESS_KEY": seaweedfs["secret_access_key"],
         "S3_BUCKET": bucket,
-        "FACEREC_API_KEYS": f"other-key,{API_KEY}",
+        "FACEREC_API_KEYS": API_KEY_ENTRIES,
         "FACEREC_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "FACEREC_CHUNK_SIZE": "4",  # several chunk tasks for a dozen photos
     }

@@ -26,17 +26,62 @@ class ScheduleNotFound(LookupError):
         return f"no schedule with id {self.args[0]}"
 
 
+# (name, lowest, highest, names) of each cron field, in order; names count from lowest.
+CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day-of-month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day-of-week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+
+
 def parse_cron(expression: str) -> crontab:
-    """A standard 5-field cron expression (minute hour day-of-month month day-of-week) as a crontab."""
+    """A standard 5-field cron expression (minute hour day-of-month month day-of-week) as a crontab.
+
+    Each field is checked here first: celery's parser reads a backwards range such as 1-0 as a wrap
+    around the whole field (every minute), and names the wrong field in some of its errors.
+    """
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"cron expression {expression!r} must have 5 fields: minute hour day month weekday")
+    for text, spec in zip(fields, CRON_FIELDS, strict=True):
+        problem = _cron_field_problem(text, *spec[1:])
+        if problem:
+            raise ValueError(f"invalid cron expression {expression!r}: the {spec[0]} field {text!r} {problem}")
     minute, hour, day_of_month, month, day_of_week = fields
     try:
         return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
                        day_of_week=day_of_week)
     except ValueError as err:
         raise ValueError(f"invalid cron expression {expression!r}: {err}") from None
+
+
+def _cron_field_problem(text: str, low: int, high: int, names: tuple[str, ...]) -> str | None:
+    """What is wrong with one cron field (a comma-separated list of *, N, N-M, */S or N-M/S), or None."""
+    def value(word: str) -> int | None:
+        if word.isdigit():
+            return int(word)
+        return names.index(word.lower()) + low if word.lower() in names else None
+
+    allowed = f"{low}-{high}" + (f" or {names[0]}-{names[-1]}" if names else "")
+    for item in text.split(","):
+        base, slash, step = item.partition("/")
+        if slash and not (step.isdigit() and 1 <= int(step) <= high - low + 1):
+            return f"has step {step!r}: a step must be a whole number from 1 to {high - low + 1}"
+        if base == "*":
+            continue
+        start_word, dash, end_word = base.partition("-")
+        if slash and not dash:
+            return f"has {item!r}: a step goes after * or a range (N-M/S)"
+        start, end = value(start_word), value(end_word) if dash else value(start_word)
+        if start is None or end is None:
+            return f"has {item!r}: values must be numbers in {allowed}"
+        if not (low <= start <= high and low <= end <= high):
+            return f"has {item!r}: values must be in {allowed}"
+        if start > end:
+            return f"has the range {base!r}, which runs backwards: write the lower value first"
+    return None
 
 
 def _require_redis() -> None:

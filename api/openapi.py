@@ -1,0 +1,154 @@
+"""The OpenAPI 3.1 document of the API, generated from the app itself.
+
+Paths and methods come from app.url_map, so every route appears; request bodies are the JSON schemas of
+the pydantic models that validate them (workers.submit), so the document cannot drift from validation.
+What the url_map does not say (query parameters, success codes, which routes take an Idempotency-Key)
+is in the tables below, keyed by (method, rule) as the url_map spells them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+from pydantic import BaseModel
+
+from api.auth import HEADER, required_scope
+from api.routes import MAX_PAGE
+from workers.jobs import STATES, TYPES
+from workers.submit import EnrollRequest, RecognitionRequest, ScheduleRequest, TrainingRequest
+
+VERSION = "1"
+REF = "#/components/schemas/{model}"
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel] | dict] = {
+    ("POST", "/v1/jobs/training"): TrainingRequest,
+    ("POST", "/v1/jobs/recognition"): RecognitionRequest,
+    ("POST", "/v1/jobs/enroll"): EnrollRequest,
+    ("POST", "/v1/schedules"): ScheduleRequest,
+    ("POST", "/v1/models/<name>/promote"): {
+        "type": "object", "required": ["version"],
+        "properties": {"version": {"type": "string", "description": "the version to make current"}},
+    },
+}
+
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict]] = {
+    ("GET", "/v1/jobs"): [
+        {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(TYPES)}},
+        {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    ],
+}
+
+IDEMPOTENT = {
+    ("POST", "/v1/jobs/training"), ("POST", "/v1/jobs/recognition"), ("POST", "/v1/jobs/enroll"),
+    ("POST", "/v1/schedules/<schedule_id>/run"),
+}
+
+QUEUED = "the job, queued (200 when an Idempotency-Key replays an earlier submit)"
+SUCCESS: dict[tuple[str, str], tuple[str, str]] = {  # (status, description); others answer 200 with JSON
+    ("POST", "/v1/jobs/training"): ("202", QUEUED),
+    ("POST", "/v1/jobs/recognition"): ("202", QUEUED),
+    ("POST", "/v1/jobs/enroll"): ("202", QUEUED),
+    ("POST", "/v1/schedules/<schedule_id>/run"): ("202", "the training job of the run"),
+    ("POST", "/v1/schedules"): ("201", "the schedule"),
+    ("DELETE", "/v1/schedules/<schedule_id>"): ("204", "deleted"),
+}
+HTML_ROUTES = {("GET", "/v1/models/<name>/versions/<version>/report")}
+
+_VARIABLE = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_CONVERTER_TYPES = {"int": "integer", "float": "number"}
+
+
+def openapi_document(app: Flask) -> dict:
+    """The OpenAPI 3.1 document of every route of app."""
+    schemas: dict[str, dict] = {
+        "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                  "properties": {"error": {"type": "string", "description": "what went wrong, for a person"}}},
+    }
+    paths: dict[str, dict] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        path = _VARIABLE.sub(lambda m: "{" + m["name"] + "}", rule.rule)
+        methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
+        for method in methods:
+            operation_id = rule.endpoint.removeprefix("v1.") + (f"_{method.lower()}" if len(methods) > 1 else "")
+            paths.setdefault(path, {})[method.lower()] = _operation(app, rule, method, operation_id, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "facerec API", "version": VERSION,
+            "description": "Batch face recognition: submit training, enrolment and bulk-recognition jobs, "
+                           "poll them, manage model versions and retraining schedules. Every error answers "
+                           '{"error": "..."}.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"ApiKey": {
+                "type": "apiKey", "in": "header", "name": HEADER,
+                "description": "a key made with `python -m api.keys new NAME --scope read|submit|admin`; "
+                               "each operation's x-required-scope says the least scope it needs",
+            }},
+        },
+        "security": [{"ApiKey": []}],
+    }
+
+
+def _operation(app: Flask, rule, method: str, operation_id: str, schemas: dict) -> dict:
+    key = (method, rule.rule)
+    view = app.view_functions[rule.endpoint]
+    doc = (view.__doc__ or "").strip()
+    summary = doc.splitlines()[0] if doc else rule.endpoint.rsplit(".", 1)[-1].replace("_", " ").capitalize()
+    operation: dict = {"operationId": operation_id, "summary": summary,
+                       "tags": [rule.rule.strip("/").split("/")[1 if rule.rule.startswith("/v1/") else 0]]}
+    scope = required_scope(rule.endpoint, rule.rule, method)
+    if scope is None:
+        operation["security"] = []
+    else:
+        operation["x-required-scope"] = scope
+
+    parameters = [
+        {"name": match["name"], "in": "path", "required": True,
+         "schema": {"type": _CONVERTER_TYPES.get(match["converter"] or "", "string"),
+                    **({} if match["converter"] in _CONVERTER_TYPES else {"minLength": 1})}}
+        for match in _VARIABLE.finditer(rule.rule)
+    ]
+    parameters += QUERY_PARAMETERS.get(key, [])
+    if key in IDEMPOTENT:
+        parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
+                           "description": "sending the same key again returns the same job",
+                           "schema": {"type": "string", "maxLength": 255}})
+    if parameters:
+        operation["parameters"] = parameters
+
+    body = REQUEST_BODIES.get(key)
+    if body is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {"application/json": {"schema": _body_schema(body, schemas)}}}
+
+    status, description = SUCCESS.get(key, ("200", "OK"))
+    if key in HTML_ROUTES:
+        success = {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+    elif status == "204":
+        success = {"description": description}
+    else:
+        success = {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
+    errors = {"description": "an error: 400 invalid input, 401 no or wrong key, 403 scope too small, 404 "
+                             "unknown id, 409 conflict, 503 a service the route needs is missing",
+              "content": {"application/json": {"schema": ERROR}}}
+    operation["responses"] = {status: success, "default": errors}
+    return operation
+
+
+def _body_schema(body: type[BaseModel] | dict, schemas: dict) -> dict:
+    if isinstance(body, dict):
+        return body
+    schema = body.model_json_schema(ref_template=REF)
+    schemas.update(schema.pop("$defs", {}))
+    schemas[body.__name__] = schema
+    return {"$ref": REF.format(model=body.__name__)}
