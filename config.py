@@ -46,6 +46,11 @@ class Settings:
     worker_max_memory_mb: int = 8192
     task_max_retries: int = 3
     mirror_faces: bool = True
+    heartbeat_s: int = 10
+    job_stall_s: int = 60
+    max_resumes: int = 3
+    training_time_limit_s: int = 6 * 3600
+    visibility_timeout_s: int = 2 * 3600
 
     @property
     def embedded(self) -> bool:
@@ -89,4 +94,9 @@ def load_settings() -> Settings:
         worker_max_memory_mb=_env_int("FACEREC_WORKER_MAX_MEMORY_MB", 8192),
         task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
         mirror_faces=_env("FACEREC_MIRROR_FACES", "1") not in ("0", "false", "no"),
+        heartbeat_s=_env_int("FACEREC_HEARTBEAT_S", 10),
+        job_stall_s=_env_int("FACEREC_JOB_STALL_S", 60),
+        max_resumes=_env_int("FACEREC_MAX_RESUMES", 3),
+        training_time_limit_s=_env_int("FACEREC_TRAINING_TIME_LIMIT_S", 6 * 3600),
+        visibility_timeout_s=_env_int("FACEREC_VISIBILITY_TIMEOUT_S", 2 * 3600),
     )

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailable, UnprocessableEntity
 
 from pipeline import registry
 from workers import runtime, schedules
-from workers.jobs import STATES, TERMINAL, TYPES, JobNotFound
+from workers.jobs import STATES, TERMINAL, TYPES, IdempotencyConflict, JobNotFound, NotResumable, TooLateToCancel
 from workers.submit import (
     EnrollRequest,
+    InputNotFound,
+    OutputPrefixTaken,
     RecognitionRequest,
     ScheduleRequest,
     TrainingRequest,
+    resume_job,
     submit_enrollment,
     submit_recognition,
     submit_training,
@@ -35,19 +38,30 @@ def health():
 
 @v1.post("/jobs/training")
 def submit_training_job():
-    job, created = submit_training(_parse(TrainingRequest), _idempotency_key())
-    return jsonify(job), 202 if created else 200
+    return _submitted(submit_training, TrainingRequest)
 
 
 @v1.post("/jobs/recognition")
 def submit_recognition_job():
-    job, created = submit_recognition(_parse(RecognitionRequest), _idempotency_key())
-    return jsonify(job), 202 if created else 200
+    return _submitted(submit_recognition, RecognitionRequest)
 
 
 @v1.post("/jobs/enroll")
 def submit_enrollment_job():
-    job, created = submit_enrollment(_parse(EnrollRequest), _idempotency_key())
+    return _submitted(submit_enrollment, EnrollRequest)
+
+
+def _submitted(submit, schema: type[BaseModel]):
+    """Validate, submit and answer: 202 for a new job, 200 for the one an Idempotency-Key names."""
+    try:
+        # The idempotency scope: the route (the job type, in submit) and the client's key name.
+        job, created = submit(_parse(schema), _idempotency_key(), client=g.get("api_key_name", ""))
+    except InputNotFound as err:
+        raise NotFound(str(err)) from None
+    except OutputPrefixTaken as err:
+        raise Conflict(str(err)) from None
+    except IdempotencyConflict as err:
+        raise UnprocessableEntity(str(err)) from None
     return jsonify(job), 202 if created else 200
 
 
@@ -73,7 +87,20 @@ def cancel_job(job_id: str):
     job = _job(job_id)
     if job["state"] in TERMINAL:
         raise Conflict(f"job {job_id} is already {job['state']}")
-    return jsonify(runtime.job_store().cancel(job_id))
+    try:
+        return jsonify(runtime.job_store().cancel(job_id))
+    except TooLateToCancel as err:
+        raise Conflict(str(err)) from None
+
+
+@v1.post("/jobs/<job_id>/resume")
+def resume_failed_job(job_id: str):
+    """Run a failed job again; a recognition job keeps the chunks it finished."""
+    _job(job_id)
+    try:
+        return jsonify(resume_job(job_id)), 202
+    except NotResumable as err:
+        raise Conflict(str(err)) from None
 
 
 @v1.get("/models")

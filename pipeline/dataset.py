@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from pipeline.storage import Storage
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Formats Pillow names but cannot decode by itself: stubs for scientific data, and EPS (needs Ghostscript).
+_NOT_PHOTOS = {"BUFR", "GRIB", "HDF5", "EPS"}
+
+
+def _decoder_suffixes() -> tuple[str, ...]:
+    """Every file suffix of a format Pillow (the decoder) can read, .pgm and .ppm included."""
+    Image.init()
+    return tuple(sorted(suffix for suffix, name in Image.registered_extensions().items()
+                        if name in Image.OPEN and name not in _NOT_PHOTOS))
+
+
+IMAGE_SUFFIXES = _decoder_suffixes()
 
 
 @dataclass(frozen=True)
@@ -37,19 +50,51 @@ def manifest_from_prefix(storage: Storage, prefix: str) -> list[Item]:
 
 
 def read_manifest(storage: Storage, key: str) -> list[Item]:
-    """A JSON Lines manifest: one {"key": ..., "label": ...} object per line."""
+    """A labelled manifest: one photo per line, as JSON {"key": ..., "label": ...} or as a plain key
+    whose label is its folder (``people/Ada/1.jpg`` is Ada), as with a prefix."""
     items = []
-    for number, line in enumerate(storage.get(key).decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            items.append(Item(str(record["key"]), str(record["label"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{key} line {number}: expected {{\"key\": ..., \"label\": ...}}: {err}") from None
+    for number, line in _manifest_lines(storage, key):
+        record = _manifest_record(key, number, line)
+        label = record.get("label")
+        if label is None:
+            parts = record["key"].split("/")
+            if len(parts) < 2:
+                raise ValueError(f"{key} line {number}: no label: give {{\"key\": ..., \"label\": ...}} "
+                                 "or a key inside a folder named for the person")
+            label = parts[-2]
+        items.append(Item(record["key"], str(label)))
     if not items:
         raise ValueError(f"manifest {key} lists no photos")
     return items
+
+
+def read_key_list(storage: Storage, key: str) -> list[str]:
+    """The photo keys of an unlabelled manifest: one per line, as a plain key or as JSON with a "key"
+    (so a training manifest can be recognised as it is)."""
+    return [_manifest_record(key, number, line)["key"] for number, line in _manifest_lines(storage, key)]
+
+
+def _manifest_lines(storage: Storage, key: str) -> Iterator[tuple[int, str]]:
+    try:
+        text = storage.get(key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"manifest {key} is not UTF-8 text") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line.strip()
+
+
+def _manifest_record(key: str, number: int, line: str) -> dict:
+    """{"key": ..., maybe "label": ...} from one manifest line, JSON or a plain key."""
+    if not line.startswith("{"):
+        return {"key": line}
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{key} line {number}: not valid JSON: {err}") from None
+    if not isinstance(record.get("key"), str):
+        raise ValueError(f"{key} line {number}: expected a \"key\" string")
+    return record
 
 
 def load_items(storage: Storage, prefix: str | None = None, manifest: str | None = None) -> list[Item]:

@@ -8,10 +8,11 @@ FACEREC_DATA_DIR, shared by every process on the machine.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from kombu.transport import sqlalchemy as sqlalchemy_transport
 
 from workers import runtime
+from workers.watchdog import Watchdog
 
 settings = runtime.settings()
 settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,6 @@ app.conf.update(
         "facerec.recognize_chunk": {"queue": settings.queue_gpu},
         "facerec.plan_recognition": {"queue": settings.queue_default},
         "facerec.finish_recognition": {"queue": settings.queue_default},
-        "celery.chord_unlock": {"queue": settings.queue_default},
     },
     # Long GPU tasks: take one message at a time, acknowledge it only when done, and give it back
     # to the queue if the worker process dies (the tasks bound how often that may happen).
@@ -38,11 +38,9 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_max_memory_per_child=settings.worker_max_memory_mb * 1024,
-    # Redis redelivers a message not acknowledged within this time: longer than any one task.
-    broker_transport_options={} if settings.embedded else {"visibility_timeout": 2 * 3600},
-    # The SQLite result backend joins a chord by polling (Redis joins it without): every second by
-    # default, which is seconds in all on a job of a few hundred photos.
-    result_chord_retry_interval=0.2,
+    # Redis redelivers a message not acknowledged within this time. A task still running then is not
+    # run twice (its lease is held); a lost one is restarted by the watchdog long before.
+    broker_transport_options={} if settings.embedded else {"visibility_timeout": settings.visibility_timeout_s},
     broker_connection_retry_on_startup=True,
     task_serializer="json",
     result_serializer="json",
@@ -60,3 +58,20 @@ def load_models(**_kwargs) -> None:
     """Load the face pipeline in each GPU-queue worker child before its first task, not during one."""
     if settings.queue_gpu in app.amqp.queues.consume_from:
         runtime.face_pipeline()
+
+
+@worker_ready.connect
+def start_watchdog(**_kwargs) -> None:
+    """Every worker watches for jobs whose worker vanished (workers.watchdog)."""
+    from workers.submit import ENTRY_TASKS
+
+    def waiting_messages() -> int:
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            return sum(channel.queue_declare(queue=queue, passive=False).message_count
+                       for queue in (settings.queue_gpu, settings.queue_default))
+
+    Watchdog(runtime.job_store(), waiting_messages,
+             restart=lambda job: app.send_task(ENTRY_TASKS[job["type"]], args=[job["id"]]),
+             stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,
+             max_resumes=settings.max_resumes).start()

@@ -1,19 +1,29 @@
-"""Job records: what was asked, its state and progress, where its results are.
+"""Job records: what was asked, its state and progress, where its results are; and the liveness of
+the tasks working on them.
 
 Storage holds the source of truth (``jobs/<id>/job.json``); with Redis configured, each record is
 mirrored there for fast reads and listing. Every change is a locked read-modify-write, so concurrent
 chunk tasks and a cancel never overwrite each other.
+
+A task working on a job beats (``beat``) every few seconds and holds a lease on its piece of work
+(``lease``), so that a second delivery of the same message skips it and the watchdog can tell a job
+whose worker vanished from one that is merely waiting. Beats and leases live in Redis, or on the
+embedded default in files under the lock directory (flock: a dead process releases its lease at once).
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import fcntl
 import hashlib
 import json
+import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import takewhile
 from pathlib import Path
 
 from pipeline.storage import MissingKey, Storage
@@ -23,12 +33,31 @@ STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 TYPES = ("training", "recognition", "enroll")
 
+PUBLISHING = "publishing"  # the progress stage after which a job can no longer be cancelled
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 REDIS_PREFIX = "facerec:"
 
 
 class JobNotFound(LookupError):
     def __str__(self) -> str:
-        return f"no job with id {self.args[0]}"
+        job_id = str(self.args[0])
+        return f"no job with id {job_id[:40] + '...' if len(job_id) > 40 else job_id}"
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was sent again with a different request."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled: the task stops without writing anything more."""
+
+
+class TooLateToCancel(Exception):
+    """The job is publishing its result: a cancel now could leave a version live under a cancelled job."""
+
+
+class NotResumable(Exception):
+    """Only a failed job can be resumed."""
 
 
 def now() -> str:
@@ -38,10 +67,12 @@ def now() -> str:
 class JobStore:
     """Create, read, update and list job records."""
 
-    def __init__(self, storage: Storage, redis=None, lock_dir: str | Path | None = None) -> None:
+    def __init__(self, storage: Storage, redis=None, lock_dir: str | Path | None = None,
+                 lease_s: float = 30) -> None:
         self.storage = storage
         self.redis = redis
         self.lock_dir = Path(lock_dir) if lock_dir else None
+        self.lease_s = lease_s
         if self.redis is None and self.lock_dir is None:
             raise ValueError("JobStore needs Redis or a lock directory to serialise updates")
 
@@ -84,27 +115,35 @@ class JobStore:
         return matching[offset:offset + limit], len(matching)
 
     # -- writing -----------------------------------------------------------------------------
-    def create(self, job_type: str, params: dict, idempotency_key: str | None = None) -> tuple[dict, bool]:
-        """Record a new queued job; with an idempotency key seen before, return that job instead.
+    def create(self, job_type: str, params: dict, idempotency_key: str | None = None, scope: str = "",
+               prepare: Callable[[dict], None] = lambda job: None) -> tuple[dict, bool]:
+        """Record a new queued job; with an idempotency key seen before in the same scope (the route and
+        the client), return that job instead, or raise IdempotencyConflict if the request differs.
 
+        `prepare` runs on the new job before it is recorded (it may raise to refuse it).
         Returns (job, created)."""
         if job_type not in TYPES:
             raise ValueError(f"unknown job type {job_type!r}")
-        lock_name = "idem-" + hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
-        with self._lock(lock_name) if lock_name else contextlib.nullcontext():
-            if idempotency_key:
-                existing = self._job_for_key(idempotency_key)
+        record_key = _idempotency_key(f"{job_type}\n{scope}\n{idempotency_key}") if idempotency_key else None
+        fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        with self._lock("idem-" + record_key.rsplit("/", 1)[1]) if record_key else contextlib.nullcontext():
+            if record_key:
+                existing = self._job_for_key(record_key)
                 if existing:
-                    return existing, False
-            job_id = uuid.uuid4().hex
+                    if existing[1] != fingerprint:
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was already used with a different request: "
+                            "send a new key for a new request")
+                    return existing[0], False
             job = {
-                "id": job_id, "type": job_type, "state": QUEUED, "params": params,
+                "id": uuid.uuid4().hex, "type": job_type, "state": QUEUED, "params": params,
                 "progress": {"done": 0, "total": None}, "created_at": now(), "started_at": None,
-                "finished_at": None, "result": None, "error": None, "idempotency_key": idempotency_key,
+                "finished_at": None, "result": None, "error": None,
             }
+            prepare(job)
             self._write(job)
-            if idempotency_key:
-                self.storage.put_json(_idempotency_key(idempotency_key), {"job_id": job_id})
+            if record_key:
+                self.storage.put_json(record_key, {"job_id": job["id"], "request": fingerprint})
             return job, True
 
     def update(self, job_id: str, **changes) -> dict:
@@ -148,7 +187,104 @@ class JobStore:
         return self.update(job_id, state=FAILED, finished_at=now(), error={"message": message, **(details or {})})
 
     def cancel(self, job_id: str) -> dict:
-        return self.update(job_id, state=CANCELLED, finished_at=now())
+        def cancel(job: dict) -> None:
+            if job["progress"].get("stage") == PUBLISHING:
+                raise TooLateToCancel(f"job {job_id} is publishing its result: too late to cancel")
+            job.update(state=CANCELLED, finished_at=now())
+
+        return self._change(job_id, cancel)
+
+    def mark_publishing(self, job_id: str) -> None:
+        """Enter the publishing stage, after which a cancel is refused; raise JobCancelled if the job
+        was cancelled before. One locked step, so a cancel lands either before it or is refused."""
+        def publish(job: dict) -> None:
+            job["progress"]["stage"] = PUBLISHING
+
+        if self._change(job_id, publish)["state"] == CANCELLED:
+            raise JobCancelled(job_id)
+
+    def chunk_done(self, job_id: str, index: int, photos: int, chunks: int) -> bool:
+        """Record that a chunk's predictions are written; True for the call that completes the set
+        (once, however often a chunk is redelivered)."""
+        completed = []
+
+        def record(job: dict) -> None:
+            done = job.setdefault("chunks_done", [])
+            if index in done:
+                return
+            done.append(index)
+            job["progress"]["done"] += photos
+            if len(done) == chunks:
+                completed.append(True)
+
+        self._change(job_id, record)
+        return bool(completed)
+
+    def resume(self, job_id: str, reason: str, limit: int | None = None,
+               still_stalled: Callable[[dict], bool] = lambda job: True) -> tuple[dict, bool]:
+        """Restart a job: automatically after its worker was lost (with a `limit` on such restarts,
+        past which the job fails instead, and only if `still_stalled` says so of the fresh record), or
+        by a user (no limit: only a failed job). Returns (job, whether it is to be run again)."""
+        with self._lock(f"job-{job_id}"):
+            job = self._read_fresh(job_id)
+            if limit is None and job["state"] != FAILED:
+                raise NotResumable(f"job {job_id} is {job['state']}: only a failed job can be resumed")
+            if limit is not None and (job["state"] in TERMINAL or not still_stalled(job)):
+                return job, False
+            recoveries = job.setdefault("recoveries", [])
+            # Automatic restarts since the last one a user asked for: a user's resume starts the count again.
+            automatic = len(list(takewhile(lambda r: r["automatic"], reversed(recoveries))))
+            if limit is not None and automatic >= limit:
+                job.update(state=FAILED, finished_at=now(), error={
+                    "message": f"{reason}; gave up after {limit} automatic restarts. "
+                               f"POST /v1/jobs/{job_id}/resume to try again (finished work is kept)"})
+                self._write(job)
+                return job, False
+            recoveries.append({"at": now(), "reason": reason, "automatic": limit is not None})
+            job.update(state=RUNNING if job["started_at"] else QUEUED, finished_at=None, error=None)
+            self._write(job)
+            return job, True
+
+    # -- liveness -------------------------------------------------------------------------------
+    def beat(self, job_id: str) -> None:
+        """Say that a task is working on the job now."""
+        if self.redis is not None:
+            self.redis.set(f"{REDIS_PREFIX}beat:{job_id}", time.time(), ex=7 * 24 * 3600)
+            return
+        path = self._state_file("beats", job_id)
+        path.touch()
+        os.utime(path)
+
+    def last_beat(self, job_id: str) -> float | None:
+        """When a task last said it worked on the job (seconds since the epoch), or None."""
+        if self.redis is not None:
+            value = self.redis.get(f"{REDIS_PREFIX}beat:{job_id}")
+            return float(value) if value else None
+        path = self._state_file("beats", job_id)
+        return path.stat().st_mtime if path.exists() else None
+
+    @contextlib.contextmanager
+    def lease(self, job_id: str, work: str) -> Iterator[Callable[[], None] | None]:
+        """Hold the lease on one piece of a job's work while it runs: yields a function that renews
+        it (call it more often than lease_s), or None when another live execution holds it."""
+        if self.redis is not None:
+            key, owner = f"{REDIS_PREFIX}lease:{job_id}:{work}", uuid.uuid4().hex
+            if not self.redis.set(key, owner, nx=True, px=int(self.lease_s * 1000)):
+                yield None
+                return
+            try:
+                yield lambda: self.redis.pexpire(key, int(self.lease_s * 1000))
+            finally:
+                if self.redis.get(key) == owner.encode():
+                    self.redis.delete(key)
+            return
+        with open(self._state_file("leases", f"{job_id}-{work}"), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            yield lambda: None  # a flock lives exactly as long as its process: nothing to renew
 
     def count_delivery(self, job_id: str, delivery: str) -> int:
         """Count how often one task message has started, to bound redeliveries of lost tasks."""
@@ -162,6 +298,11 @@ class JobStore:
         return count
 
     # -- internals ---------------------------------------------------------------------------
+    def _state_file(self, kind: str, name: str) -> Path:
+        folder = self.lock_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
     def _read_fresh(self, job_id: str) -> dict:
         try:
             return self.storage.get_json(_job_key(job_id))
@@ -177,19 +318,20 @@ class JobStore:
             return
         pipe = self.redis.pipeline()
         pipe.set(f"{REDIS_PREFIX}job:{job['id']}", json.dumps(job))
-        pipe.zadd(f"{REDIS_PREFIX}jobs", {job["id"]: _timestamp(job["created_at"])})
+        pipe.zadd(f"{REDIS_PREFIX}jobs", {job["id"]: timestamp(job["created_at"])})
         pipe.execute()
 
-    def _job_for_key(self, idempotency_key: str) -> dict | None:
+    def _job_for_key(self, record_key: str) -> tuple[dict, str] | None:
+        """The job an idempotency record names and the fingerprint of its request, if recorded."""
         try:
-            job_id = self.storage.get_json(_idempotency_key(idempotency_key))["job_id"]
+            record = self.storage.get_json(record_key)
         except MissingKey:
             return None
-        return self.get(job_id)
+        return self.get(record["job_id"]), record.get("request", "")
 
 
 def _job_key(job_id: str) -> str:
-    if not job_id or not all(c in "0123456789abcdef" for c in job_id):
+    if not JOB_ID.fullmatch(job_id or ""):
         raise JobNotFound(job_id)
     return f"jobs/{job_id}/job.json"
 
@@ -198,5 +340,6 @@ def _idempotency_key(key: str) -> str:
     return f"idempotency/{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
-def _timestamp(iso: str) -> float:
-    return time.mktime(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+def timestamp(iso: str) -> float:
+    """Seconds since the epoch of a time written by now()."""
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))

@@ -37,7 +37,8 @@ def redis_client():
 
 @cache
 def job_store() -> JobStore:
-    return JobStore(storage(), redis=redis_client(), lock_dir=settings().data_dir / "locks")
+    return JobStore(storage(), redis=redis_client(), lock_dir=settings().data_dir / "locks",
+                    lease_s=3 * settings().heartbeat_s)
 
 
 @cache

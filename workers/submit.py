@@ -6,10 +6,12 @@ job runs through Celery. Tasks are sent by name: submitting never imports the pi
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from pipeline import registry
 from pipeline.registry import NAME_PATTERN
 from pipeline.storage import check_key
 from workers import runtime
@@ -76,6 +78,7 @@ class RecognitionRequest(BaseModel):
         _check_one_source(self.input_prefix, self.input_manifest, "input_prefix", "input_manifest")
         if self.output_prefix:
             check_key(self.output_prefix.rstrip("/"))
+            _check_output_prefix(self.output_prefix)
         return self
 
 
@@ -85,27 +88,100 @@ def _check_one_source(prefix: str | None, manifest: str | None, prefix_name: str
     check_key((prefix or manifest).rstrip("/"))
 
 
-def submit_training(request: TrainingRequest, idempotency_key: str | None = None) -> tuple[dict, bool]:
+def _check_output_prefix(prefix: str) -> None:
+    top = prefix.split("/", 1)[0]
+    if top in RESERVED_PREFIXES:
+        raise ValueError(f"output_prefix {prefix!r} is inside {top}/, where the system keeps its own records "
+                         f"(reserved: {', '.join(sorted(RESERVED_PREFIXES))})")
+
+
+RESERVED_PREFIXES = {"jobs", "models", "schedules", "idempotency", "datasets"}
+CLAIM = ".facerec-job.json"  # under an output prefix: the job that owns it
+ENTRY_TASKS = {"training": "facerec.train", "enroll": "facerec.enroll", "recognition": "facerec.plan_recognition"}
+
+
+class InputNotFound(LookupError):
+    """A manifest, prefix or model version named in a request does not exist."""
+
+
+class OutputPrefixTaken(Exception):
+    """The output prefix already holds objects, another job's output perhaps."""
+
+
+def submit_training(request: TrainingRequest, idempotency_key: str | None = None,
+                    client: str = "") -> tuple[dict, bool]:
     """Record and enqueue a training job; returns (job, created)."""
-    return _submit("training", "facerec.train", request, idempotency_key)
+    storage = runtime.storage()
+    _check_dataset(storage, request.dataset_prefix, request.dataset_manifest)
+    if request.validation_manifest:
+        _check_manifest(storage, request.validation_manifest, "validation_manifest")
+    return _submit("training", request, idempotency_key, client)
 
 
-def submit_enrollment(request: EnrollRequest, idempotency_key: str | None = None) -> tuple[dict, bool]:
+def submit_enrollment(request: EnrollRequest, idempotency_key: str | None = None,
+                      client: str = "") -> tuple[dict, bool]:
     """Record and enqueue an enrolment job; returns (job, created)."""
-    return _submit("enroll", "facerec.enroll", request, idempotency_key)
+    storage = runtime.storage()
+    _check_dataset(storage, request.dataset_prefix, request.dataset_manifest)
+    _check_model_version(storage, request.model, None)
+    return _submit("enroll", request, idempotency_key, client)
 
 
-def submit_recognition(request: RecognitionRequest, idempotency_key: str | None = None) -> tuple[dict, bool]:
-    """Record and enqueue a bulk-recognition job; returns (job, created)."""
-    return _submit("recognition", "facerec.plan_recognition", request, idempotency_key)
+def submit_recognition(request: RecognitionRequest, idempotency_key: str | None = None,
+                       client: str = "") -> tuple[dict, bool]:
+    """Record and enqueue a bulk-recognition job; returns (job, created). An output prefix is claimed
+    for the job: one that holds anything already is refused (OutputPrefixTaken)."""
+    storage = runtime.storage()
+    _check_dataset(storage, request.input_prefix, request.input_manifest)
+    _check_model_version(storage, request.model, request.model_version)
+
+    def claim_output(job: dict) -> None:
+        if not request.output_prefix:
+            return
+        prefix = request.output_prefix.rstrip("/")
+        if next(iter(storage.list(prefix + "/")), None) is not None or \
+                not storage.put_new(f"{prefix}/{CLAIM}", json.dumps({"job_id": job["id"]}).encode()):
+            raise OutputPrefixTaken(f"output_prefix {prefix!r} already holds objects (another job's output?): "
+                                    "choose an empty prefix, or leave it out to write under the job's folder")
+
+    return _submit("recognition", request, idempotency_key, client, claim_output)
 
 
-def _submit(job_type: str, task: str, request: BaseModel, idempotency_key: str | None) -> tuple[dict, bool]:
-    job, created = runtime.job_store().create(job_type, request.model_dump(exclude_none=True), idempotency_key)
+def resume_job(job_id: str) -> dict:
+    """Run a failed job again from where it stopped (a recognition job keeps its finished chunks)."""
+    job, _ = runtime.job_store().resume(job_id, "resumed by a user")
+    app.send_task(ENTRY_TASKS[job["type"]], args=[job_id])
+    return job
+
+
+def _submit(job_type: str, request: BaseModel, idempotency_key: str | None, client: str,
+            prepare=lambda job: None) -> tuple[dict, bool]:
+    jobs = runtime.job_store()
+    job, created = jobs.create(job_type, request.model_dump(exclude_none=True), idempotency_key,
+                               scope=client, prepare=prepare)
     if created:
         try:
-            app.send_task(task, args=[job["id"]])
+            app.send_task(ENTRY_TASKS[job_type], args=[job["id"]])
         except Exception as err:
-            runtime.job_store().fail(job["id"], f"could not enqueue the job: {err}")
+            jobs.fail(job["id"], f"could not enqueue the job: {err}")
             raise
     return job, created
+
+
+def _check_dataset(storage, prefix: str | None, manifest: str | None) -> None:
+    if manifest:
+        _check_manifest(storage, manifest, "the manifest")
+    elif next(iter(storage.list(prefix.rstrip("/") + "/")), None) is None:
+        raise InputNotFound(f"nothing is stored under the prefix {prefix!r}")
+
+
+def _check_manifest(storage, key: str, what: str) -> None:
+    if not storage.exists(key):
+        raise InputNotFound(f"{what} {key!r} does not exist in storage")
+
+
+def _check_model_version(storage, model: str, version: str | None) -> None:
+    try:
+        registry.resolve_version(storage, model, version)
+    except LookupError as err:
+        raise InputNotFound(str(err)) from None

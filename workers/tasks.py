@@ -1,54 +1,75 @@
 """Celery tasks. Each is thin: it reads the job, calls pipeline/, and records the outcome.
 
-Tasks are idempotent: a redelivered chunk whose predictions exist is not computed again, and a job in
-a final state is never changed. Transient storage and network errors are retried with backoff.
+Tasks are idempotent: a redelivered chunk whose predictions exist is not computed again, a second
+delivery of a message whose work is still running elsewhere is skipped (the lease), and a job in a
+final state is never changed. Transient storage and network errors are retried with backoff; a
+missing object or bad input fails the job at once, with a message that names the problem.
+
+A bulk-recognition job keeps its working files under ``jobs/<id>/`` (plan, chunks, predictions,
+stats) and writes only ``results.jsonl`` and ``summary.json`` under its output prefix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import threading
 import time
+from collections.abc import Iterator
 
 from botocore.exceptions import BotoCoreError
-from celery import Task, chord
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from pipeline import registry
-from pipeline.dataset import load_items
+from pipeline.dataset import load_items, read_key_list
 from pipeline.enroll import enroll_people
-from pipeline.storage import MissingKey, StorageError
+from pipeline.storage import MissingKey, StorageError, check_key
 from pipeline.train import TrainingParams, dataset_unchanged, train_model
 from workers import runtime
 from workers.app import app
-from workers.jobs import CANCELLED, TERMINAL
+from workers.jobs import CANCELLED, PUBLISHING, TERMINAL, JobCancelled, JobNotFound, JobStore
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (StorageError, BotoCoreError, ConnectionError, TimeoutError)
+# Bad input: retrying cannot help, so the job fails at once with the message.
+PERMANENT_ERRORS = (ValueError, LookupError, MissingKey)
 MAX_DELIVERIES = 3
 
 
-class JobCancelled(Exception):
-    pass
+def public_message(err: BaseException | str) -> str:
+    """An error message fit for a job record: the server's own folders replaced by what they hold."""
+    message = str(err)
+    settings = runtime.settings()
+    for folder, name in ((settings.data_dir / "storage", "<storage>"), (settings.data_dir, "<data>"),
+                         (settings.cache_dir, "<cache>")):
+        message = message.replace(str(folder), name)
+    return re.sub(r"'/[^']*'", "'<path>'", message)  # as OSError quotes a path
 
 
 class JobTask(Task):
-    """A task whose first argument is a job id: failures after the last retry fail the job."""
+    """A task whose first argument is a job id. It runs only while the job is unfinished and no other
+    execution of the same work is alive; while it runs it beats, so the watchdog knows the job is
+    worked on. Failures after the last retry fail the job."""
 
     acks_late = True
     autoretry_for = TRANSIENT_ERRORS
+    dont_autoretry_for = (MissingKey,)
     retry_backoff = 2
     retry_backoff_max = 120
     retry_jitter = True
     max_retries = runtime.settings().task_max_retries
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        runtime.job_store().fail(args[0], f"{type(exc).__name__}: {exc}", {"task": self.name})
-
-    def begin(self, job_id: str) -> dict | None:
-        """The job, or None when the task must not run: job finished, or this message was lost too often."""
+    def __call__(self, job_id: str, *args, **kwargs):
         jobs = runtime.job_store()
-        job = jobs.get(job_id)
+        try:
+            job = jobs.get(job_id)
+        except JobNotFound:
+            log.warning("%s: no job %s, nothing to do", self.name, job_id)
+            return None
         if job["state"] in TERMINAL:
             return None
         deliveries = jobs.count_delivery(job_id, f"{self.request.id}:{self.request.retries}")
@@ -56,60 +77,97 @@ class JobTask(Task):
             jobs.fail(job_id, f"task {self.name} was delivered {deliveries} times without finishing "
                               "(worker lost: crash or out of memory?)")
             return None
-        return job
+        work = ":".join([self.name, *map(str, args)])
+        with jobs.lease(job_id, work) as renew:
+            if renew is None:
+                log.info("%s for job %s is running elsewhere: this delivery skips it", work, job_id)
+                return None
+            with _beating(jobs, job_id, renew, runtime.settings().heartbeat_s):
+                try:
+                    return self.run(job_id, *args, **kwargs)
+                except JobCancelled:
+                    return None
+                except PERMANENT_ERRORS as err:
+                    jobs.fail(job_id, public_message(err))
+                    return None
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            message = f"{self.name} ran past its time limit of {self.soft_time_limit} s"
+        else:
+            message = f"{type(exc).__name__}: {public_message(exc)}"
+        runtime.job_store().fail(args[0], message, {"task": self.name})
+
+
+@contextlib.contextmanager
+def _beating(jobs: JobStore, job_id: str, renew_lease, every: float) -> Iterator[None]:
+    """Beat for the job and renew the lease every `every` seconds on a thread, while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                jobs.beat(job_id)
+                renew_lease()
+            except Exception:  # a missed beat is retried on the next tick; the work goes on
+                log.warning("could not beat for job %s", job_id, exc_info=True)
+
+    jobs.beat(job_id)
+    thread = threading.Thread(target=beat, name=f"beat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        jobs.beat(job_id)
 
 
 # -- training --------------------------------------------------------------------------------
 
-@app.task(bind=True, base=JobTask, name="facerec.train")
-def train(self: JobTask, job_id: str) -> None:
-    job = self.begin(job_id)
-    if job is None:
-        return
-    jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
-    jobs.start(job_id)
-
+def _progress_or_stop(jobs: JobStore, job_id: str):
+    """A progress callback for the pipeline: it records the stage and stops the job if it was cancelled.
+    Entering "publishing" is one locked step after which a cancel is refused."""
     def on_progress(stage: str, done: int, total: int) -> None:
-        if jobs.set_progress(job_id, done, total, stage)["state"] == CANCELLED:
-            raise JobCancelled
+        if stage == PUBLISHING:
+            jobs.mark_publishing(job_id)
+        elif jobs.set_progress(job_id, done, total, stage)["state"] == CANCELLED:
+            raise JobCancelled(job_id)
 
-    try:
-        items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
-        if params.get("skip_if_unchanged") and dataset_unchanged(storage, params["model"], items):
-            jobs.succeed(job_id, {"model": params["model"], "trained": False,
-                                  "decision": "dataset unchanged since the current version: nothing trained"})
-            return
-        validation = (load_items(storage, manifest=params["validation_manifest"])
-                      if params.get("validation_manifest") else None)
-        training = TrainingParams(model_type=params.get("model_type", "embedding"),
-                                  model_params=params.get("model_params", {}),
-                                  validation_fraction=params.get("validation_fraction", 0.2),
-                                  stranger_fraction=params.get("stranger_fraction", 0.0))
-        record = train_model(storage, runtime.face_pipeline(), items, params["model"], training, on_progress,
-                             validation_items=validation, promotion_margin=params.get("promotion_margin"))
-    except JobCancelled:
+    return on_progress
+
+
+@app.task(bind=True, base=JobTask, name="facerec.train", soft_time_limit=runtime.settings().training_time_limit_s,
+          time_limit=runtime.settings().training_time_limit_s + 60)
+def train(self: JobTask, job_id: str) -> None:
+    jobs, storage = runtime.job_store(), runtime.storage()
+    params = jobs.start(job_id)["params"]
+    items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
+    if params.get("skip_if_unchanged") and dataset_unchanged(storage, params["model"], items):
+        jobs.succeed(job_id, {"model": params["model"], "trained": False,
+                              "decision": "dataset unchanged since the current version: nothing trained"})
         return
-    except (ValueError, LookupError, MissingKey) as err:  # bad input: retrying cannot help
-        jobs.fail(job_id, str(err))
-        return
+    validation = (load_items(storage, manifest=params["validation_manifest"])
+                  if params.get("validation_manifest") else None)
+    training = TrainingParams(model_type=params.get("model_type", "embedding"),
+                              model_params=params.get("model_params", {}),
+                              validation_fraction=params.get("validation_fraction", 0.2),
+                              stranger_fraction=params.get("stranger_fraction", 0.0))
+    record = train_model(storage, runtime.face_pipeline(), items, params["model"], training,
+                         _progress_or_stop(jobs, job_id), validation_items=validation,
+                         promotion_margin=params.get("promotion_margin"))
     jobs.succeed(job_id, _version_result(record, trained=True, promotion=record["promotion"]))
 
 
-@app.task(bind=True, base=JobTask, name="facerec.enroll")
+@app.task(bind=True, base=JobTask, name="facerec.enroll", soft_time_limit=runtime.settings().training_time_limit_s,
+          time_limit=runtime.settings().training_time_limit_s + 60)
 def enroll(self: JobTask, job_id: str) -> None:
     """Add or update people in a centroid model: a new version, no one else retrained."""
-    job = self.begin(job_id)
-    if job is None:
-        return
-    jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
-    jobs.start(job_id)
-    try:
-        items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
-        record = enroll_people(storage, runtime.face_pipeline(), items, params["model"],
-                               on_progress=lambda done, total: jobs.set_progress(job_id, done, total, "enrolling"))
-    except (ValueError, LookupError, MissingKey) as err:
-        jobs.fail(job_id, str(err))
-        return
+    jobs, storage = runtime.job_store(), runtime.storage()
+    params = jobs.start(job_id)["params"]
+    items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
+    record = enroll_people(storage, runtime.face_pipeline(), items, params["model"],
+                           on_progress=_progress_or_stop(jobs, job_id))
     jobs.succeed(job_id, _version_result(record, enrolled=record["enrolled"]))
 
 
@@ -122,59 +180,63 @@ def scheduled_training(self: Task, schedule_id: str) -> None:
 
 
 def _version_result(record: dict, **extra) -> dict:
-    return {"model": record["model"], "version": record["version"], "model_type": record["model_type"],
-            "metrics": record["metrics"], "report": record["report_key"],
-            "report_html": record.get("report_html_key"),
-            "model_prefix": registry.version_prefix(record["model"], record["version"]), **extra}
+    result = {"model": record["model"], "version": record["version"], "model_type": record["model_type"],
+              "metrics": record["metrics"], "report": record["report_key"],
+              "report_html": record.get("report_html_key"),
+              "model_prefix": registry.version_prefix(record["model"], record["version"]), **extra}
+    if "photos" in record:
+        result["photos"] = record["photos"]
+    return result
 
 
 # -- bulk recognition ------------------------------------------------------------------------
 
-def _output_prefix(job: dict) -> str:
-    return job["params"].get("output_prefix") or f"jobs/{job['id']}/output"
+def output_prefix(job: dict) -> str:
+    """Where a recognition job writes its results manifest and summary."""
+    return job["params"].get("output_prefix", "").rstrip("/") or f"jobs/{job['id']}/output"
 
 
-def _input_keys(job: dict, output: str) -> list[str]:
+def _input_keys(job: dict) -> list[str]:
     """The job's photos, each once, in input order; never those under its own output prefix."""
     storage, params = runtime.storage(), job["params"]
     if params.get("input_manifest"):
-        lines = storage.get(params["input_manifest"]).decode("utf-8").splitlines()
-        keys = [line.strip() for line in lines if line.strip()]
+        keys = read_key_list(storage, params["input_manifest"])
     else:
-        prefix = params["input_prefix"].rstrip("/") + "/"
+        prefix, output = params["input_prefix"].rstrip("/") + "/", output_prefix(job) + "/"
         # Sorted: backends list in different orders, and a plan should not depend on the backend.
-        keys = sorted(k for k in storage.list(prefix) if not k.startswith(output + "/"))
+        keys = sorted(k for k in storage.list(prefix) if not k.startswith(output) and "/." not in "/" + k)
     return list(dict.fromkeys(keys))
 
 
 @app.task(bind=True, base=JobTask, name="facerec.plan_recognition")
 def plan_recognition(self: JobTask, job_id: str) -> None:
-    """Split the input into chunks, then run one chunk task per chunk and a final summary task."""
-    job = self.begin(job_id)
-    if job is None:
-        return
-    jobs, storage, params = runtime.job_store(), runtime.storage(), job["params"]
-    output = _output_prefix(job)
-    plan_key = f"{output}/plan.json"
-    try:
-        if storage.exists(plan_key):  # redelivered: keep the plan already made
-            plan = storage.get_json(plan_key)
-        else:
-            version = registry.resolve_version(storage, params["model"], params.get("model_version"))
-            keys = _input_keys(job, output)
-            if not keys:
-                raise ValueError("the input holds no photos")
-            size = runtime.settings().chunk_size
-            plan = {"model": params["model"], "model_version": version, "images": len(keys),
-                    "chunks": (len(keys) + size - 1) // size, "chunk_size": size}
-            for index in range(plan["chunks"]):
-                storage.put_json(f"{output}/chunks/{index:05d}.json", keys[index * size:(index + 1) * size])
-            storage.put_json(plan_key, plan)
-    except (ValueError, LookupError, MissingKey) as err:
-        jobs.fail(job_id, str(err))
-        return
-    jobs.start(job_id, total=plan["images"], model_version=plan["model_version"])
-    chord(recognize_chunk.si(job_id, i) for i in range(plan["chunks"]))(finish_recognition.si(job_id))
+    """Split the input into chunks and send a task for each chunk not yet done (all of them the
+    first time; the missing ones when the job is resumed). The chunk that completes the set sends
+    the summary task."""
+    jobs, storage = runtime.job_store(), runtime.storage()
+    job = jobs.get(job_id)
+    plan_key = f"jobs/{job_id}/plan.json"
+    if storage.exists(plan_key):  # resumed or redelivered: keep the plan already made
+        plan = storage.get_json(plan_key)
+    else:
+        params = job["params"]
+        version = registry.resolve_version(storage, params["model"], params.get("model_version"))
+        keys = _input_keys(job)
+        if not keys:
+            raise ValueError("the input holds no photos")
+        size = runtime.settings().chunk_size
+        plan = {"model": params["model"], "model_version": version, "images": len(keys),
+                "chunks": (len(keys) + size - 1) // size, "chunk_size": size}
+        for index in range(plan["chunks"]):
+            storage.put_json(_chunk_key(job_id, index), keys[index * size:(index + 1) * size])
+        storage.put_json(plan_key, plan)
+    job = jobs.start(job_id, total=None if job["started_at"] else plan["images"],
+                     model_version=plan["model_version"])
+    missing = [i for i in range(plan["chunks"]) if i not in job.get("chunks_done", [])]
+    for index in missing:
+        recognize_chunk.delay(job_id, index)
+    if not missing:
+        finish_recognition.delay(job_id)
 
 
 @app.task(bind=True, base=JobTask, name="facerec.recognize_chunk")
@@ -182,43 +244,60 @@ def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
     """Recognise one chunk's photos and write its predictions file, unless it already exists."""
     from pipeline.recognize import recognize
 
-    job = self.begin(job_id)
-    if job is None:
-        return
-    storage, output = runtime.storage(), _output_prefix(job)
-    predictions_key = f"{output}/predictions/{index:05d}.jsonl"
-    if storage.exists(predictions_key):
-        return
-    plan = storage.get_json(f"{output}/plan.json")
-    keys = storage.get_json(f"{output}/chunks/{index:05d}.json")
-    model = runtime.model(plan["model"], plan["model_version"])
-    faces = runtime.face_pipeline()
-    photos = ((key, data) for key, data in storage.get_many(keys) if not isinstance(data, MissingKey))
-    started = time.perf_counter()
-    found = {result["key"]: result for result in recognize(faces, model, photos)}
-    timings = dict(faces.timings_ms)
-    lines = [json.dumps(found.get(key) or {"key": key, "model": plan["model"], "model_version": plan["model_version"],
-                                           "error": "missing from storage"})
-             for key in keys]
-    timings["total"] = (time.perf_counter() - started) * 1000
-    storage.put_json(f"{output}/stats/{index:05d}.json", {"images": len(keys), "timings_ms": timings})
-    storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
-    runtime.job_store().add_progress(job_id, len(keys))
+    storage = runtime.storage()
+    plan = storage.get_json(f"jobs/{job_id}/plan.json")
+    keys = storage.get_json(_chunk_key(job_id, index))
+    predictions_key = f"jobs/{job_id}/predictions/{index:05d}.jsonl"
+    if not storage.exists(predictions_key):
+        model = runtime.model(plan["model"], plan["model_version"])
+        faces = runtime.face_pipeline()
+        errors = {key: problem for key in keys if (problem := _key_problem(key))}
+        readable = [key for key in keys if key not in errors]
+
+        def photos():
+            for key, data in storage.get_many(readable):
+                if isinstance(data, Exception):
+                    errors[key] = public_message(data)
+                else:
+                    yield key, data
+
+        started = time.perf_counter()
+        found = {result["key"]: result for result in recognize(faces, model, photos())}
+        timings = dict(faces.timings_ms)
+        lines = [json.dumps(found.get(key) or {"key": key, "model": plan["model"],
+                                               "model_version": plan["model_version"], "error": errors[key]})
+                 for key in keys]
+        timings["total"] = (time.perf_counter() - started) * 1000
+        storage.put_json(f"jobs/{job_id}/stats/{index:05d}.json", {"images": len(keys), "timings_ms": timings})
+        storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
+    if runtime.job_store().chunk_done(job_id, index, len(keys), plan["chunks"]):
+        finish_recognition.delay(job_id)
+
+
+def _key_problem(key: str) -> str | None:
+    try:
+        check_key(key)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _chunk_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/chunks/{index:05d}.json"
 
 
 @app.task(bind=True, base=JobTask, name="facerec.finish_recognition")
 def finish_recognition(self: JobTask, job_id: str) -> None:
     """Join the chunks' predictions into the results manifest and write the summary."""
-    job = self.begin(job_id)
-    if job is None:
-        return
-    storage, output = runtime.storage(), _output_prefix(job)
-    plan = storage.get_json(f"{output}/plan.json")
+    jobs, storage = runtime.job_store(), runtime.storage()
+    job = jobs.get(job_id)
+    output = output_prefix(job)
+    plan = storage.get_json(f"jobs/{job_id}/plan.json")
     parts, timings = [], {}
     summary = {"images": 0, "faces": 0, "unknown_faces": 0, "images_without_face": 0, "errors": 0,
                "identities": {}}
     for index in range(plan["chunks"]):
-        data = storage.get(f"{output}/predictions/{index:05d}.jsonl")
+        data = storage.get(f"jobs/{job_id}/predictions/{index:05d}.jsonl")
         parts.append(data)
         for line in data.decode().splitlines():
             result = json.loads(line)
@@ -230,16 +309,16 @@ def finish_recognition(self: JobTask, job_id: str) -> None:
             summary["images_without_face"] += not result["faces"]
             for face in result["faces"]:
                 summary["identities"][face["identity"]] = summary["identities"].get(face["identity"], 0) + 1
-        stats = storage.get_json(f"{output}/stats/{index:05d}.json")
+        stats = storage.get_json(f"jobs/{job_id}/stats/{index:05d}.json")
         for stage, ms in stats["timings_ms"].items():
             timings[stage] = timings.get(stage, 0.0) + ms
     summary["unknown_faces"] = summary["identities"].get("unknown", 0)
     summary["timings_ms"] = {stage: round(ms, 1) for stage, ms in timings.items()}
-    summary.update(model=plan["model"], model_version=plan["model_version"], chunks=plan["chunks"])
+    summary.update(model=plan["model"], model_version=plan["model_version"], chunks=plan["chunks"], job=job_id)
     results_key, summary_key = f"{output}/results.jsonl", f"{output}/summary.json"
     storage.put(results_key, b"".join(parts))
     storage.put_json(summary_key, summary)
-    runtime.job_store().succeed(job_id, {
+    jobs.succeed(job_id, {
         "results": results_key, "summary": summary_key, "output_prefix": output,
         "model": plan["model"], "model_version": plan["model_version"],
         **{k: summary[k] for k in ("images", "faces", "unknown_faces", "errors")},
