@@ -33,6 +33,16 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel] | dict] = {
     },
 }
 
+# One typical request per body, shown in the document (and sent first by the fuzz test).
+EXAMPLES: dict[tuple[str, str], dict] = {
+    ("POST", "/v1/jobs/training"): {"model": "lfw", "dataset_prefix": "datasets/lfw20"},
+    ("POST", "/v1/jobs/recognition"): {"model": "lfw", "input_prefix": "inbox/"},
+    ("POST", "/v1/jobs/enroll"): {"model": "gallery", "dataset_prefix": "datasets/lfw20"},
+    ("POST", "/v1/schedules"): {"model": "lfw", "dataset_prefix": "datasets/lfw20", "cron": "0 3 * * *",
+                                "promotion_margin": 0.01},
+    ("POST", "/v1/models/<name>/promote"): {"version": "20240131T120000Z-a1b2c3"},
+}
+
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict]] = {
     ("GET", "/v1/jobs"): [
         {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(TYPES)}},
@@ -128,8 +138,10 @@ def _operation(app: Flask, rule, method: str, operation_id: str, schemas: dict) 
 
     body = REQUEST_BODIES.get(key)
     if body is not None:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": _body_schema(body, schemas)}}}
+        media = {"schema": _body_schema(body, schemas)}
+        if key in EXAMPLES:
+            media["example"] = EXAMPLES[key]
+        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
 
     status, description = SUCCESS.get(key, ("200", "OK"))
     if key in HTML_ROUTES:
