@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -24,12 +24,16 @@ from pipeline.evaluate import (
 from pipeline.face_resnet import DESCRIPTOR_SIZE
 from pipeline.faces import FacePipeline
 from pipeline.models import UNKNOWN, FaceSet, IdentityModel, create_model, load_model_files, model_files
+from pipeline.models.params import validate_model_params
 from pipeline.report import explore, misclassified_png, render_html
 from pipeline.storage import MissingKey, Storage
 
 CODE_VERSION = "2"
 SAMPLE_FACES = 24  # people shown in the report's grid of sample faces
 MISCLASSIFIED_SHOWN = 24
+# Without a promotion_margin, a new version may still not be worse than the current one on the same
+# validation photos by more than this: a broken model never replaces a good one unasked.
+GUARD_MARGIN = 0.05
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,7 +56,10 @@ class ExtractedFaces:
     faces: FaceSet
     no_face: list[str]
     several_faces: list[str]
-    errors: dict[str, str]
+    errors: dict[str, str]  # key -> why the photo was not used: missing or unreadable
+    missing: list[str] = field(default_factory=list)  # not in storage
+    unreadable: list[str] = field(default_factory=list)  # storage refused it (too large...) or it did not decode
+    total: int = 0  # distinct photos asked for
 
     def of(self, items: list[Item]) -> tuple[list[Item], FaceSet]:
         """The given items that have a face, and their faces, in the given order."""
@@ -62,24 +69,48 @@ class ExtractedFaces:
         faces = FaceSet(self.faces.chips[rows], self.faces.embeddings[rows], [item.label for item in found])
         return found, faces
 
+    def photo_counts(self) -> dict[str, int]:
+        """How many photos there were, and how many were missing, unreadable, faceless and used."""
+        return {"total": self.total, "missing": len(self.missing), "unreadable": len(self.unreadable),
+                "no_face": len(self.no_face), "used": len(self.items)}
+
+    def check_mostly_readable(self) -> None:
+        """Raise ValueError when more than half the photos are missing from storage or unreadable:
+        a dataset in that state is a mistake to report, not something to train on quietly."""
+        missing, unreadable = len(self.missing), len(self.unreadable)
+        if missing + unreadable > self.total / 2:
+            examples = ", ".join((self.missing + self.unreadable)[:3])
+            raise ValueError(f"{missing} of {self.total} photos are missing from storage and {unreadable} "
+                             f"unreadable (for example {examples}): more than half, so nothing was trained")
+
 
 def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], batch_size: int = 32,
                   on_progress: Callable[[int], None] = lambda done: None) -> ExtractedFaces:
-    """Detect, align and embed the subject's face in every photo, batch by batch."""
+    """Detect, align and embed the subject's face in every photo, batch by batch; on_progress(done)
+    after each batch (it may raise to stop)."""
     kept, chips, vectors, no_face, several = [], [], [], [], []
     missing: list[str] = []
+    unreadable: list[str] = []
+    refused: list[str] = []  # unreadable already in storage: they never reach the pipeline
     errors: dict[str, str] = {}
     label = {item.key: item.label for item in items}
 
     def photos():
+        # Storage yields an exception in place of the data of a photo it could not read.
         for key, data in storage.get_many(label):
             if isinstance(data, MissingKey):
                 missing.append(key)
+                errors[key] = "missing from storage"
+            elif isinstance(data, BaseException):
+                unreadable.append(key)
+                refused.append(key)
+                errors[key] = str(data) or type(data).__name__
             else:
                 yield key, data
 
     for processed, found in enumerate(pipeline.process_stream(photos(), batch_size), start=1):
         if found.error:
+            unreadable.append(found.key)
             errors[found.key] = found.error
         elif not found.faces:
             no_face.append(found.key)
@@ -90,13 +121,12 @@ def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], b
             chips.append(found.chips[found.main_face])
             vectors.append(found.embeddings[found.main_face])
         if processed % batch_size == 0:
-            on_progress(processed + len(missing))
+            on_progress(processed + len(missing) + len(refused))
     on_progress(len(label))
-    errors.update(dict.fromkeys(missing, "missing from storage"))
     faces = FaceSet(np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8),
                     np.stack(vectors) if vectors else np.zeros((0, DESCRIPTOR_SIZE), np.float32),
                     [item.label for item in kept])
-    return ExtractedFaces(kept, faces, no_face, several, errors)
+    return ExtractedFaces(kept, faces, no_face, several, errors, missing, unreadable, len(label))
 
 
 @dataclass
@@ -147,24 +177,41 @@ def dataset_unchanged(storage: Storage, model_name: str, items: list[Item]) -> b
     return registry.get_version(storage, model_name, current)["dataset_manifest_hash"] == manifest_hash(items)
 
 
+def minimum_accuracy(people: int) -> float:
+    """The accuracy a version needs to become current without an explicit promote: halfway from
+    chance (1 / people) to perfect. Below it a model is near chance (0.75 for 2 people, 0.6 for 5,
+    0.51 for 62); a useful model is far above it (LFW's 62 people: about 0.97)."""
+    return (1 + 1 / max(people, 1)) / 2
+
+
 def decide_promotion(storage: Storage, model_name: str, candidate_accuracy: float, validation: list[Item],
-                     val_found: list[Item], val_faces: FaceSet, margin: float | None) -> dict:
-    """Whether a new version should become current: always with no margin given or no current
-    version; else only if it is not worse than the current one, on the same validation photos,
-    by more than the margin."""
+                     val_found: list[Item], val_faces: FaceSet, margin: float | None, people: int) -> dict:
+    """Whether a new version should become current. Never when its accuracy is below
+    minimum_accuracy(people) (near chance), nor when a current version exists and the candidate is
+    worse than it on the same validation photos by more than the margin (GUARD_MARGIN when no
+    margin is given). Such a version is still published; only an explicit promote makes it current."""
     current = registry.current_version(storage, model_name)
-    decision = {"margin": margin, "candidate_accuracy": candidate_accuracy, "current_version": current}
+    floor = minimum_accuracy(people)
+    guard = GUARD_MARGIN if margin is None else margin
+    decision = {"margin": margin, "guard_margin": guard, "candidate_accuracy": candidate_accuracy,
+                "minimum_accuracy": floor, "current_version": current}
+    if current is not None:
+        incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
+        decision["current_accuracy"] = evaluate_on(incumbent, validation, val_found, val_faces).metrics["accuracy"]
+    if candidate_accuracy < floor:
+        return {**decision, "promote": False,
+                "reason": f"accuracy {candidate_accuracy:.4f} is near chance ({1 / max(people, 1):.4f} for {people} "
+                          f"people): below the minimum {floor:.4f} to become current without an explicit promote"}
     if current is None:
-        return {**decision, "promote": True, "reason": "no current version"}
-    if margin is None:
-        return {**decision, "promote": True, "reason": "no promotion margin: a trained version becomes current"}
-    incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
-    current_accuracy = evaluate_on(incumbent, validation, val_found, val_faces).metrics["accuracy"]
-    promote = candidate_accuracy >= current_accuracy - margin
+        return {**decision, "promote": True,
+                "reason": f"no current version, and accuracy {candidate_accuracy:.4f} is above the minimum {floor:.4f}"}
+    current_accuracy = decision["current_accuracy"]
+    promote = candidate_accuracy >= current_accuracy - guard
     verdict = "within" if promote else "worse by more than"
-    return {**decision, "current_accuracy": current_accuracy, "promote": promote,
-            "reason": f"accuracy {candidate_accuracy:.4f} against the current {current_accuracy:.4f}: "
-                      f"{verdict} the margin {margin}"}
+    which = "the default guard margin" if margin is None else "the margin"
+    return {**decision, "promote": promote,
+            "reason": f"accuracy {candidate_accuracy:.4f} against the current {current_accuracy:.4f} on the same "
+                      f"validation photos: {verdict} {which} {guard}"}
 
 
 def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], model_name: str,
@@ -174,10 +221,17 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
 
     Validation photos are validation_items when given, else a stratified part of items. The new
     version becomes current as decide_promotion() says. Returns the version record with the
-    promotion decision.
+    promotion decision and the photo counts (`photos`: total, missing, unreadable, no_face, used).
+
+    on_progress(stage, done, total) is called after each batch of photos, after each training epoch,
+    between the later stages, and exactly once with stage "publishing" just before the first write
+    to storage. It may raise to stop the training: up to the "publishing" call nothing has been
+    written; after it nothing calls it again.
     """
     params = params or TrainingParams()
     registry.check_model_name(model_name)
+    # Checked here as well as at submit: a bad parameter must never reach a model's constructor.
+    params = replace(params, model_params=validate_model_params(params.model_type, params.model_params))
     model = create_model(params.model_type, **params.model_params)
     started = time.perf_counter()
     known, strangers = hold_out_strangers(items, params.stranger_fraction, params.seed)
@@ -191,22 +245,24 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     ordered = train_items + val_items + strangers
     extracted = extract_faces(storage, pipeline, ordered, params.batch_size,
                               on_progress=lambda done: on_progress("extracting faces", done, len(ordered)))
+    extracted.check_mostly_readable()
     extract_seconds = time.perf_counter() - started
     _, train_faces = extracted.of(train_items)
     val_found, val_faces = extracted.of(val_items)
     if not val_found:
         raise ValueError("no face was found in any validation photo")
 
-    on_progress("fitting", len(ordered), len(ordered))
-    model.fit(train_faces, val_faces)
+    on_progress("fitting", 0, len(ordered))
+    model.fit(train_faces, val_faces, on_epoch=lambda epoch, epochs: on_progress("fitting", epoch, epochs))
+    on_progress("evaluating", len(ordered), len(ordered))
     evaluation = evaluate_on(model, val_items, val_found, val_faces)
     metrics = evaluation.metrics
 
     on_progress("comparing with the current version", len(ordered), len(ordered))
     promotion = decide_promotion(storage, model_name, metrics["accuracy"], val_items, val_found, val_faces,
-                                 promotion_margin)
+                                 promotion_margin, people=len(model.labels_))
 
-    on_progress("publishing", len(ordered), len(ordered))
+    on_progress("writing the report", len(ordered), len(ordered))
     version = registry.new_version_id()
     prefix = registry.version_prefix(model_name, version)
     dataset, figures = explore(items, extracted.no_face, extracted.several_faces, extracted.errors,
@@ -217,11 +273,13 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
         figures["training_curves"] = curves
     if evaluation.misclassified:
         figures["misclassified"] = misclassified_png(evaluation.misclassified[:MISCLASSIFIED_SHOWN])
+    photos = extracted.photo_counts()
     report = {
         "model": {"name": model_name, "type": model.model_type, "version": version},
         "dataset": {**dataset, "skipped_people_with_one_photo": skipped_people,
                     "training_photos": len(train_items), "validation_photos": len(val_items),
                     "stranger_photos": len(strangers)},
+        "photos": photos,
         "evaluation": metrics,
         "unknown_threshold": model.threshold_,
         "training_curves": model.history_,
@@ -255,12 +313,25 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
         "params": asdict(params),
         "metrics": summary,
         "people": len(model.labels_),
+        "photos": photos,
         "report_key": f"{prefix}/report.json",
         "report_html_key": f"{prefix}/report.html",
     }
+
+    # The last moment to stop: the caller may raise here (a cancelled job); from here on the version
+    # is written and, as decided, made current, with nothing checking for a cancel in between.
+    on_progress("publishing", len(ordered), len(ordered))
     published = registry.publish_version(storage, model_name, version, files, record)
     if promotion["promote"]:
-        registry.set_current(storage, model_name, version)
+        try:
+            # Only over the version the decision compared with: one promoted meanwhile was not compared.
+            registry.set_current(storage, model_name, version, expected=promotion["current_version"])
+        except registry.PointerMoved:
+            now = registry.current_version(storage, model_name)
+            promotion = {**promotion, "promote": False,
+                         "reason": f"the current version changed from {promotion['current_version']} to {now} "
+                                   "while this version was trained, so it was not compared with it: promote "
+                                   "it explicitly if wanted"}
     return {**published, "promotion": promotion}
 
 

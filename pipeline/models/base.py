@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Self
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     import keras  # at run time imported only where used, as in the models: loading Keras is slow
 
 UNKNOWN = "unknown"
+
+# Called after each training epoch with (epochs done, epochs at most); it may raise to stop the training.
+EpochProgress = Callable[[int, int], None]
 
 
 @dataclass
@@ -84,13 +88,15 @@ def class_means(unit: np.ndarray, classes: np.ndarray, count: int) -> np.ndarray
 
 def fit_keras(network: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
               learning_rate: float, epochs: int, batch_size: int, patience: int,
-              balance_classes: bool = False) -> dict[str, list[float]]:
+              balance_classes: bool = False, on_epoch: EpochProgress | None = None) -> dict[str, list[float]]:
     """Train a Keras network whose output is a softmax over the people, as every Keras model here does.
 
     y_train and y_val are class indices. Adam on categorical cross-entropy; training stops when the
     validation loss has not improved for `patience` epochs and keeps the best epoch's weights. With
-    balance_classes, people with few photos weigh as much in the loss as people with many. Returns
-    the history as lists of floats, JSON-ready for IdentityModel.history_.
+    balance_classes, people with few photos weigh as much in the loss as people with many.
+    on_epoch(done, epochs) runs after each epoch; an exception it raises stops the training (a
+    cancelled job is noticed within an epoch). Returns the history as lists of floats, JSON-ready
+    for IdentityModel.history_.
     """
     import keras
 
@@ -102,11 +108,13 @@ def fit_keras(network: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_
         from sklearn.utils.class_weight import compute_class_weight
 
         class_weight = dict(enumerate(compute_class_weight("balanced", classes=np.arange(people), y=y_train)))
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)]
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, epochs)))
     history = network.fit(
         x_train, keras.utils.to_categorical(y_train, people),
         validation_data=(x_val, keras.utils.to_categorical(y_val, people)),
-        class_weight=class_weight, epochs=epochs, batch_size=batch_size, verbose=0,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)],
+        class_weight=class_weight, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks,
     )
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
@@ -122,8 +130,9 @@ class IdentityModel(ABC):
         self.history_: dict[str, list[float]] = {}
 
     @abstractmethod
-    def fit(self, train: FaceSet, val: FaceSet) -> Self:
-        """Learn the people in train; stop early and calibrate the threshold on val."""
+    def fit(self, train: FaceSet, val: FaceSet, on_epoch: EpochProgress | None = None) -> Self:
+        """Learn the people in train; stop early and calibrate the threshold on val. A model trained in
+        epochs calls on_epoch(done, epochs) after each; an exception from it stops the training."""
 
     @abstractmethod
     def class_scores(self, faces: FaceSet) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Self
 
 import numpy as np
 
-from pipeline.models.base import FaceSet, IdentityModel, l2_normalize
+from pipeline.models.base import EpochProgress, FaceSet, IdentityModel, l2_normalize
 
 
 class CentroidModel(IdentityModel):
@@ -22,7 +22,8 @@ class CentroidModel(IdentityModel):
         self.centroids_: np.ndarray | None = None
         self.counts_: list[int] = []
 
-    def fit(self, train: FaceSet, val: FaceSet) -> Self:
+    def fit(self, train: FaceSet, val: FaceSet, on_epoch: EpochProgress | None = None) -> Self:
+        # One pass over the embeddings, no epochs: nothing to report until it is done.
         self.labels_, self.centroids_, self.counts_ = [], np.zeros((0, train.embeddings.shape[1])), []
         self.enroll(train)
         self.calibrate(val)

@@ -14,7 +14,7 @@ from typing import Self
 import numpy as np
 
 from pipeline.align import CHIP_SIZE
-from pipeline.models.base import FaceSet, IdentityModel, fit_keras
+from pipeline.models.base import EpochProgress, FaceSet, IdentityModel, fit_keras
 
 # The chip is cut with padding 0.25, so the face box fills its central 150 / 1.5 = 100 pixels;
 # the notebook trained on 96x96 centre crops of the face.
@@ -69,7 +69,7 @@ class NotebookCnn(IdentityModel):
         outputs = layers.Dense(people, activation="softmax", name="identity")(x)
         return keras.Model(inputs, outputs, name="notebook_cnn")
 
-    def fit(self, train: FaceSet, val: FaceSet) -> Self:
+    def fit(self, train: FaceSet, val: FaceSet, on_epoch: EpochProgress | None = None) -> Self:
         import keras
 
         keras.utils.set_random_seed(self.seed)
@@ -78,7 +78,8 @@ class NotebookCnn(IdentityModel):
         # People with few photos weigh as much in the loss as people with many.
         self.history_ = fit_keras(self.network_, train.chips, y_train, val.chips, y_val, balance_classes=True,
                                   learning_rate=self.learning_rate, epochs=self.epochs,
-                                  batch_size=self.batch_size, patience=self.patience)
+                                  batch_size=self.batch_size, patience=self.patience,
+                                  on_epoch=on_epoch)
         self.calibrate(val)
         return self
 

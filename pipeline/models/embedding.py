@@ -12,7 +12,7 @@ from typing import Self
 
 import numpy as np
 
-from pipeline.models.base import FaceSet, IdentityModel, class_means, fit_keras, l2_normalize
+from pipeline.models.base import EpochProgress, FaceSet, IdentityModel, class_means, fit_keras, l2_normalize
 
 
 class EmbeddingHead(IdentityModel):
@@ -42,7 +42,7 @@ class EmbeddingHead(IdentityModel):
         outputs = layers.Dense(people, activation="softmax", name="identity")(x)
         return keras.Model(inputs, outputs, name="identity_head")
 
-    def fit(self, train: FaceSet, val: FaceSet) -> Self:
+    def fit(self, train: FaceSet, val: FaceSet, on_epoch: EpochProgress | None = None) -> Self:
         import keras
 
         keras.utils.set_random_seed(self.seed)
@@ -51,7 +51,8 @@ class EmbeddingHead(IdentityModel):
         self.network_ = self._build(people)
         self.history_ = fit_keras(self.network_, train.embeddings, y_train, val.embeddings, y_val,
                                   learning_rate=self.learning_rate, epochs=self.epochs,
-                                  batch_size=self.batch_size, patience=self.patience)
+                                  batch_size=self.batch_size, patience=self.patience,
+                                  on_epoch=on_epoch)
         self.centroids_ = class_means(l2_normalize(train.embeddings), y_train, people)
         self.calibrate(val)
         return self

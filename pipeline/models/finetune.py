@@ -24,7 +24,7 @@ import numpy as np
 
 from config import load_settings
 from pipeline.align import CHIP_SIZE
-from pipeline.models.base import FaceSet, IdentityModel, class_means, fit_keras, l2_normalize
+from pipeline.models.base import EpochProgress, FaceSet, IdentityModel, class_means, fit_keras, l2_normalize
 
 # Logits of the imprinted head are IMPRINT_SCALE * cosine similarity. dlib's embeddings lie in a
 # narrow cone: a face's similarity to its own person's mean beats the next person's by a few
@@ -97,7 +97,7 @@ class FinetunedResNet(IdentityModel):
         outputs = layers.Dense(people, activation="softmax", name="identity")(x)
         return keras.Model(inputs, outputs, name="finetuned_face_resnet")
 
-    def fit(self, train: FaceSet, val: FaceSet) -> Self:
+    def fit(self, train: FaceSet, val: FaceSet, on_epoch: EpochProgress | None = None) -> Self:
         import keras
 
         keras.utils.set_random_seed(self.seed)
@@ -111,7 +111,8 @@ class FinetunedResNet(IdentityModel):
         # People with few photos weigh as much in the loss as people with many.
         self.history_ = fit_keras(self.network_, train.chips, y_train, val.chips, y_val, balance_classes=True,
                                   learning_rate=self.learning_rate, epochs=self.epochs,
-                                  batch_size=self.batch_size, patience=self.patience)
+                                  batch_size=self.batch_size, patience=self.patience,
+                                  on_epoch=on_epoch)
         self.centroids_ = class_means(self.embed(train.chips), y_train, people)
         self.calibrate(val)
         return self
