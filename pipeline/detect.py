@@ -31,8 +31,10 @@ RNET_INPUT = 24
 ONET_INPUT = 48
 
 # Large photos go in smaller batches: PNet's first layer holds about 15 floats per photo pixel, so a
-# batch of 16 megapixels needs about 1 GB (32 LFW photos are 2 megapixels).
-MAX_BATCH_PIXELS = 16_000_000
+# batch of 16 megapixels took about 1 GB above a run on LFW photos, 8 megapixels 0.4 GB (measured by
+# tests/test_photo_memory.py: two working-size photos of 2000x2000 per batch). 32 LFW photos are 2
+# megapixels: their batches are the same as without the limit.
+MAX_BATCH_PIXELS = 8_000_000
 
 
 @dataclass(frozen=True)

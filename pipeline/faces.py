@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 
 import numpy as np
 
 from pipeline.align import CHIP_SIZE, align_face
-from pipeline.decode import ImageError, decode_image
+from pipeline.decode import ImageError, Photo, decode_photo
 from pipeline.detect import Face, FaceDetector, main_face
 from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
+
+# A batch ends at batch_size photos or at this many decoded pixels, whichever comes first: 32 LFW
+# photos are 2 megapixels, while 32 photos of 4000x3000, even at the working size (2000x1500),
+# would be 96 megapixels held at once (300 MB of pixels, and the detector's activations on top).
+# 32 megapixels is about ten working-size photos; the detector cuts its own batches finer still.
+MAX_BATCH_PIXELS = 32_000_000
 
 
 @dataclass
@@ -24,7 +29,7 @@ class PhotoFaces:
     faces: list[Face] = field(default_factory=list)
     chips: np.ndarray = field(default_factory=lambda: np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8))
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, DESCRIPTOR_SIZE), np.float32))
-    size: tuple[int, int] | None = None  # (width, height)
+    size: tuple[int, int] | None = None  # (width, height) of the original photo, upright; faces are in its coordinates
     error: str | None = None
 
     @property
@@ -50,50 +55,71 @@ class FacePipeline:
         error, not an exception."""
         return list(self.process_stream(photos, batch_size=max(1, len(photos))))
 
-    def process_stream(self, photos: Iterable[tuple[str, bytes]], batch_size: int = 32) -> Iterator[PhotoFaces]:
-        """process() over any number of photos, batch_size at a time, yielding one result per photo in
-        order. While the network embeds one batch, a second thread decodes, detects and aligns the next:
+    def process_stream(self, photos: Iterable[tuple[str, bytes]], batch_size: int = 32,
+                       max_batch_pixels: int = MAX_BATCH_PIXELS) -> Iterator[PhotoFaces]:
+        """process() over any number of photos, yielding one result per photo in order. A batch holds at
+        most batch_size photos and max_batch_pixels decoded pixels (large photos make smaller batches).
+        While the network embeds one batch, a second thread decodes, detects and aligns the next:
         detection's small TensorFlow ops leave cores idle that the embedding uses (about 15% more
         photos per second on 2 cores). timings_ms adds up over the whole stream."""
         self.timings_ms = {"decode": 0.0, "detect": 0.0, "align": 0.0, "embed": 0.0}
-        remaining = iter(photos)
-        batches = iter(lambda: list(islice(remaining, batch_size)), [])
+        # Advanced only on the detection thread, one batch per _find call.
+        batches = self._decoded_batches(iter(photos), batch_size, max_batch_pixels)
         with ThreadPoolExecutor(1, thread_name_prefix="face-detection") as detection:
-            found: Future | None = None
-            for batch in batches:
-                following = detection.submit(self._find, batch)
-                if found is not None:
-                    yield from self._embed(*found.result())
-                found = following
-            if found is not None:
-                yield from self._embed(*found.result())
+            found = detection.submit(self._find, batches)
+            while (batch := found.result()) is not None:
+                found = detection.submit(self._find, batches)
+                yield from self._embed(*batch)
 
-    def _find(self, photos: list[tuple[str, bytes]]) -> tuple[list[PhotoFaces], list[np.ndarray], list[int]]:
-        """Decode, detect and align: the photos' results so far, their faces' chips and each chip's photo."""
-        results = [PhotoFaces(key=key) for key, _ in photos]
-
-        start = time.perf_counter()
-        images: dict[int, np.ndarray] = {}
-        for index, (_key, data) in enumerate(photos):
+    def _decoded_batches(self, photos: Iterator[tuple[str, bytes]], batch_size: int, max_batch_pixels: int
+                         ) -> Iterator[tuple[list[PhotoFaces], dict[int, Photo]]]:
+        """The photos decoded, in batches: each photo's result so far (its size, or its error) and the
+        decoded photos by index in the batch. The raw bytes are dropped as soon as they are decoded."""
+        results: list[PhotoFaces] = []
+        decoded: dict[int, Photo] = {}
+        pixels = 0
+        for key, data in photos:
+            start = time.perf_counter()
+            result = PhotoFaces(key=key)
             try:
-                images[index] = decode_image(data)
-                results[index].size = (images[index].shape[1], images[index].shape[0])
+                photo = decode_photo(data)
+                result.size = (photo.width, photo.height)
+                decoded[len(results)] = photo
+                pixels += photo.pixels.shape[0] * photo.pixels.shape[1]
             except ImageError as err:
-                results[index].error = str(err)
-        self._tick("decode", start)
+                result.error = str(err)
+            del data
+            results.append(result)
+            self._tick("decode", start)
+            if len(results) >= batch_size or pixels >= max_batch_pixels:
+                yield results, decoded
+                results, decoded, pixels = [], {}, 0
+        if results:
+            yield results, decoded
+
+    def _find(self, batches: Iterator[tuple[list[PhotoFaces], dict[int, Photo]]]
+              ) -> tuple[list[PhotoFaces], list[np.ndarray], list[int]] | None:
+        """Decode, detect and align the next batch: the photos' results so far, their faces' chips and
+        each chip's photo; None when there are no more photos."""
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        results, decoded = batch
 
         start = time.perf_counter()
-        order = list(images)
-        detections = self.detector.detect([images[i] for i in order]) if order else []
+        order = list(decoded)
+        detections = self.detector.detect([decoded[i].pixels for i in order]) if order else []
         self._tick("detect", start)
 
         start = time.perf_counter()
         chips, owners = [], []
         for index, faces in zip(order, detections):
-            results[index].faces = faces
+            photo = decoded[index]
             for face in faces:
-                chips.append(align_face(images[index], face.landmarks))
+                chips.append(align_face(photo.pixels, face.landmarks))
                 owners.append(index)
+            # Chips are cut from the pixels the detector saw; results speak of the original photo.
+            results[index].faces = [_in_original(face, photo) for face in faces]
         self._tick("align", start)
         return results, chips, owners
 
@@ -111,3 +137,14 @@ class FacePipeline:
 
     def _tick(self, stage: str, start: float) -> None:
         self.timings_ms[stage] += (time.perf_counter() - start) * 1000
+
+
+def _in_original(face: Face, photo: Photo) -> Face:
+    """The face found in a photo's working-size pixels, with its box and landmarks in the original's
+    coordinates (the same face when the photo was decoded at its own size)."""
+    if photo.scale == (1.0, 1.0):
+        return face
+    x, y, width, height = face.box
+    (left, top), (right, bottom) = photo.to_original(np.array([[x, y], [x + width, y + height]]))
+    return Face(box=(float(left), float(top), float(right - left), float(bottom - top)), score=face.score,
+                landmarks=photo.to_original(face.landmarks))
