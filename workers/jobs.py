@@ -105,11 +105,13 @@ class JobStore:
              limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
         """Jobs newest first, filtered by type and state; returns (page, total matching)."""
         if self.redis is not None:
+            self._ensure_mirror()
             ids = self.redis.zrevrange(f"{REDIS_PREFIX}jobs", 0, -1)
             raw = self.redis.mget([f"{REDIS_PREFIX}job:{i.decode()}" for i in ids]) if ids else []
             jobs = [json.loads(r) for r in raw if r]
         else:
-            jobs = [self.storage.get_json(k) for k in self.storage.list("jobs/") if k.endswith("/job.json")]
+            jobs = [self.storage.get_json(k) for k in self.storage.list("jobs/")
+                    if k.endswith("/job.json") and k.count("/") == 2]
             jobs.sort(key=lambda j: (j["created_at"], j["id"]), reverse=True)
         matching = [j for j in jobs if (not job_type or j["type"] == job_type) and (not state or j["state"] == state)]
         return matching[offset:offset + limit], len(matching)
@@ -320,6 +322,19 @@ class JobStore:
         pipe.set(f"{REDIS_PREFIX}job:{job['id']}", json.dumps(job))
         pipe.zadd(f"{REDIS_PREFIX}jobs", {job["id"]: timestamp(job["created_at"])})
         pipe.execute()
+
+    def _ensure_mirror(self) -> None:
+        """Mirror every record from storage into Redis if Redis lost them (a restart: it keeps nothing)."""
+        marker = f"{REDIS_PREFIX}mirrored"
+        if self.redis.exists(marker):
+            return
+        with self._lock("mirror"):
+            if self.redis.exists(marker):
+                return
+            for key in self.storage.list("jobs/"):
+                if key.endswith("/job.json") and key.count("/") == 2:
+                    self._mirror(self.storage.get_json(key))
+            self.redis.set(marker, now())
 
     def _job_for_key(self, record_key: str) -> tuple[dict, str] | None:
         """The job an idempotency record names and the fingerprint of its request, if recorded."""

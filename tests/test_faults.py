@@ -1,0 +1,255 @@
+"""Faults: workers killed mid-job, the broker restarted, the API restarted. In every case the job
+ends within a bounded time, every input photo appears exactly once in its results, and chunks that
+were finished before the fault are not computed again.
+
+Each test runs its own processes (API and Celery workers, on the embedded default or on a Redis of
+its own), with fast heartbeats so that a lost worker is noticed in seconds rather than a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.storage import LocalStorage, S3Storage, Storage
+from tests.system import API_KEY, API_KEY_ENTRIES, REPO, free_port, upload_photos, wait_for
+
+PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Tony_Blair", "Gerhard_Schroeder"]
+PHOTOS_PER_PERSON = 40  # 160 photos in chunks of 8: 20 chunk tasks, time to kill a worker among them
+JOB_END_S = 300  # a job must end within this, faults included
+FAST_LIVENESS = {"FACEREC_HEARTBEAT_S": "1", "FACEREC_JOB_STALL_S": "6", "FACEREC_CHUNK_SIZE": "8"}
+
+
+class Cluster:
+    """The API and Celery workers as processes of one configuration, to be killed and started again."""
+
+    def __init__(self, env: dict[str, str], storage: Storage, logs: Path) -> None:
+        self.env, self.storage, self.logs = env, storage, logs
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.started = 0
+
+    def start(self, name: str) -> None:
+        """Start `api`, or a worker named worker-* serving both queues with one child."""
+        if name == "api":
+            command = ["-m", "flask", "--app", "api:create_app()", "run", "--port", str(self.port)]
+        else:
+            command = ["-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu,default", "-c", "1",
+                       "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]
+        self.started += 1
+        with open(self.logs / f"{name}-{self.started}.log", "wb") as log:
+            # A session of its own: killing its process group kills the worker and its pool child together.
+            self.processes[name] = subprocess.Popen([sys.executable, *command], cwd=REPO, env=self.env,
+                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if name == "api":
+            wait_for(self._api_up, 60, "the API to answer")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the whole process (worker: main process and its child), as a crash or the OOM killer would."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def kill_child(self, name: str) -> None:
+        """SIGKILL only the worker's pool child, the process running the task."""
+        children = subprocess.run(["pgrep", "-P", str(self.processes[name].pid)], capture_output=True, text=True)
+        for pid in children.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.kill(name)
+
+    def call(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, self.base + path, headers={"X-API-Key": API_KEY}, timeout=30, **kwargs)
+
+    def job(self, job_id: str) -> dict:
+        return self.call("GET", f"/jobs/{job_id}").json()
+
+    def wait_until(self, job_id: str, predicate, what: str, timeout: float = JOB_END_S) -> dict:
+        def check():
+            job = self.job(job_id)
+            return job if predicate(job) else None
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                found = check()
+            except requests.ConnectionError:  # the API restarting
+                found = None
+            if found:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; job: {self.job(job_id)}")
+
+    def _api_up(self) -> bool:
+        try:
+            return requests.get(f"{self.base}/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "S3_", "FACEREC_"))}
+    return {**env, **FAST_LIVENESS, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2",
+            "FACEREC_DATA_DIR": str(data_dir), "FACEREC_API_KEYS": API_KEY_ENTRIES,
+            "FACEREC_DATASETS": os.environ.get("FACEREC_DATASETS", str(REPO.parent / "shared" / "datasets"))}
+
+
+@contextmanager
+def cluster(env: dict[str, str], storage: Storage, logs: Path, lfw_dir: Path) -> Iterator[Cluster]:
+    """A running API and one worker, a centroid model trained on 4 people, and an inbox of 160 photos."""
+    running = Cluster(env, storage, logs)
+    try:
+        running.start("api")
+        running.start("worker")
+        upload_photos(storage, lfw_dir, PEOPLE, "faults/people", 0, 5)
+        upload_photos(storage, lfw_dir, PEOPLE, "faults/inbox", 5, 5 + PHOTOS_PER_PERSON, by_person=False)
+        response = running.call("POST", "/jobs/training", json={
+            "model": "faults", "dataset_prefix": "faults/people", "model_type": "centroid"})
+        assert response.status_code == 202, response.text
+        job = running.wait_until(response.json()["id"], lambda j: j["state"] in ("succeeded", "failed"),
+                                 "the training job")
+        assert job["state"] == "succeeded", job
+        yield running
+    finally:
+        running.stop_all()
+        for log in sorted(logs.glob("*.log")):
+            print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-2500:]}")
+
+
+def submit_bulk_job(running: Cluster) -> str:
+    response = running.call("POST", "/jobs/recognition", json={"model": "faults", "input_prefix": "faults/inbox"})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def finished_chunks(storage: Storage, job_id: str) -> dict[str, bytes]:
+    return {key: storage.get(key) for key in storage.list(f"jobs/{job_id}/predictions/")}
+
+
+def assert_every_photo_exactly_once(running: Cluster, job: dict) -> None:
+    assert job["state"] == "succeeded", job
+    lines = [json.loads(line) for line in running.storage.get(job["result"]["results"]).decode().splitlines()]
+    inbox = sorted(running.storage.list("faults/inbox/"))
+    assert sorted(r["key"] for r in lines) == inbox, "every input photo exactly once"
+    assert not [r for r in lines if "error" in r]
+    assert job["progress"] == {"done": len(inbox), "total": len(inbox)}
+
+
+def kill_worker_midway_and_recover(running: Cluster, whole: bool) -> dict:
+    """Run a bulk job, SIGKILL the worker when some chunks are done, start a new one; returns the ended job."""
+    job_id = submit_bulk_job(running)
+    running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16, "two chunks done", timeout=120)
+    if whole:
+        running.kill("worker")
+    else:
+        running.kill_child("worker")
+    before = finished_chunks(running.storage, job_id)
+    assert 0 < len(before) < 20, "killed midway"
+    if whole:
+        running.start("worker")
+    job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), "the job to end")
+    assert_every_photo_exactly_once(running, job)
+    after = finished_chunks(running.storage, job_id)
+    assert {k: after[k] for k in before} == before, "chunks finished before the kill are kept as they were"
+    return job
+
+
+@pytest.fixture
+def embedded(tmp_path, lfw_dir):
+    env = base_env(tmp_path / "data")
+    (tmp_path / "logs").mkdir()
+    with cluster(env, LocalStorage(tmp_path / "data" / "storage"), tmp_path / "logs", lfw_dir) as running:
+        yield running
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis of this test's own, on a free port, that the test may restart (it keeps nothing on disk)."""
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    scripts, env = REPO / "infra" / "scripts", {**os.environ, "REDIS_PORT": str(port)}
+
+    def start():
+        subprocess.run(["bash", scripts / "start-redis.sh", str(data)], env=env, check=True, capture_output=True)
+
+    def stop():
+        subprocess.run(["bash", scripts / "stop-redis.sh", str(data)], env=env, check=True, capture_output=True)
+
+    start()
+    yield {"url": f"redis://127.0.0.1:{port}/0", "start": start, "stop": stop}
+    stop()
+
+
+@pytest.fixture
+def on_redis(tmp_path, lfw_dir, own_redis, seaweedfs):
+    bucket = f"faults-{uuid.uuid4().hex[:12]}"
+    storage = S3Storage(bucket, seaweedfs["endpoint_url"], seaweedfs["access_key_id"], seaweedfs["secret_access_key"])
+    storage.ensure_bucket()
+    env = {**base_env(tmp_path / "data"), "REDIS_URL": own_redis["url"], "S3_ENDPOINT_URL": seaweedfs["endpoint_url"],
+           "S3_ACCESS_KEY_ID": seaweedfs["access_key_id"], "S3_SECRET_ACCESS_KEY": seaweedfs["secret_access_key"],
+           "S3_BUCKET": bucket}
+    (tmp_path / "logs").mkdir()
+    with cluster(env, storage, tmp_path / "logs", lfw_dir) as running:
+        running.redis = own_redis
+        yield running
+    for key in list(storage.list()):
+        storage.delete(key)
+
+
+def test_embedded_a_worker_killed_whole_midway_is_replaced_and_the_job_resumes(embedded):
+    job = kill_worker_midway_and_recover(embedded, whole=True)
+    assert job["recoveries"] and "worker lost" in job["recoveries"][0]["reason"]
+
+
+def test_embedded_a_killed_worker_child_is_replaced_and_its_task_redelivered(embedded):
+    kill_worker_midway_and_recover(embedded, whole=False)
+
+
+def test_embedded_a_job_past_its_restarts_fails_saying_why_and_resumes_through_the_api(tmp_path, lfw_dir):
+    env = {**base_env(tmp_path / "data"), "FACEREC_MAX_RESUMES": "0"}
+    (tmp_path / "logs").mkdir()
+    with cluster(env, LocalStorage(tmp_path / "data" / "storage"), tmp_path / "logs", lfw_dir) as running:
+        job_id = submit_bulk_job(running)
+        running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16, "two chunks done", timeout=120)
+        running.kill("worker")
+        running.start("worker")
+        failed = running.wait_until(job_id, lambda j: j["state"] != "running", "the job to give up")
+        assert failed["state"] == "failed" and "worker lost" in failed["error"]["message"]
+        assert "/resume" in failed["error"]["message"]
+        # The API restarts while a user polls: nothing is lost, the poll goes on.
+        running.kill("api")
+        running.start("api")
+        resumed = running.call("POST", f"/jobs/{job_id}/resume")
+        assert resumed.status_code == 202, resumed.text
+        job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed"), "the resumed job")
+        assert_every_photo_exactly_once(running, job)
+
+
+def test_redis_a_worker_killed_whole_midway_is_replaced_and_the_job_resumes(on_redis):
+    job = kill_worker_midway_and_recover(on_redis, whole=True)
+    assert job["recoveries"], "the unacknowledged message waits hours for Redis to redeliver it: the watchdog acts"
+
+
+def test_redis_restarted_mid_job_loses_the_queue_and_the_job_still_ends(on_redis):
+    job_id = submit_bulk_job(on_redis)
+    on_redis.wait_until(job_id, lambda j: j["progress"]["done"] >= 16, "two chunks done", timeout=120)
+    on_redis.redis["stop"]()
+    time.sleep(2)
+    on_redis.redis["start"]()  # empty: the queued chunk messages and the job mirror are gone
+    job = on_redis.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), "the job to end")
+    assert_every_photo_exactly_once(on_redis, job)
