@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.system import call, upload_photos, wait_for_job
+from tests.system import ADMIN_KEY, API_KEY, READ_KEY, SUBMIT_KEY, call, upload_photos, wait_for_job
 
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Gerhard_Schroeder", "Tony_Blair"]
 STRANGER = "Jennifer_Aniston"
@@ -149,3 +149,23 @@ def test_a_cancelled_job_stays_cancelled(system, photos, trained):
     time.sleep(5)  # give the worker time to pick the task up and skip it
     assert call(system, "GET", f"/jobs/{job_id}").json()["state"] == "cancelled"
     assert call(system, "GET", "/models/cancelled").status_code == 404
+
+
+def test_no_api_key_that_was_sent_appears_in_any_log_or_stored_object(system, trained):
+    """Last in this module, so that every job above has written its records, predictions and reports."""
+    sent = [API_KEY, ADMIN_KEY, SUBMIT_KEY, READ_KEY, "frk_never-configured-4Hq7Lm2Xc9Vb"]
+    for key in sent:
+        call(system, "GET", f"/jobs/{trained['id']}", key=key)
+        submitted = call(system, "POST", "/jobs/training", key=key, headers={"Idempotency-Key": "one-for-every-key"},
+                         json={"model": "keys-check", "dataset_prefix": "datasets/five"})
+        if submitted.status_code == 202:  # a key that may submit: a job record exists; no need to train it
+            call(system, "POST", f"/jobs/{submitted.json()['id']}/cancel", key=key)
+        call(system, "POST", "/models/keys-check/promote", key=key, json={"version": "none"})
+    logs = {path.name: path.read_bytes() for path in system["logs"].glob("*.log")}
+    assert "api.log" in logs
+    storage = system["storage"]
+    objects = {key: storage.get(key) for key in storage.list()}
+    assert any(key.startswith("jobs/") for key in objects)
+    for where, data in [*logs.items(), *objects.items()]:
+        for key in sent:
+            assert key.encode() not in data, f"an API key that was sent is in {where}"
