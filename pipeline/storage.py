@@ -12,9 +12,11 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
+
+from pipeline.decode import MAX_BYTES as MAX_PHOTO_BYTES
 
 
 class StorageError(Exception):
@@ -26,6 +28,21 @@ class MissingKey(StorageError, KeyError):
 
     def __str__(self) -> str:
         return f"no such key: {self.args[0]}"
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than the reader accepts; it was not read."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(key, size, limit)
+        self.key, self.size, self.limit = key, size, limit
+
+    def __str__(self) -> str:
+        return f"object too large: {self.key} is {self.size} bytes, limit {self.limit} bytes; it was not read"
+
+
+class InvalidKey(StorageError, ValueError):
+    """A key no object can have (see check_key), met among keys to read; the message names the problem."""
 
 
 def check_key(key: str) -> str:
@@ -68,24 +85,54 @@ class Storage(ABC):
         self.put(key, data)
         return True
 
-    def get_many(self, keys: Iterable[str], threads: int = 8, ahead: int = 64
-                 ) -> Iterator[tuple[str, bytes | MissingKey]]:
-        """(key, data) for each key, in order; a missing key comes with its MissingKey in place of the
-        data. Reads run on a few threads, at most `ahead` keys before the caller: a remote store
-        answers one request at a time far slower than it answers several."""
-        def read(key: str) -> bytes | MissingKey:
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The object's size in bytes, without reading it; raise MissingKey if there is none."""
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        """get(key), but raise ObjectTooLarge, before reading it, if the object is larger than max_bytes."""
+        size = self.size(key)
+        if size > max_bytes:
+            raise ObjectTooLarge(key, size, max_bytes)
+        return self.get(key)
+
+    def get_many(self, keys: Iterable[str], threads: int = 8, ahead: int = 64, *,
+                 max_bytes: int = MAX_PHOTO_BYTES, ahead_bytes: int = 256 * 1024 * 1024
+                 ) -> Iterator[tuple[str, bytes | StorageError]]:
+        """(key, data) for each key, in order. A key that cannot be read for a reason of its own comes
+        with that error in place of the data: MissingKey, ObjectTooLarge (larger than max_bytes, the
+        decoder's limit by default: refused by its size, never downloaded) or InvalidKey. Each error's
+        str() is a message for the user. Errors of the store itself (unreachable, refused) are raised.
+
+        Reads run on a few threads, at most `ahead` keys and about `ahead_bytes` of read data before
+        the caller: a remote store answers one request at a time far slower than it answers several,
+        and 64 photos of 50 MB must not all be held at once."""
+        def read(key: str) -> bytes | StorageError:
             try:
-                return self.get(key)
-            except MissingKey as missing:
-                return missing
+                return self.get_at_most(check_key(key), max_bytes)
+            except (MissingKey, ObjectTooLarge) as refused:
+                return refused
+            except ValueError as invalid:
+                return InvalidKey(str(invalid))
+
+        def held(pending: deque) -> int:
+            return sum(len(data.result()) for _, data in pending
+                       if data.done() and data.exception() is None and isinstance(data.result(), bytes))
 
         with ThreadPoolExecutor(threads, thread_name_prefix="storage-read") as pool:
             pending: deque = deque()
             for key in keys:
+                # A read starts only when a thread is free for it (queued reads would all run, whatever
+                # the caller takes) and the data held is under both limits.
+                while pending:
+                    if len(pending) >= ahead or held(pending) >= ahead_bytes:
+                        done_key, data = pending.popleft()
+                        yield done_key, data.result()
+                    elif len(busy := [data for _, data in pending if not data.done()]) >= threads:
+                        wait(busy, return_when=FIRST_COMPLETED)
+                    else:
+                        break
                 pending.append((key, pool.submit(read, key)))
-                if len(pending) >= ahead:
-                    key, data = pending.popleft()
-                    yield key, data.result()
             while pending:
                 key, data = pending.popleft()
                 yield key, data.result()
@@ -152,6 +199,30 @@ class LocalStorage(Storage):
             return self.path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MissingKey(key) from None
+
+    def size(self, key: str) -> int:
+        path = self.path(key)
+        try:
+            if path.is_file():
+                return path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        raise MissingKey(key)
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        # The size of the file opened, then at most one byte more than the limit read: a file that
+        # grows in between is refused too, never read whole.
+        try:
+            with open(self.path(key), "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size <= max_bytes:
+                    data = file.read(max_bytes + 1)
+                    if len(data) <= max_bytes:
+                        return data
+                    size = len(data)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MissingKey(key) from None
+        raise ObjectTooLarge(key, size, max_bytes)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -252,6 +323,40 @@ class S3Storage(Storage):
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 raise MissingKey(key) from None
             raise StorageError(f"cannot read {key}: {err}") from err
+
+    def size(self, key: str) -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=check_key(key))["ContentLength"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(key) from None
+            raise StorageError(f"cannot check {key}: {err}") from err
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        # One GET whose headers say the size before the body is read: an object over the limit is
+        # refused and its connection closed without downloading it (a HEAD first would double the
+        # requests for every photo). The read is bounded too, in case the server's length was wrong.
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=check_key(key))
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(key) from None
+            raise StorageError(f"cannot read {key}: {err}") from err
+        body = response["Body"]
+        try:
+            size = response["ContentLength"]
+            if size <= max_bytes:
+                data = body.read(max_bytes + 1)
+                if len(data) <= max_bytes:
+                    return data
+                size = max(size, len(data))
+        finally:
+            body.close()
+        raise ObjectTooLarge(key, size, max_bytes)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.storage import LocalStorage, MissingKey, S3Storage, Storage
+from pipeline.decode import MAX_BYTES as DECODER_MAX_BYTES
+from pipeline.storage import InvalidKey, LocalStorage, MissingKey, ObjectTooLarge, S3Storage, Storage, StorageError
 
 MB = 1024 * 1024
 
@@ -151,6 +154,85 @@ def test_get_many_reads_every_key_in_order_and_names_the_missing_ones(storage: S
 
 def test_get_many_of_nothing_reads_nothing(storage: Storage) -> None:
     assert list(storage.get_many([])) == []
+
+
+def test_size_is_the_objects_length_in_bytes_and_missing_keys_are_missing(storage: Storage) -> None:
+    storage.put("photos/a.jpg", b"x" * 1234)
+    storage.put("photos/empty.jpg", b"")
+    assert storage.size("photos/a.jpg") == 1234
+    assert storage.size("photos/empty.jpg") == 0
+    for missing in ("photos/b.jpg", "photos"):  # nothing there, and a folder rather than an object
+        with pytest.raises(MissingKey):
+            storage.size(missing)
+
+
+def test_get_many_refuses_an_object_over_its_limit_without_reading_it(storage: Storage) -> None:
+    storage.put("inbox/a.jpg", b"a" * 100)
+    storage.put("inbox/huge.jpg", np.random.default_rng(3).bytes(8 * MB))
+    storage.put("inbox/b.jpg", b"b" * 1000)
+
+    tracemalloc.start()
+    try:
+        read = list(storage.get_many(["inbox/a.jpg", "inbox/huge.jpg", "inbox/b.jpg"], max_bytes=1000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert [key for key, _ in read] == ["inbox/a.jpg", "inbox/huge.jpg", "inbox/b.jpg"]
+    assert read[0][1] == b"a" * 100 and read[2][1] == b"b" * 1000  # at the limit: read
+    refused = read[1][1]
+    assert isinstance(refused, ObjectTooLarge) and isinstance(refused, StorageError)
+    assert str(refused) == f"object too large: inbox/huge.jpg is {8 * MB} bytes, limit 1000 bytes; it was not read"
+    assert peak < 2 * MB, f"{peak} bytes allocated: the 8 MB object was read"
+    if isinstance(storage, LocalStorage):
+        assert str(storage.root) not in str(refused)
+
+
+def test_get_many_refuses_by_default_what_the_decoder_would_refuse(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("inbox/limit.jpg", b"")
+    os.truncate(tmp_path / "inbox" / "limit.jpg", DECODER_MAX_BYTES)  # sparse: no disk used
+    storage.put("inbox/over.jpg", b"")
+    os.truncate(tmp_path / "inbox" / "over.jpg", DECODER_MAX_BYTES + 1)
+    (_, at_limit), (_, over) = storage.get_many(["inbox/limit.jpg", "inbox/over.jpg"])
+    assert len(at_limit) == DECODER_MAX_BYTES
+    assert isinstance(over, ObjectTooLarge) and (over.size, over.limit) == (DECODER_MAX_BYTES + 1, DECODER_MAX_BYTES)
+
+
+def test_get_many_gives_an_invalid_key_its_own_error_and_reads_the_rest(storage: Storage) -> None:
+    storage.put("inbox/a.jpg", b"a")
+    read = dict(storage.get_many(["../../etc/passwd", "inbox/a.jpg", "inbox//b.jpg"]))
+    assert read["inbox/a.jpg"] == b"a"
+    for key in ("../../etc/passwd", "inbox//b.jpg"):
+        assert isinstance(read[key], InvalidKey) and isinstance(read[key], StorageError)
+        assert repr(key) in str(read[key]) and "invalid storage key" in str(read[key])
+
+
+class CountingStorage(LocalStorage):
+    """Local storage that counts the objects it has begun to read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads = 0
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        self.reads += 1
+        return super().get_at_most(key, max_bytes)
+
+
+def test_get_many_holds_at_most_about_ahead_bytes_of_data_the_caller_has_not_taken(tmp_path: Path) -> None:
+    storage = CountingStorage(tmp_path)
+    keys = [f"inbox/{i:02d}.jpg" for i in range(30)]
+    for key in keys:
+        storage.put(key, b"x" * MB)
+    reading = storage.get_many(keys, threads=2, ahead=64, ahead_bytes=4 * MB)
+    first_key, _ = next(reading)
+    time.sleep(0.5)  # the reading threads would have read all 30 by now
+    assert first_key == keys[0]
+    # 4 MB held, up to 2 more being read, and the one that was taken.
+    assert storage.reads <= 4 + 2 + 1, storage.reads
+    assert [key for key, _ in reading] == keys[1:]
+    assert storage.reads == 30
 
 
 def test_put_new_writes_once_and_refuses_the_second_time(storage: Storage) -> None:
