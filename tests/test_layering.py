@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from api.keys import config_entry
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def modules_loaded_by(code: str, tmp_path: Path) -> set[str]:
     """Run code in a fresh interpreter (on the embedded default) and return the modules it loaded."""
     script = code + "\nimport sys\nprint('\\n'.join(sys.modules))\n"
-    env = {"PYTHONPATH": str(REPO), "FACEREC_DATA_DIR": str(tmp_path), "FACEREC_API_KEYS": "k", "PATH": ""}
+    env = {"PYTHONPATH": str(REPO), "FACEREC_DATA_DIR": str(tmp_path), "PATH": "",
+           "FACEREC_API_KEYS": config_entry("t", "admin", "k")}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
@@ -26,7 +29,9 @@ def test_the_api_serves_requests_without_loading_tensorflow(tmp_path):
         "client = create_app().test_client()\n"
         "for path in ('/v1/health', '/v1/jobs', '/v1/models', '/v1/schedules'):\n"
         "    assert client.get(path, headers={'X-API-Key': 'k'}).status_code == 200, path\n"
-        "assert client.post('/v1/jobs/training', headers={'X-API-Key': 'k'}, json={}).status_code == 400\n",
+        "assert client.post('/v1/jobs/training', headers={'X-API-Key': 'k'}, json={}).status_code == 400\n"
+        "body = {'dataset_prefix': 'd', 'model_params': {'epochs': 5}}\n"
+        "assert client.post('/v1/jobs/training', headers={'X-API-Key': 'k'}, json=body).status_code == 404\n",
         tmp_path)
     assert "flask" in loaded and "workers.submit" in loaded
     assert not {"tensorflow", "keras", "mtcnn"} & loaded

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from pipeline import registry
+from pipeline.models.params import validate_model_params
 from pipeline.registry import NAME_PATTERN
 from pipeline.storage import check_key
 from workers import runtime
@@ -49,6 +50,11 @@ class TrainingRequest(DatasetSource):
     promotion_margin: float | None = Field(None, ge=0, le=1)
     skip_if_unchanged: bool = False
     schedule_id: str | None = None
+
+    @model_validator(mode="after")
+    def bounded_model_params(self):
+        self.model_params = validate_model_params(self.model_type, self.model_params)
+        return self
 
 
 class EnrollRequest(DatasetSource):
