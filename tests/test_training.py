@@ -15,8 +15,9 @@ from PIL import Image
 
 from pipeline import registry
 from pipeline.dataset import Item
+from pipeline.decode import MAX_BYTES as MAX_PHOTO_BYTES
 from pipeline.enroll import enroll_people
-from pipeline.storage import LocalStorage, MissingKey, Storage, StorageError
+from pipeline.storage import LocalStorage, Storage
 from pipeline.train import GUARD_MARGIN, TrainingParams, decide_promotion, extract_faces, train_model
 
 PEOPLE = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder"]
@@ -174,23 +175,17 @@ def test_training_fails_naming_the_counts_when_most_photos_are_missing(store, fa
     assert versions_written(storage, "mostly-missing") == []
 
 
-class RefusingStorage(LocalStorage):
-    """Local storage that, as the storage contract allows, hands back an exception in place of the
-    data of an object it will not read (here: any key with 'huge' in it, as if too large)."""
-
-    def get_many(self, keys, threads: int = 8, ahead: int = 64):
-        for key, data in super().get_many(keys, threads, ahead):
-            yield key, (StorageError(f"{key} is too large to read") if "huge" in key else data)
-
-
-def test_any_exception_in_place_of_a_photos_data_counts_it_unreadable(tmp_path, lfw_dir, face_pipeline):
-    storage = RefusingStorage(tmp_path / "store")
+def test_any_error_in_place_of_a_photos_data_counts_it_unreadable(tmp_path, lfw_dir, face_pipeline):
+    storage = LocalStorage(tmp_path / "store")
     items = upload(storage, lfw_dir, PEOPLE[:1], 2)
-    storage.put("huge.jpg", b"")
-    extracted = extract_faces(storage, face_pipeline, items + [Item("huge.jpg", "x"), Item("nothing.jpg", "x")])
-    assert extracted.photo_counts() == {"total": 4, "missing": 1, "unreadable": 1, "no_face": 0, "used": 2}
-    assert extracted.errors == {"huge.jpg": "huge.jpg is too large to read", "nothing.jpg": "missing from storage"}
-    assert not isinstance(extracted.errors["huge.jpg"], MissingKey)
+    with (storage.root / "huge.jpg").open("wb") as huge:  # sparse: larger than storage reads, no disk used
+        huge.truncate(MAX_PHOTO_BYTES + 1)
+    odd = [Item("huge.jpg", "x"), Item("nothing.jpg", "x"), Item("../outside.jpg", "x")]
+    extracted = extract_faces(storage, face_pipeline, items + odd)
+    assert extracted.photo_counts() == {"total": 5, "missing": 1, "unreadable": 2, "no_face": 0, "used": 2}
+    assert "object too large" in extracted.errors["huge.jpg"]
+    assert "invalid storage key" in extracted.errors["../outside.jpg"]
+    assert extracted.errors["nothing.jpg"] == "missing from storage"
 
 
 # -- enrolment ---------------------------------------------------------------------------------
