@@ -142,6 +142,8 @@ def promote_version(name: str):
         raise BadRequest('send {"version": "<version to make current>"}')
     try:
         pointer = registry.set_current(runtime.storage(), name, body["version"])
+    except registry.PointerMoved as err:
+        raise Conflict(str(err)) from None
     except ValueError as err:
         raise BadRequest(str(err)) from None
     except LookupError as err:
@@ -153,6 +155,8 @@ def promote_version(name: str):
 def roll_back_version(name: str):
     try:
         pointer = registry.roll_back(runtime.storage(), name)
+    except registry.PointerMoved as err:
+        raise Conflict(str(err)) from None
     except ValueError as err:
         raise BadRequest(str(err)) from None
     except LookupError as err:

@@ -8,6 +8,7 @@ promotes the new version only if it is not worse than the current one by more th
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from celery.schedules import crontab
@@ -107,7 +108,7 @@ def create_schedule(request: ScheduleRequest) -> dict:
 
 
 def get_schedule(schedule_id: str) -> dict:
-    if not schedule_id.isalnum():
+    if not re.fullmatch(r"[0-9a-f]{32}", schedule_id):  # ids are uuid4().hex; anything else is no schedule
         raise ScheduleNotFound(schedule_id)
     try:
         return runtime.storage().get_json(f"schedules/{schedule_id}.json")

@@ -91,7 +91,7 @@ class RecognitionRequest(BaseModel):
 def _check_one_source(prefix: str | None, manifest: str | None, prefix_name: str, manifest_name: str) -> None:
     if bool(prefix) == bool(manifest):
         raise ValueError(f"give exactly one of {prefix_name} and {manifest_name}")
-    check_key((prefix or manifest).rstrip("/"))
+    check_key(prefix.rstrip("/") if prefix else manifest)  # a manifest is an object: no trailing '/'
 
 
 def _check_output_prefix(prefix: str) -> None:
