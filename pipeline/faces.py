@@ -74,24 +74,30 @@ class FacePipeline:
     def _decoded_batches(self, photos: Iterator[tuple[str, bytes]], batch_size: int, max_batch_pixels: int
                          ) -> Iterator[tuple[list[PhotoFaces], dict[int, Photo]]]:
         """The photos decoded, in batches: each photo's result so far (its size, or its error) and the
-        decoded photos by index in the batch. The raw bytes are dropped as soon as they are decoded."""
+        decoded photos by index in the batch. A photo that would take a batch over max_batch_pixels
+        starts the next one (a photo larger than that alone is a batch of one)."""
         results: list[PhotoFaces] = []
         decoded: dict[int, Photo] = {}
         pixels = 0
         for key, data in photos:
             start = time.perf_counter()
-            result = PhotoFaces(key=key)
+            result, photo = PhotoFaces(key=key), None
             try:
                 photo = decode_photo(data)
                 result.size = (photo.width, photo.height)
-                decoded[len(results)] = photo
-                pixels += photo.pixels.shape[0] * photo.pixels.shape[1]
             except ImageError as err:
                 result.error = str(err)
-            del data
-            results.append(result)
+            del data  # the bytes are not needed once decoded
             self._tick("decode", start)
-            if len(results) >= batch_size or pixels >= max_batch_pixels:
+            size = photo.pixels.shape[0] * photo.pixels.shape[1] if photo else 0
+            if results and pixels + size > max_batch_pixels:
+                yield results, decoded
+                results, decoded, pixels = [], {}, 0
+            if photo:
+                decoded[len(results)] = photo
+                pixels += size
+            results.append(result)
+            if len(results) >= batch_size:
                 yield results, decoded
                 results, decoded, pixels = [], {}, 0
         if results:

@@ -242,3 +242,44 @@ def test_a_batch_of_only_broken_photos_gives_only_errors(face_pipeline: FacePipe
     results = face_pipeline.process([("empty.jpg", b""), ("dot.png", png((1, 1)))])
     assert [bool(photo.error) for photo in results] == [True, True]
     assert all(photo.faces == [] for photo in results)
+
+
+class RecordingDetector:
+    """The session's detector, noting how many photos and pixels each detect() call was given."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.calls: list[tuple[int, int]] = []
+
+    def detect(self, images: list[np.ndarray]) -> list:
+        self.calls.append((len(images), sum(image.shape[0] * image.shape[1] for image in images)))
+        return self.detector.detect(images)
+
+
+def test_a_stream_of_large_photos_is_batched_by_pixels_not_by_count(
+        lfw_dir: Path, face_pipeline: FacePipeline) -> None:
+    with Image.open(lfw_dir / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg") as opened:
+        face = opened.convert("RGB").resize((1000, 1000))
+    large = []
+    for i in range(6):  # 4000x3000 photos, 2000x1500 (3 megapixels) at the working size
+        photo = Image.new("RGB", (4000, 3000), (60 + 20 * i, 90, 120))
+        photo.paste(face, (400 * i, 300 * i))
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=90)
+        large.append((f"large-{i}.jpg", buffer.getvalue()))
+    small = read_photos(sorted(lfw_dir.glob("*/*.jpg"))[:20])
+    recording = FacePipeline(RecordingDetector(face_pipeline.detector), face_pipeline.embedder)
+
+    results = list(recording.process_stream(iter(small + large), batch_size=32, max_batch_pixels=7_000_000))
+
+    assert [r.key for r in results] == [key for key, _ in small + large]
+    # 20 LFW photos (1.25 megapixels) and one large one; a second would pass 7 megapixels. Then two
+    # large ones at a time, and the last.
+    calls = recording.detector.calls
+    assert [count for count, _ in calls] == [21, 2, 2, 1]
+    assert all(pixels <= 7_000_000 for _, pixels in calls)
+    for i, result in enumerate(results[20:]):  # each face inside the square it was pasted in
+        assert result.size == (4000, 3000) and len(result.faces) == 1, result.key
+        x, y, w, h = result.faces[0].box
+        assert 400 * i < x < x + w < 400 * i + 1000 and 300 * i < y < y + h < 300 * i + 1000, (result.key, (x, y, w, h))
+        assert w > 250  # in the 4000x3000 photo's coordinates, not the 2000x1500 working photo's
