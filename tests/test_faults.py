@@ -24,6 +24,7 @@ import requests
 
 from pipeline.storage import LocalStorage, S3Storage, Storage
 from tests.system import API_KEY, API_KEY_ENTRIES, REPO, free_port, upload_photos, wait_for
+from workers.jobs import timestamp
 
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Tony_Blair", "Gerhard_Schroeder"]
 PHOTOS_PER_PERSON = 40  # 160 photos in chunks of 8: 20 chunk tasks, time to kill a worker among them
@@ -253,3 +254,44 @@ def test_redis_restarted_mid_job_loses_the_queue_and_the_job_still_ends(on_redis
     on_redis.redis["start"]()  # empty: the queued chunk messages and the job mirror are gone
     job = on_redis.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), "the job to end")
     assert_every_photo_exactly_once(on_redis, job)
+
+
+@pytest.fixture
+def own_seaweedfs(tmp_path, seaweedfs):
+    """A SeaweedFS of this test's own, on a free port, that the test may stop and start again."""
+    port, data = free_port(), tmp_path / "seaweedfs"
+    scripts, env = REPO / "infra" / "scripts", {**os.environ, "SEAWEEDFS_S3_PORT": str(port)}
+
+    def start():
+        subprocess.run(["bash", scripts / "start-seaweedfs.sh", str(data)], env=env, check=True, capture_output=True)
+
+    def stop():
+        subprocess.run(["bash", scripts / "stop-seaweedfs.sh", str(data)], env=env, check=True, capture_output=True)
+
+    start()
+    yield {**seaweedfs, "endpoint_url": f"http://127.0.0.1:{port}", "start": start, "stop": stop}
+    stop()
+
+
+def test_seaweedfs_stopped_for_10_s_mid_job_and_the_job_still_ends(tmp_path, lfw_dir, own_seaweedfs):
+    s3 = own_seaweedfs
+    storage = S3Storage("faults", s3["endpoint_url"], s3["access_key_id"], s3["secret_access_key"])
+    storage.ensure_bucket()
+    env = {**base_env(tmp_path / "data"), "S3_ENDPOINT_URL": s3["endpoint_url"], "S3_BUCKET": "faults",
+           "S3_ACCESS_KEY_ID": s3["access_key_id"], "S3_SECRET_ACCESS_KEY": s3["secret_access_key"]}
+    (tmp_path / "logs").mkdir()
+    with cluster(env, storage, tmp_path / "logs", lfw_dir) as running:
+        job_id = submit_bulk_job(running)
+        running.wait_until(job_id, lambda j: j["progress"]["done"] >= 8, "a chunk done", timeout=120)
+        outage = time.time()
+        s3["stop"]()
+        time.sleep(10)
+        s3["start"]()
+        job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"),
+                                 "the job to end")
+        if job["state"] == "failed":  # allowed, if it says why and can be resumed
+            assert "storage" in job["error"]["message"].lower() or "s3" in job["error"]["message"].lower(), job
+            assert running.call("POST", f"/jobs/{job_id}/resume").status_code == 202
+            job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed"), "the resumed job")
+        assert_every_photo_exactly_once(running, job)
+        assert timestamp(job["finished_at"]) > outage + 10, "the outage struck while the job ran"

@@ -23,12 +23,15 @@
 # The S3 endpoint answers about 1 s after start; stopping takes about 3.5 s.
 #
 # Env: WEED (path of the weed binary; default .venv/bin/weed, else weed on PATH),
-#      SEAWEEDFS_START_TIMEOUT (seconds to wait for S3, default 60).
+#      SEAWEEDFS_START_TIMEOUT (seconds to wait for S3, default 60),
+#      SEAWEEDFS_S3_PORT (default 8333: a second server for tests that stop it; its other components
+#      then move to the next free ports by themselves).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DATA_DIR="${1:-$REPO_ROOT/var/seaweedfs}"
-ENDPOINT="http://127.0.0.1:8333"
+S3_PORT="${SEAWEEDFS_S3_PORT:-8333}"
+ENDPOINT="http://127.0.0.1:$S3_PORT"
 ACCESS_KEY="facerec-dev"
 SECRET_KEY="facerec-dev-secret"
 TIMEOUT="${SEAWEEDFS_START_TIMEOUT:-60}"
@@ -82,8 +85,8 @@ if [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null \
 else
     # weed mini quietly moves any component whose port is taken to the next free one; for S3 that
     # would leave us waiting on 8333 for nothing, so refuse a port held by something that is not S3.
-    if (: </dev/tcp/127.0.0.1/8333) 2>/dev/null; then
-        echo "start-seaweedfs: port 8333 is taken by something that does not speak HTTP" >&2
+    if (: </dev/tcp/127.0.0.1/"$S3_PORT") 2>/dev/null; then
+        echo "start-seaweedfs: port $S3_PORT is taken by something that does not speak HTTP" >&2
         exit 1
     fi
     # Written anew on every start, so the key pair above is the only one accepted.
@@ -102,7 +105,7 @@ EOF
     # into a pre-created bucket; drop them so the caller's environment changes nothing here.
     nohup env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u S3_BUCKET \
         "$WEED" mini -dir="$DATA_DIR" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-        -s3.config="$DATA_DIR/s3.json" -master.telemetry=false \
+        -s3.port="$S3_PORT" -s3.config="$DATA_DIR/s3.json" -master.telemetry=false \
         -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
         >"$LOG_FILE" 2>&1 </dev/null &
     pid=$!
