@@ -10,9 +10,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from botocore.exceptions import BotoCoreError
 from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from redis.exceptions import RedisError
 from werkzeug.exceptions import BadRequest, HTTPException
+
+from pipeline.storage import StorageError
 
 # Job requests are a few levels deep; a bound far below Python's recursion limit keeps a hostile body
 # (100,000 '[') from reaching json's recursion limit, and keeps deep values out of job records.
@@ -80,6 +84,16 @@ def create_app(api_keys: Iterable[str] | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         return jsonify(error=err.description or err.name), err.code
+
+    @app.errorhandler(StorageError)
+    @app.errorhandler(BotoCoreError)
+    @app.errorhandler(RedisError)
+    def store_unavailable(err: Exception):
+        # Storage or Redis down for a while: nothing is lost, and the same request will work again.
+        app.logger.warning("%s on %s %s: %s", type(err).__name__, request.method, request.path, err)
+        response = jsonify(error="storage or broker unavailable for the moment: try again shortly")
+        response.headers["Retry-After"] = "5"
+        return response, 503
 
     @app.errorhandler(Exception)
     def unexpected_error(err: Exception):

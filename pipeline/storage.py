@@ -51,6 +51,8 @@ def check_key(key: str) -> str:
         raise ValueError(f"invalid storage key {key!r}: must be a non-empty relative path")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(f"invalid storage key {key!r}: empty, '.' or '..' path segment")
+    if any(ord(c) < 32 or c == "\x7f" for c in key):
+        raise ValueError(f"invalid storage key {key!r}: control characters are not allowed")
     return key
 
 

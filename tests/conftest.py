@@ -109,7 +109,8 @@ def _redis_pings(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis URL on a database reserved for tests (/15, or FACEREC_TEST_REDIS_DB), flushed at the start of the session.
+    """A Redis URL on a database reserved for tests (/15, or FACEREC_TEST_REDIS_DB), flushed at the start
+    of the session.
 
     Uses REDIS_URL's server (default 127.0.0.1:6379); if nothing answers there, starts one with
     infra/scripts/start-redis.sh and stops it again at the end.
