@@ -295,3 +295,30 @@ def test_seaweedfs_stopped_for_10_s_mid_job_and_the_job_still_ends(tmp_path, lfw
             job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed"), "the resumed job")
         assert_every_photo_exactly_once(running, job)
         assert timestamp(job["finished_at"]) > outage + 10, "the outage struck while the job ran"
+
+
+def test_a_training_longer_than_the_visibility_timeout_runs_once(tmp_path, lfw_dir, own_redis, seaweedfs):
+    """Redis hands an unacknowledged message to another worker after the visibility timeout, while the
+    first worker is still training: the second delivery finds the work's lease held and skips it."""
+    bucket = f"faults-{uuid.uuid4().hex[:12]}"
+    storage = S3Storage(bucket, seaweedfs["endpoint_url"], seaweedfs["access_key_id"], seaweedfs["secret_access_key"])
+    storage.ensure_bucket()
+    env = {**base_env(tmp_path / "data"), "REDIS_URL": own_redis["url"], "S3_ENDPOINT_URL": seaweedfs["endpoint_url"],
+           "S3_ACCESS_KEY_ID": seaweedfs["access_key_id"], "S3_SECRET_ACCESS_KEY": seaweedfs["secret_access_key"],
+           "S3_BUCKET": bucket, "FACEREC_VISIBILITY_TIMEOUT_S": "4"}
+    (tmp_path / "logs").mkdir()
+    with cluster(env, storage, tmp_path / "logs", lfw_dir) as running:
+        running.start("second-worker")
+        # Fine-tuning the ResNet's last blocks takes far longer than 4 s on a CPU.
+        response = running.call("POST", "/jobs/training", json={
+            "model": "long", "dataset_prefix": "faults/people", "model_type": "finetune",
+            "model_params": {"epochs": 4, "patience": 4}})
+        assert response.status_code == 202, response.text
+        job = running.wait_until(response.json()["id"], lambda j: j["state"] in ("succeeded", "failed"), "training")
+        assert job["state"] == "succeeded", job
+        versions = running.call("GET", "/models/long").json()["versions"]
+        assert [v["version"] for v in versions] == [job["result"]["version"]], "trained once, published once"
+        logs = "".join(log.read_text(errors="replace") for log in (tmp_path / "logs").glob("*worker*.log"))
+        assert "running elsewhere: this delivery skips it" in logs, "Redis redelivered the message meanwhile"
+    for key in list(storage.list()):
+        storage.delete(key)

@@ -40,7 +40,12 @@ app.conf.update(
     worker_max_memory_per_child=settings.worker_max_memory_mb * 1024,
     # Redis redelivers a message not acknowledged within this time. A task still running then is not
     # run twice (its lease is held); a lost one is restarted by the watchdog long before.
-    broker_transport_options={} if settings.embedded else {"visibility_timeout": settings.visibility_timeout_s},
+    broker_transport_options={} if settings.embedded else {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # Look for overdue messages every interval seconds (kombu's default scans every 100 s).
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    },
     broker_connection_retry_on_startup=True,
     task_serializer="json",
     result_serializer="json",
