@@ -174,3 +174,14 @@ def test_only_a_failed_job_can_be_resumed(system, model):
     job = wait_for_job(system, response.json()["id"])
     resumed = call(system, "POST", f"/jobs/{job['id']}/resume")
     assert resumed.status_code == 409 and "only a failed job" in resumed.json()["error"]
+
+
+@pytest.mark.parametrize("params, named", [
+    ({"epochs": -5}, "epochs"), ({"epochs": 1e9}, "epochs"), ({"bogus": 1}, "bogus"),
+    ({"cache_dir": "/any/path"}, "cache_dir"), ({"epochs": "5"}, "epochs"),
+])
+def test_model_params_are_checked_at_submit_naming_the_parameter(system, params, named):
+    response = call(system, "POST", "/jobs/training",
+                    json={"model": "params", "dataset_prefix": "datasets/jobs-three", "model_params": params})
+    assert response.status_code == 400, response.text
+    assert named in response.json()["error"]
