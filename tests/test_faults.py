@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from pipeline.storage import LocalStorage, S3Storage, Storage
@@ -68,6 +70,18 @@ class Cluster:
         children = subprocess.run(["pgrep", "-P", str(self.processes[name].pid)], capture_output=True, text=True)
         for pid in children.stdout.split():
             os.kill(int(pid), signal.SIGKILL)
+
+    def chunk_in_progress(self, job_id: str) -> bool:
+        """Whether a worker holds the lease of one of the job's chunks now (read without touching it:
+        Redis keys, or the kernel's table of file locks on the embedded default)."""
+        if self.env.get("REDIS_URL"):
+            client = redis.Redis.from_url(self.env["REDIS_URL"])
+            return bool(client.keys(f"facerec:lease:{job_id}:facerec.recognize_chunk:*"))
+        leases = Path(self.env["FACEREC_DATA_DIR"]) / "locks" / "leases"
+        inodes = {str(p.stat().st_ino) for p in leases.glob(f"{job_id}-facerec.recognize_chunk:*")}
+        # Lines read "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF" (waiters add a "->").
+        held = set(re.findall(r" [0-9a-f]+:[0-9a-f]+:(\d+) ", Path("/proc/locks").read_text()))
+        return bool(inodes & held)
 
     def stop_all(self) -> None:
         for name in list(self.processes):
@@ -153,7 +167,8 @@ def assert_every_photo_exactly_once(running: Cluster, job: dict) -> None:
 def kill_worker_midway_and_recover(running: Cluster, whole: bool) -> dict:
     """Run a bulk job, SIGKILL the worker when some chunks are done, start a new one; returns the ended job."""
     job_id = submit_bulk_job(running)
-    running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16, "two chunks done", timeout=120)
+    running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16 and running.chunk_in_progress(job_id),
+                       "two chunks done and a third in progress", timeout=120)
     if whole:
         running.kill("worker")
     else:

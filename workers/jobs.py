@@ -314,6 +314,12 @@ class JobStore:
     def _write(self, job: dict) -> None:
         self.storage.put_json(_job_key(job["id"]), job)
         self._mirror(job)
+        if self.redis is None:  # the unfinished jobs, for the watchdog (Redis keeps them as a set)
+            marker = self._state_file("unfinished", job["id"])
+            if job["state"] in TERMINAL:
+                marker.unlink(missing_ok=True)
+            else:
+                marker.touch()
 
     def _mirror(self, job: dict) -> None:
         if self.redis is None:
@@ -321,7 +327,24 @@ class JobStore:
         pipe = self.redis.pipeline()
         pipe.set(f"{REDIS_PREFIX}job:{job['id']}", json.dumps(job))
         pipe.zadd(f"{REDIS_PREFIX}jobs", {job["id"]: timestamp(job["created_at"])})
+        if job["state"] in TERMINAL:
+            pipe.srem(f"{REDIS_PREFIX}unfinished", job["id"])
+        else:
+            pipe.sadd(f"{REDIS_PREFIX}unfinished", job["id"])
         pipe.execute()
+
+    def unfinished(self) -> list[dict]:
+        """The jobs queued or running, read without listing every job there ever was."""
+        if self.redis is not None:
+            self._ensure_mirror()
+            ids = [i.decode() for i in self.redis.smembers(f"{REDIS_PREFIX}unfinished")]
+        else:
+            ids = [path.name for path in (self.lock_dir / "unfinished").glob("*")]
+        jobs = []
+        for job_id in ids:
+            with contextlib.suppress(JobNotFound):
+                jobs.append(self.get(job_id))
+        return [job for job in jobs if job["state"] not in TERMINAL]
 
     def _ensure_mirror(self) -> None:
         """Mirror every record from storage into Redis if Redis lost them (a restart: it keeps nothing)."""

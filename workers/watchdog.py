@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from workers.jobs import FAILED, QUEUED, RUNNING, JobStore, timestamp
+from workers.jobs import FAILED, JobStore, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class Watchdog:
         if self.waiting_messages() > 0:  # work is queued: some worker will come to it
             self._suspects.clear()
             return []
-        stalled = {job["id"]: job for state in (QUEUED, RUNNING)
-                   for job in self.jobs.list(state=state, limit=10**9)[0] if self._stalled(job, now)}
+        stalled = {job["id"]: job for job in self.jobs.unfinished() if self._stalled(job, now)}
         restarted = []
         for job_id, job in stalled.items():
             first_seen = self._suspects.setdefault(job_id, now)
