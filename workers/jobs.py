@@ -143,7 +143,13 @@ class JobStore:
                 "finished_at": None, "result": None, "error": None,
             }
             prepare(job)
-            self._write(job)
+            try:
+                self._write(job)
+            except Exception:
+                # Not mirrored (Redis down or overloaded): a record only in storage would never be
+                # enqueued nor seen by the watchdog, so the submit fails whole.
+                self.storage.delete(_job_key(job["id"]))
+                raise
             if record_key:
                 self.storage.put_json(record_key, {"job_id": job["id"], "request": fingerprint})
             return job, True

@@ -14,6 +14,7 @@ from pipeline.storage import Storage, storage_from_settings
 from workers.jobs import JobStore
 
 MODELS_KEPT = 4
+REDIS_CONNECTIONS = 64  # per process: more than the API's threads, far more than a worker's
 
 
 @cache
@@ -32,7 +33,10 @@ def redis_client():
         return None
     import redis
 
-    return redis.Redis.from_url(settings().redis_url)
+    # A blocking pool: under a burst of requests a thread waits a moment for a connection instead of
+    # failing at once (redis-py's default pool raises "Too many connections" past 100).
+    pool = redis.BlockingConnectionPool.from_url(settings().redis_url, max_connections=REDIS_CONNECTIONS, timeout=20)
+    return redis.Redis(connection_pool=pool)
 
 
 @cache

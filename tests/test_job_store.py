@@ -1,0 +1,35 @@
+"""The job store on its own: what a failed submit leaves behind, and the leases that keep one piece of
+work from running twice."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from pipeline.storage import LocalStorage
+from tests.system import free_port
+from workers.jobs import JobStore
+
+
+def test_a_submit_that_cannot_reach_redis_leaves_no_job_behind(tmp_path):
+    # Nothing listens on this port: the record cannot be mirrored, so it must not stay in storage
+    # as a queued job that nobody would ever run or watch.
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(redis.ConnectionError):
+        JobStore(storage, redis=unreachable).create("recognition", {"model": "m", "input_prefix": "inbox"})
+    assert list(storage.list("jobs/")) == []
+
+
+@pytest.mark.parametrize("backend", ["redis", "files"])
+def test_a_lease_is_held_by_one_execution_at_a_time(tmp_path, redis_url, backend):
+    client = redis.Redis.from_url(redis_url) if backend == "redis" else None
+    jobs = JobStore(LocalStorage(tmp_path / "storage"), redis=client, lock_dir=tmp_path / "locks", lease_s=30)
+    with jobs.lease("a" * 32, "facerec.train") as first:
+        assert first is not None
+        with jobs.lease("a" * 32, "facerec.train") as second:
+            assert second is None, "a second delivery of the same work must skip it"
+        with jobs.lease("a" * 32, "facerec.recognize_chunk:1") as other:
+            assert other is not None, "other work of the same job is free"
+    with jobs.lease("a" * 32, "facerec.train") as again:
+        assert again is not None, "released when the first execution ended"
