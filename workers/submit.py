@@ -67,6 +67,7 @@ class ScheduleRequest(DatasetSource):
     cron: Annotated[str, StringConstraints(min_length=9, max_length=100)]
     model_type: ModelType = "embedding"
     promotion_margin: float = Field(0.0, ge=0, le=1)
+    validation_manifest: StorageKey | None = None  # fixed photos every run's promotion is decided on
 
 
 class RecognitionRequest(BaseModel):
