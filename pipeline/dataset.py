@@ -139,3 +139,58 @@ def stratified_split(items: list[Item], fraction: float, seed: int = 0) -> tuple
         aside.extend(group[i] for i in order[:count])
         kept.extend(group[i] for i in order[count:])
     return kept, aside, skipped
+
+
+@dataclass
+class Split:
+    """A labelled dataset split three ways, and the people who could not be in every part."""
+
+    training: list[Item]  # what the model is fitted on
+    validation: list[Item]  # what it is tuned on: early stopping, the unknown threshold
+    test: list[Item]  # what every reported figure is measured on: nothing is fitted or tuned on it
+    only_in_training: list[str]  # people with one photo: learnt, but not measured
+    not_in_validation: list[str]  # people with two photos: one to learn from, one to measure on
+
+    def describe(self) -> str:
+        return (f"each person's photos ordered by a hash of their key, the first share to the test split, the "
+                f"next to validation, the rest to training; at least one photo in each part for a person with "
+                f"three or more, one in training and one in test for a person with two "
+                f"({len(self.not_in_validation)} people), the only one in training for a person with one "
+                f"({len(self.only_in_training)} people, not measured)")
+
+
+def three_way_split(items: list[Item], validation_fraction: float, test_fraction: float, seed: int = 0) -> Split:
+    """Split each person's photos into training, validation and test, about the given shares of each
+    (at least one photo in each part while the person has three or more).
+
+    A person with two photos is trained on one and tested on the other: validation only tunes early
+    stopping and the unknown threshold, which the other people's photos still do, while the person
+    would otherwise go unmeasured. A person with one photo is trained on and left out of the figures.
+
+    Photos are ordered by a hash of (seed, key), not by a random permutation: a photo keeps its part
+    when other photos are added, so a model retrained on a grown dataset is tested on mostly the same
+    photos as the version before it, and the two can be compared on photos neither was fitted on.
+    """
+    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
+        raise ValueError(f"validation and test fractions must each be between 0 and 1 and leave some photos to "
+                         f"train on, got {validation_fraction} and {test_fraction}")
+    by_label: dict[str, list[Item]] = {}
+    for item in items:
+        by_label.setdefault(item.label, []).append(item)
+    split = Split([], [], [], [], [])
+    for label in sorted(by_label):
+        group = sorted(set(by_label[label]), key=lambda item: hashlib.sha256(f"{seed}:{item.key}".encode()).digest())
+        n = len(group)
+        if n == 1:
+            split.only_in_training.append(label)
+            test = validation = 0
+        elif n == 2:
+            split.not_in_validation.append(label)
+            test, validation = 1, 0
+        else:
+            test = min(max(1, round(test_fraction * n)), n - 2)
+            validation = min(max(1, round(validation_fraction * n)), n - 1 - test)
+        split.test.extend(group[:test])
+        split.validation.extend(group[test:test + validation])
+        split.training.extend(group[test + validation:])
+    return split

@@ -1,6 +1,11 @@
 """Evaluation: accuracy, top-5, per-person, macro and weighted precision/recall/F1, the confusion matrix,
 open-set figures (strangers rejected, enrolled people recognised) and the plots of all of these.
 
+Every accuracy (a share of photos answered right) carries a 95% Wilson score interval beside it, so a
+reader can tell when two figures are within noise of each other: on 100 photos, 95% correct means
+anything from about 89% to 98%. Wilson rather than the normal approximation because it stays inside
+[0, 1] and is honest at 100% correct, where the normal interval collapses to a point.
+
 Figures are drawn on matplotlib `Figure` objects rather than through pyplot: pyplot keeps every figure in
 global state until it is closed, which leaks in long-lived workers; a bare Figure is freed with its last
 reference and always renders with Agg, so no display or backend setting is needed.
@@ -13,13 +18,24 @@ import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 NO_FACE = "(no face)"
 TOP_K = 5
 OPEN_SET_GRID_POINTS = 50
 # Cells of the confusion matrix are annotated with their share only while the numbers still fit.
 ANNOTATE_UP_TO_PEOPLE = 25
+CONFIDENCE = 0.95
+INTERVAL_METHOD = "95% Wilson score interval"
+
+
+def wilson_interval(successes: int, trials: int) -> list[float] | None:
+    """The 95% Wilson score interval [low, high] of a share successes / trials; None without trials."""
+    if trials == 0:
+        return None
+    interval = binomtest(int(successes), int(trials)).proportion_ci(CONFIDENCE, method="wilson")
+    return [float(interval.low), float(interval.high)]
 
 
 def evaluate(truth: list[str], predicted: list[str], labels: list[str], scores: np.ndarray | None = None) -> dict:
@@ -29,7 +45,8 @@ def evaluate(truth: list[str], predicted: list[str], labels: list[str], scores: 
     per label in the order of labels. A row of NaN stands for a photo without a usable face, which
     counts as a miss for top-5 as it does for accuracy.
 
-    Returns a JSON-ready dict with accuracy, top-5 accuracy (None without scores), macro and
+    Returns a JSON-ready dict with accuracy and top-5 accuracy (None without scores), each with its
+    95% Wilson interval (`accuracy_interval`, `top5_accuracy_interval`: [low, high]), macro and
     support-weighted precision/recall/F1, a per-person table and the confusion matrix (rows: truth,
     columns: prediction; the extra columns hold unknown and no-face).
     """
@@ -40,10 +57,15 @@ def evaluate(truth: list[str], predicted: list[str], labels: list[str], scores: 
     macro = precision_recall_fscore_support(truth, predicted, labels=labels, average="macro", zero_division=0)
     weighted = precision_recall_fscore_support(truth, predicted, labels=labels, average="weighted", zero_division=0)
     matrix = confusion_matrix(truth, predicted, labels=columns)[: len(labels)]
+    correct = sum(t == p for t, p in zip(truth, predicted))
+    top5_hits = None if scores is None else top_k_hits(truth, labels, scores, TOP_K)
     return {
         "images": len(truth),
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "top5_accuracy": None if scores is None else top_k_accuracy(truth, labels, scores, TOP_K),
+        "accuracy": correct / len(truth) if truth else 0.0,
+        "accuracy_interval": wilson_interval(correct, len(truth)),
+        "top5_accuracy": None if top5_hits is None else top5_hits / max(len(truth), 1),
+        "top5_accuracy_interval": None if top5_hits is None else wilson_interval(top5_hits, len(truth)),
+        "interval_method": INTERVAL_METHOD,
         "macro_precision": float(macro[0]),
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
@@ -60,7 +82,12 @@ def evaluate(truth: list[str], predicted: list[str], labels: list[str], scores: 
 
 
 def top_k_accuracy(truth: list[str], labels: list[str], scores: np.ndarray, k: int) -> float:
-    """Share of photos whose true person is among the k highest class scores.
+    """Share of photos whose true person is among the k highest class scores (see top_k_hits)."""
+    return top_k_hits(truth, labels, scores, k) / max(len(truth), 1)
+
+
+def top_k_hits(truth: list[str], labels: list[str], scores: np.ndarray, k: int) -> int:
+    """How many photos have their true person among the k highest class scores.
 
     A NaN row (no face) or a true person outside labels is a miss; ties are resolved in the true
     person's favour, since its rank is the number of people scored strictly higher.
@@ -73,7 +100,7 @@ def top_k_accuracy(truth: list[str], labels: list[str], scores: np.ndarray, k: i
     for row, person in zip(scores, truth):
         if person in index and not np.isnan(row).any():
             hits += int((row > row[index[person]]).sum() < k)
-    return hits / max(len(truth), 1)
+    return hits
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -146,8 +173,8 @@ def open_set(known_acceptance: np.ndarray, known_correct: np.ndarray, stranger_a
     someone not enrolled, its best acceptance score. A face is accepted when its score >= threshold.
 
     Returns a JSON-ready dict: at the threshold, stranger_rejection (share of strangers rejected) and
-    known_accuracy (share of known faces accepted and named right); and a curve of both over a grid
-    of thresholds spanning every score and the threshold.
+    known_accuracy (share of known faces accepted and named right), each with its 95% Wilson
+    interval; and a curve of both over a grid of thresholds spanning every score and the threshold.
     """
     known = np.asarray(known_acceptance, dtype=float).ravel()
     correct = np.asarray(known_correct, dtype=bool).ravel()
@@ -169,7 +196,9 @@ def open_set(known_acceptance: np.ndarray, known_correct: np.ndarray, stranger_a
         "known_faces": len(known),
         "strangers": len(strangers),
         "stranger_rejection": rejection,
+        "stranger_rejection_interval": wilson_interval(round(rejection * len(strangers)), len(strangers)),
         "known_accuracy": accuracy,
+        "known_accuracy_interval": wilson_interval(round(accuracy * len(known)), len(known)),
         "curve": {
             "thresholds": grid.tolist(),
             "stranger_rejection": [r for r, _ in curve],

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline.dataset import Item
-from pipeline.evaluate import display_name, figure_png
+from pipeline.evaluate import INTERVAL_METHOD, display_name, figure_png
 
 GRID_COLUMNS = 8
 LIST_TITLES = {"no_face": "Photos with no face found", "several_faces": "Photos with several faces",
@@ -103,23 +103,37 @@ def _chip_grid_png(chips: list[np.ndarray], captions: list[str], title: str) -> 
 def render_html(report: dict, figures: dict[str, bytes]) -> str:
     """One self-contained HTML page of a training report.
 
-    report keys: `model` ({name, type, version}), `evaluation` (evaluate()'s dict), `dataset`
-    (explore()'s stats, plus any other counts), `params`; optional: `open_set` (open_set()'s dict),
-    `unknown_threshold`. figures (PNG bytes), each optional: photos_per_person, sample_faces,
-    training_curves, confusion_matrix, misclassified, open_set.
+    report keys: `model` ({name, type, version}), `evaluated_on` (what the figures were measured on,
+    in words), `evaluation` (evaluate()'s dict), `dataset` (explore()'s stats, plus any other counts),
+    `params`; optional: `split` (how the photos were split, counts and people left out of a part),
+    `promotion` (train.decide_promotion()'s dict), `inherited_metrics` ({source_version, note,
+    metrics}), `open_set` (open_set()'s dict), `unknown_threshold`. figures (PNG bytes), each
+    optional: photos_per_person, sample_faces, training_curves, confusion_matrix, misclassified, open_set.
     """
     model = report.get("model", {})
     title = (f"{model.get('name', 'model')}: {model.get('type', '?')} model, "
              f"version {model.get('version', '?')}")
+    evaluated_on = f"<p>Beside each accuracy: its {INTERVAL_METHOD}.</p>"
+    if "evaluated_on" in report:
+        where = html.escape(report["evaluated_on"])
+        evaluated_on = f"<p><strong>Every figure on this page is measured on {where}.</strong></p>" + evaluated_on
     sections = [
-        _section("Headline metrics", _headline(report["evaluation"], report.get("unknown_threshold"))),
+        _section("Headline metrics", evaluated_on + _headline(report["evaluation"], report.get("unknown_threshold"))),
+    ]
+    if "split" in report:
+        sections.append(_section("How the photos were split", _split(report["split"])))
+    if "promotion" in report:
+        sections.append(_section("Promotion", _promotion(report["promotion"])))
+    if "inherited_metrics" in report:
+        sections.append(_section("Inherited figures", _inherited(report["inherited_metrics"])))
+    sections += [
         _section("Dataset", _dataset(report.get("dataset", {}), figures)),
         _section("Training curves", _figure(figures, "training_curves", "Loss and accuracy per epoch")
                  or "<p>This model type trains no network, so it has no training curves.</p>"),
         _section("Confusion matrix", _figure(figures, "confusion_matrix", "Confusion matrix", wide=True)),
         _section("Per person", _per_person(report["evaluation"]["per_person"])),
         _section("Misclassified faces", _figure(figures, "misclassified", "Misclassified faces")
-                 or "<p>No validation face was misclassified.</p>"),
+                 or "<p>No evaluated face was misclassified.</p>"),
     ]
     if "open_set" in report:
         sections.append(_section("Open set: strangers and enrolled people", _open_set(report["open_set"], figures)))
@@ -144,6 +158,7 @@ tr.low td { background: #fdecea; }
 .card { border: 1px solid #ccd; border-radius: 6px; padding: .6em 1.2em; min-width: 9em; }
 .card .value { font-size: 1.7em; font-weight: 600; }
 .card .label { color: #556; font-size: .9em; }
+.card .interval { color: #556; font-size: .8em; }
 img { max-width: 100%; height: auto; }
 /* Large confusion matrices are drawn about 20 pixels a person to keep names legible: they get the
    window's full width and scroll sideways rather than shrink. */
@@ -162,15 +177,27 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _interval(interval: list[float] | None) -> str:
+    return "" if interval is None else f"95% interval {interval[0]:.1%} to {interval[1]:.1%}"
+
+
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    """A share as a percentage, with its 95% interval in brackets when there is one."""
+    return _percent(value) + (f" ({_interval(interval)})" if interval else "")
+
+
 def _headline(evaluation: dict, threshold: float | None) -> str:
-    cards = [("Accuracy", _percent(evaluation["accuracy"])),
-             ("Top-5 accuracy", _percent(evaluation.get("top5_accuracy"))),
+    cards = [("Accuracy", _percent(evaluation["accuracy"]), _interval(evaluation.get("accuracy_interval"))),
+             ("Top-5 accuracy", _percent(evaluation.get("top5_accuracy")),
+              _interval(evaluation.get("top5_accuracy_interval"))),
              ("Photos evaluated", str(evaluation["images"])),
              ("Answered unknown or no face", str(evaluation["rejected_as_unknown_or_no_face"]))]
     if threshold is not None:
         cards.append(("Unknown threshold", f"{threshold:.3f}"))
     card_html = "".join(f'<div class="card"><div class="value">{html.escape(value)}</div>'
-                        f'<div class="label">{html.escape(label)}</div></div>' for label, value in cards)
+                        f'<div class="label">{html.escape(label)}</div>'
+                        + "".join(f'<div class="interval">{html.escape(extra)}</div>' for extra in rest if extra)
+                        + "</div>" for label, value, *rest in cards)
     rows = "".join(
         f"<tr><th>{average}</th>"
         + "".join(f'<td class="num">{_percent(evaluation.get(f"{average.lower()}_{m}"))}</td>'
@@ -182,6 +209,42 @@ def _headline(evaluation: dict, threshold: float | None) -> str:
              "<p>Macro: every person counts the same. Weighted: each person counts by their number of photos. "
              "A photo answered unknown or with no face found counts as an error.</p>")
     return f'<div class="cards">{card_html}</div>{table}'
+
+
+def _split(split: dict) -> str:
+    facts = {"how": split["how"], "validation is used for": split["validation_is_used_for"]}
+    facts.update({_label(key): split[key] for key in ("training_photos", "validation_photos", "test_photos",
+                                                       "stranger_photos", "people_tested")})
+    lists = [_item_list("people only in training (one photo: learnt, not measured)",
+                        split["people_only_in_training"]),
+             _item_list("people not in validation (two photos: one learnt, one tested)",
+                        split["people_not_in_validation"])]
+    return _key_value_table(facts) + "\n".join(lists)
+
+
+def _promotion(decision: dict) -> str:
+    verdict = "made current" if decision["promote"] else "not made current"
+    facts = {"decision": verdict, "why": decision["reason"],
+             "photos compared on": f"{decision['photos']} of the {decision['photos_offered']} photos of "
+                                   f"{decision['photos_source']} (listed in {decision['photos_key']})",
+             "left out: the current version was fitted or tuned on them":
+                 decision["photos_left_out"]["fitted_or_tuned_by_current"],
+             "left out: this version was fitted or tuned on them":
+                 decision["photos_left_out"]["fitted_or_tuned_by_this_version"],
+             "this version's accuracy there": _with_interval(decision["candidate_accuracy"],
+                                                             decision["candidate_accuracy_interval"])}
+    if decision.get("current_version"):
+        facts[f"current version {decision['current_version']}'s accuracy there"] = _with_interval(
+            decision["current_accuracy"], decision["current_accuracy_interval"])
+    return _key_value_table(facts)
+
+
+def _inherited(inherited: dict) -> str:
+    metrics = inherited["metrics"]
+    facts = {"source version": inherited["source_version"], "note": inherited["note"],
+             "accuracy": _with_interval(metrics.get("accuracy"), metrics.get("accuracy_interval")),
+             "photos evaluated": metrics.get("images")}
+    return _key_value_table(facts)
 
 
 def _dataset(dataset: dict, figures: dict[str, bytes]) -> str:
@@ -228,9 +291,11 @@ def _per_person(per_person: list[dict]) -> str:
 
 
 def _open_set(result: dict, figures: dict[str, bytes]) -> str:
-    summary = (f"At the calibrated threshold {result['threshold']:.3f}, {_percent(result['stranger_rejection'])} "
+    rejected = _with_interval(result["stranger_rejection"], result.get("stranger_rejection_interval"))
+    accepted = _with_interval(result["known_accuracy"], result.get("known_accuracy_interval"))
+    summary = (f"At the calibrated threshold {result['threshold']:.3f}, {rejected} "
                f"of {result['strangers']} strangers are rejected as unknown and "
-               f"{_percent(result['known_accuracy'])} of {result['known_faces']} faces of enrolled people "
+               f"{accepted} of {result['known_faces']} faces of enrolled people "
                "are accepted and named right. A higher threshold rejects more strangers and more enrolled people.")
     return f"<p>{html.escape(summary)}</p>" + _figure(figures, "open_set", "Open-set curves against the threshold")
 

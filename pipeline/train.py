@@ -1,5 +1,12 @@
 """Training an identity model: extract faces from a labelled dataset, fit a model, evaluate it,
-publish it as a new version, and decide whether it becomes the current one."""
+publish it as a new version, and decide whether it becomes the current one.
+
+The dataset is split three ways (pipeline.dataset.three_way_split): the model is fitted on the
+training split, tuned on the validation split (early stopping, the unknown threshold), and every
+figure it reports is measured on the test split, which nothing was fitted or tuned on: a score on
+the tuning photos is optimistic by construction. Promotion compares the new version with the
+current one on photos neither of them was fitted or tuned on.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,16 @@ import numpy as np
 
 from pipeline import registry
 from pipeline.align import CHIP_SIZE
-from pipeline.dataset import Item, manifest_hash, manifest_jsonl, stratified_split
+from pipeline.dataset import Item, Split, manifest_hash, manifest_jsonl, read_key_list, three_way_split
 from pipeline.evaluate import (
+    INTERVAL_METHOD,
     NO_FACE,
     confusion_matrix_png,
     evaluate,
     open_set,
     open_set_png,
     training_curves_png,
+    wilson_interval,
 )
 from pipeline.face_resnet import DESCRIPTOR_SIZE
 from pipeline.faces import FacePipeline
@@ -28,11 +37,11 @@ from pipeline.models.params import validate_model_params
 from pipeline.report import explore, misclassified_png, render_html
 from pipeline.storage import MissingKey, Storage
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: three-way split, figures from the test split
 SAMPLE_FACES = 24  # people shown in the report's grid of sample faces
 MISCLASSIFIED_SHOWN = 24
 # Without a promotion_margin, a new version may still not be worse than the current one on the same
-# validation photos by more than this: a broken model never replaces a good one unasked.
+# held-out photos by more than this: a broken model never replaces a good one unasked.
 GUARD_MARGIN = 0.05
 
 Progress = Callable[[str, int, int], None]
@@ -42,7 +51,8 @@ Progress = Callable[[str, int, int], None]
 class TrainingParams:
     model_type: str = "embedding"
     model_params: dict = field(default_factory=dict)
-    validation_fraction: float = 0.2
+    validation_fraction: float = 0.2  # share of each person's photos tuned on: early stopping, unknown threshold
+    test_fraction: float = 0.2  # share of each person's photos every reported figure is measured on
     stranger_fraction: float = 0.0  # share of people held out of training, as strangers for open-set figures
     seed: int = 0
     batch_size: int = 32
@@ -177,6 +187,17 @@ def dataset_unchanged(storage: Storage, model_name: str, items: list[Item]) -> b
     return registry.get_version(storage, model_name, current)["dataset_manifest_hash"] == manifest_hash(items)
 
 
+def fitted_or_tuned(storage: Storage, model_name: str, version: str) -> set[str]:
+    """The keys of the photos a version was fitted or tuned on: its training and validation manifests.
+    A version written before those were recorded may have used any photo of its dataset: all of them."""
+    prefix = registry.version_prefix(model_name, version)
+    if storage.exists(f"{prefix}/training.jsonl"):
+        parts = [f"{prefix}/training.jsonl", f"{prefix}/validation.jsonl"]
+    else:
+        parts = [f"{prefix}/manifest.jsonl"]
+    return {key for part in parts if storage.exists(part) for key in read_key_list(storage, part)}
+
+
 def minimum_accuracy(people: int) -> float:
     """The accuracy a version needs to become current without an explicit promote: halfway from
     chance (1 / people) to perfect. Below it a model is near chance (0.75 for 2 people, 0.6 for 5,
@@ -184,43 +205,79 @@ def minimum_accuracy(people: int) -> float:
     return (1 + 1 / max(people, 1)) / 2
 
 
-def decide_promotion(storage: Storage, model_name: str, candidate_accuracy: float, validation: list[Item],
-                     val_found: list[Item], val_faces: FaceSet, margin: float | None, people: int) -> dict:
-    """Whether a new version should become current. Never when its accuracy is below
-    minimum_accuracy(people) (near chance), nor when a current version exists and the candidate is
-    worse than it on the same validation photos by more than the margin (GUARD_MARGIN when no
-    margin is given). Such a version is still published; only an explicit promote makes it current."""
-    current = registry.current_version(storage, model_name)
+def _interval_text(accuracy: float, photos: int) -> str:
+    low, high = wilson_interval(round(accuracy * photos), photos)
+    return f"{accuracy:.4f} (95% interval {low:.4f}-{high:.4f})"
+
+
+def decide_promotion(candidate_accuracy: float | None, current_version: str | None, current_accuracy: float | None,
+                     photos: int, margin: float | None, people: int) -> dict:
+    """Whether a new version should become current, from its accuracy and the current version's on
+    the same `photos` photos, which neither was fitted or tuned on (None when there are none).
+
+    Never when there are no such photos while a version is current (nothing fair to compare on), nor
+    when its accuracy is below minimum_accuracy(people) (near chance), nor when it is worse than the
+    current version by more than the margin (GUARD_MARGIN when no margin is given). Such a version
+    is still published; only an explicit promote makes it current. Each accuracy comes with its 95%
+    Wilson interval, and `intervals_overlap` says whether the two are within noise of each other.
+    """
     floor = minimum_accuracy(people)
     guard = GUARD_MARGIN if margin is None else margin
-    decision = {"margin": margin, "guard_margin": guard, "candidate_accuracy": candidate_accuracy,
-                "minimum_accuracy": floor, "current_version": current}
-    if current is not None:
-        incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
-        decision["current_accuracy"] = evaluate_on(incumbent, validation, val_found, val_faces).metrics["accuracy"]
+    decision = {"margin": margin, "guard_margin": guard, "minimum_accuracy": floor, "current_version": current_version,
+                "photos": photos, "interval_method": INTERVAL_METHOD,
+                "candidate_accuracy": candidate_accuracy,
+                "candidate_accuracy_interval": wilson_interval(round((candidate_accuracy or 0) * photos), photos)}
+    if current_version is not None:
+        decision.update(current_accuracy=current_accuracy,
+                        current_accuracy_interval=wilson_interval(round((current_accuracy or 0) * photos), photos))
+    if photos == 0:
+        return {**decision, "promote": False,
+                "reason": "no photo is left that neither this version nor the current one was fitted or tuned on, "
+                          "so they cannot be compared fairly: promote it explicitly if wanted"}
+    candidate = _interval_text(candidate_accuracy, photos)
     if candidate_accuracy < floor:
         return {**decision, "promote": False,
-                "reason": f"accuracy {candidate_accuracy:.4f} is near chance ({1 / max(people, 1):.4f} for {people} "
-                          f"people): below the minimum {floor:.4f} to become current without an explicit promote"}
-    if current is None:
+                "reason": f"accuracy {candidate} on {photos} photos is near chance ({1 / max(people, 1):.4f} for "
+                          f"{people} people): below the minimum {floor:.4f} to become current without an explicit "
+                          "promote"}
+    if current_version is None:
         return {**decision, "promote": True,
-                "reason": f"no current version, and accuracy {candidate_accuracy:.4f} is above the minimum {floor:.4f}"}
-    current_accuracy = decision["current_accuracy"]
+                "reason": f"no current version, and accuracy {candidate} on {photos} photos is above the minimum "
+                          f"{floor:.4f}"}
+    low, high = decision["candidate_accuracy_interval"]
+    current_low, current_high = decision["current_accuracy_interval"]
+    overlap = low <= current_high and current_low <= high
     promote = candidate_accuracy >= current_accuracy - guard
     verdict = "within" if promote else "worse by more than"
     which = "the default guard margin" if margin is None else "the margin"
-    return {**decision, "promote": promote,
-            "reason": f"accuracy {candidate_accuracy:.4f} against the current {current_accuracy:.4f} on the same "
-                      f"validation photos: {verdict} {which} {guard}"}
+    noise = ("; their intervals overlap: the difference is within noise" if overlap
+             else "; their intervals do not overlap")
+    return {**decision, "promote": promote, "intervals_overlap": overlap,
+            "reason": f"accuracy {candidate} against the current {_interval_text(current_accuracy, photos)} on the "
+                      f"same {photos} photos, which neither was fitted or tuned on: {verdict} {which} {guard}{noise}"}
+
+
+def _split_report(split: Split, params: TrainingParams, strangers: list[Item], people: int) -> dict:
+    return {"how": split.describe(), "validation_fraction": params.validation_fraction,
+            "test_fraction": params.test_fraction, "training_photos": len(split.training),
+            "validation_photos": len(split.validation), "test_photos": len(split.test),
+            "stranger_photos": len(strangers), "people_tested": people,
+            "validation_is_used_for": "early stopping and the unknown threshold, never for a reported figure",
+            "people_only_in_training": split.only_in_training,
+            "people_not_in_validation": split.not_in_validation}
 
 
 def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], model_name: str,
                 params: TrainingParams | None = None, on_progress: Progress = lambda stage, done, total: None,
-                validation_items: list[Item] | None = None, promotion_margin: float | None = None) -> dict:
+                promotion_items: list[Item] | None = None, promotion_margin: float | None = None) -> dict:
     """Train, evaluate and publish a new version of model_name from labelled items.
 
-    Validation photos are validation_items when given, else a stratified part of items. The new
-    version becomes current as decide_promotion() says. Returns the version record with the
+    items are split three ways (three_way_split): training, validation (early stopping, the unknown
+    threshold) and test, which every reported figure (report.json, report.html, the record's
+    metrics) is measured on. The new version becomes current as decide_promotion() says, judged on
+    promotion_items (a fixed set, such as a job's validation_manifest) when given, else on the test
+    split, in both cases without the photos this version or the current one was fitted or tuned on;
+    those photos are written to the version as promotion.jsonl. Returns the version record with the
     promotion decision and the photo counts (`photos`: total, missing, unreadable, no_face, used).
 
     on_progress(stage, done, total) is called after each batch of photos, after each training epoch,
@@ -235,38 +292,59 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     model = create_model(params.model_type, **params.model_params)
     started = time.perf_counter()
     known, strangers = hold_out_strangers(items, params.stranger_fraction, params.seed)
-    if validation_items is None:
-        train_items, val_items, skipped_people = stratified_split(known, params.validation_fraction, params.seed)
-    else:
-        train_items, val_items, skipped_people = known, validation_items, []
-    if len({i.label for i in train_items}) < 2:
-        raise ValueError("training needs at least two people with at least two photos each")
+    split = three_way_split(known, params.validation_fraction, params.test_fraction, params.seed)
+    if len({i.label for i in split.training}) < 2:
+        raise ValueError("training needs at least two people")
+    if not split.validation:
+        raise ValueError("no person has three photos or more, so there is nothing to validate on: training "
+                         "needs some photos to stop early and calibrate on, and others to measure on")
 
-    ordered = train_items + val_items + strangers
+    # The photos the decision is made on: never one this version or the current one was fitted or tuned on.
+    current = registry.current_version(storage, model_name)
+    seen_by_current = fitted_or_tuned(storage, model_name, current) if current else set()
+    seen_by_candidate = {item.key for item in split.training + split.validation}
+    offered = split.test if promotion_items is None else promotion_items
+    promotion = [item for item in offered if item.key not in seen_by_current | seen_by_candidate]
+
+    ordered = list({item.key: item for item in split.training + split.validation + split.test + strangers
+                    + promotion}.values())
     extracted = extract_faces(storage, pipeline, ordered, params.batch_size,
                               on_progress=lambda done: on_progress("extracting faces", done, len(ordered)))
     extracted.check_mostly_readable()
     extract_seconds = time.perf_counter() - started
-    _, train_faces = extracted.of(train_items)
-    val_found, val_faces = extracted.of(val_items)
+    _, train_faces = extracted.of(split.training)
+    val_found, val_faces = extracted.of(split.validation)
     if not val_found:
         raise ValueError("no face was found in any validation photo")
 
     on_progress("fitting", 0, len(ordered))
     model.fit(train_faces, val_faces, on_epoch=lambda epoch, epochs: on_progress("fitting", epoch, epochs))
     on_progress("evaluating", len(ordered), len(ordered))
-    evaluation = evaluate_on(model, val_items, val_found, val_faces)
-    metrics = evaluation.metrics
+    evaluation = evaluate_on(model, split.test, *extracted.of(split.test))
+    metrics = {**evaluation.metrics, "split": "test"}
 
     on_progress("comparing with the current version", len(ordered), len(ordered))
-    promotion = decide_promotion(storage, model_name, metrics["accuracy"], val_items, val_found, val_faces,
-                                 promotion_margin, people=len(model.labels_))
-
-    on_progress("writing the report", len(ordered), len(ordered))
     version = registry.new_version_id()
     prefix = registry.version_prefix(model_name, version)
+    candidate_accuracy = current_accuracy = None
+    if promotion:
+        candidate_accuracy = evaluate_on(model, promotion, *extracted.of(promotion)).metrics["accuracy"]
+        if current is not None:
+            incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
+            current_accuracy = evaluate_on(incumbent, promotion, *extracted.of(promotion)).metrics["accuracy"]
+    decision = {
+        **decide_promotion(candidate_accuracy, current, current_accuracy, len(promotion), promotion_margin,
+                           people=len(model.labels_)),
+        "photos_source": "the validation manifest" if promotion_items is not None else "this version's test split",
+        "photos_offered": len(offered),
+        "photos_left_out": {"fitted_or_tuned_by_current": sum(i.key in seen_by_current for i in offered),
+                            "fitted_or_tuned_by_this_version": sum(i.key in seen_by_candidate for i in offered)},
+        "photos_key": f"{prefix}/promotion.jsonl",
+    }
+
+    on_progress("writing the report", len(ordered), len(ordered))
     dataset, figures = explore(items, extracted.no_face, extracted.several_faces, extracted.errors,
-                               _sample_faces(extracted))
+                               sample_faces(extracted))
     figures["confusion_matrix"] = confusion_matrix_png(metrics["confusion_matrix"])
     curves = training_curves_png(model.history_)
     if curves:
@@ -274,16 +352,18 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     if evaluation.misclassified:
         figures["misclassified"] = misclassified_png(evaluation.misclassified[:MISCLASSIFIED_SHOWN])
     photos = extracted.photo_counts()
+    tested_people = len({item.label for item in split.test})
     report = {
         "model": {"name": model_name, "type": model.model_type, "version": version},
-        "dataset": {**dataset, "skipped_people_with_one_photo": skipped_people,
-                    "training_photos": len(train_items), "validation_photos": len(val_items),
-                    "stranger_photos": len(strangers)},
+        "evaluated_on": f"the test split: {len(split.test)} photos of {tested_people} people that nothing was "
+                        "fitted or tuned on",
+        "split": _split_report(split, params, strangers, tested_people),
+        "dataset": dataset,
         "photos": photos,
         "evaluation": metrics,
         "unknown_threshold": model.threshold_,
         "training_curves": model.history_,
-        "promotion": promotion,
+        "promotion": decision,
         "params": asdict(params),
         "timings_s": {"extracting_faces": round(extract_seconds, 1),
                       "total": round(time.perf_counter() - started, 1)},
@@ -299,12 +379,14 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
         "report.html": render_html(report, figures).encode(),
         **{f"figures/{name}.png": png for name, png in figures.items()},
         "manifest.jsonl": manifest_jsonl(items),
-        "validation.jsonl": manifest_jsonl(val_items),
+        "training.jsonl": manifest_jsonl(split.training),
+        "validation.jsonl": manifest_jsonl(split.validation),
+        "test.jsonl": manifest_jsonl(split.test),
+        "promotion.jsonl": manifest_jsonl(promotion),
     }
-    summary = {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall",
-                                       "macro_f1", "images")}
+    summary = {"evaluated_on": "test split", **{k: metrics[k] for k in SUMMARY_METRICS}}
     if "open_set" in report:
-        summary.update({k: report["open_set"][k] for k in ("stranger_rejection", "known_accuracy")})
+        summary.update({k: report["open_set"][k] for k in OPEN_SET_SUMMARY})
     record = {
         "model_type": model.model_type,
         "embedder": pipeline.embedder_name,
@@ -322,20 +404,25 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     # is written and, as decided, made current, with nothing checking for a cancel in between.
     on_progress("publishing", len(ordered), len(ordered))
     published = registry.publish_version(storage, model_name, version, files, record)
-    if promotion["promote"]:
+    if decision["promote"]:
         try:
             # Only over the version the decision compared with: one promoted meanwhile was not compared.
-            registry.set_current(storage, model_name, version, expected=promotion["current_version"])
+            registry.set_current(storage, model_name, version, expected=current)
         except registry.PointerMoved:
             now = registry.current_version(storage, model_name)
-            promotion = {**promotion, "promote": False,
-                         "reason": f"the current version changed from {promotion['current_version']} to {now} "
-                                   "while this version was trained, so it was not compared with it: promote "
-                                   "it explicitly if wanted"}
-    return {**published, "promotion": promotion}
+            decision = {**decision, "promote": False,
+                        "reason": f"the current version changed from {current} to {now} while this version was "
+                                  "trained, so it was not compared with it: promote it explicitly if wanted"}
+    return {**published, "promotion": decision}
 
 
-def _sample_faces(extracted: ExtractedFaces) -> list[tuple[str, np.ndarray]]:
+# The figures of a version's record (version.json), each accuracy with its interval.
+SUMMARY_METRICS = ("images", "accuracy", "accuracy_interval", "top5_accuracy", "top5_accuracy_interval",
+                   "macro_precision", "macro_recall", "macro_f1", "interval_method")
+OPEN_SET_SUMMARY = ("stranger_rejection", "stranger_rejection_interval", "known_accuracy", "known_accuracy_interval")
+
+
+def sample_faces(extracted: ExtractedFaces) -> list[tuple[str, np.ndarray]]:
     """The first face of each of the first SAMPLE_FACES people."""
     first: dict[str, int] = {}
     for i, item in enumerate(extracted.items):

@@ -21,13 +21,15 @@ from pipeline.evaluate import (
     open_set,
     open_set_png,
     training_curves_png,
+    wilson_interval,
 )
 from pipeline.report import explore, misclassified_png, render_html
 
 CHIP_SIZE = 150
 SCRIPT_NAME = "<script>alert('x')</script>"
-SECTION_HEADINGS = ["Headline metrics", "Dataset", "Training curves", "Confusion matrix", "Per person",
-                    "Misclassified faces", "Open set: strangers and enrolled people", "Parameters"]
+SECTION_HEADINGS = ["Headline metrics", "How the photos were split", "Promotion", "Dataset", "Training curves",
+                    "Confusion matrix", "Per person", "Misclassified faces", "Open set: strangers and enrolled people",
+                    "Parameters"]
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -75,6 +77,18 @@ def test_evaluate_matches_hand_computed_metrics() -> None:
     assert metrics["weighted_f1"] == pytest.approx((4 * 2 / 3 + 2 * 4 / 5 + 2 * 2 / 3) / 8)
     assert metrics["rejected_as_unknown_or_no_face"] == 2
     assert metrics["confusion_matrix"]["columns"] == LABELS + [NO_FACE, "unknown"]
+    assert metrics["accuracy_interval"] == wilson_interval(5, 8)
+    assert metrics["top5_accuracy_interval"] == wilson_interval(6, 8)
+    assert metrics["interval_method"] == "95% Wilson score interval"
+
+
+def test_wilson_interval_matches_published_values() -> None:
+    # What Wilson's (1927) score formula gives for 8 of 10 and for 10 of 10, to four places.
+    assert wilson_interval(8, 10) == pytest.approx([0.4902, 0.9433], abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx([0.7225, 1.0], abs=1e-4)
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(950, 1000)
+    assert 0.93 < low < 0.95 < high < 0.97  # a thousand photos: about a point and a half either side
 
 
 def test_evaluate_without_scores_keeps_its_old_keys_and_has_no_top5() -> None:
@@ -196,7 +210,21 @@ def build_report(people: dict[str, list[Path]]) -> tuple[dict, dict[str, bytes]]
     }
     report = {
         "model": {"name": "lfw", "type": "embedding", "version": "20250101T000000Z-abcdef"},
-        "dataset": {**stats, "training_photos": 2400, "validation_photos": len(truth)},
+        "evaluated_on": f"the test split: {len(truth)} photos of {len(labels)} people that nothing was fitted or "
+                        "tuned on",
+        "split": {"how": "each person's photos ordered by a hash of their key", "validation_fraction": 0.2,
+                  "test_fraction": 0.2, "training_photos": 1800, "validation_photos": 600,
+                  "test_photos": len(truth), "stranger_photos": 0, "people_tested": len(labels),
+                  "validation_is_used_for": "early stopping and the unknown threshold, never for a reported figure",
+                  "people_only_in_training": ["Only_Once"], "people_not_in_validation": ["Twice_Only"]},
+        "promotion": {"promote": True, "reason": "accuracy 0.9500 against the current 0.9400",
+                      "photos": 300, "photos_offered": len(truth), "photos_source": "this version's test split",
+                      "photos_key": "models/lfw/versions/20250101T000000Z-abcdef/promotion.jsonl",
+                      "photos_left_out": {"fitted_or_tuned_by_current": 78, "fitted_or_tuned_by_this_version": 0},
+                      "current_version": "20241231T000000Z-fedcba",
+                      "candidate_accuracy": 0.95, "candidate_accuracy_interval": wilson_interval(285, 300),
+                      "current_accuracy": 0.94, "current_accuracy_interval": wilson_interval(282, 300)},
+        "dataset": stats,
         "evaluation": metrics,
         "open_set": result,
         "unknown_threshold": 1.0,
@@ -241,6 +269,25 @@ def test_report_page_has_every_section_and_inline_images_only(report_and_page: t
     assert page.count('src="data:image/png;base64,') == 6
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page and "&lt;script&gt;" in page
+
+
+def test_report_page_says_what_the_figures_were_measured_on_and_gives_each_accuracy_its_interval(
+        report_and_page: tuple[dict, str]) -> None:
+    report, page = report_and_page
+    evaluation, promotion = report["evaluation"], report["promotion"]
+
+    assert f"measured on the test split: {evaluation['images']} photos of 63 people" in page
+    for share, interval in [(evaluation["accuracy"], evaluation["accuracy_interval"]),
+                            (evaluation["top5_accuracy"], evaluation["top5_accuracy_interval"]),
+                            (report["open_set"]["known_accuracy"], report["open_set"]["known_accuracy_interval"]),
+                            (promotion["candidate_accuracy"], promotion["candidate_accuracy_interval"]),
+                            (promotion["current_accuracy"], promotion["current_accuracy_interval"])]:
+        assert f"95% interval {interval[0]:.1%} to {interval[1]:.1%}" in page, share
+    split = page[page.index("<h2>How the photos were split</h2>"):page.index("<h2>Promotion</h2>")]
+    assert "Only_Once" in split and "Twice_Only" in split and "early stopping" in split
+    decision = page[page.index("<h2>Promotion</h2>"):page.index("<h2>Dataset</h2>")]
+    assert f"300 of the {evaluation['images']} photos of this version&#x27;s test split" in decision
+    assert "20241231T000000Z-fedcba" in decision and promotion["photos_key"] in decision
 
 
 def test_report_page_lists_people_worst_first(report_and_page: tuple[dict, str]) -> None:

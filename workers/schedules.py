@@ -2,8 +2,11 @@
 
 Each schedule's definition is stored in storage (``schedules/<id>.json``, the source of truth) and
 as a RedBeat entry that runs ``facerec.scheduled_training`` on the cron expression. A scheduled run
-submits a training job that trains only if the dataset changed since the current version, and
-promotes the new version only if it is not worse than the current one by more than the margin.
+submits a training job that trains only if the dataset changed both since the current version and
+since the schedule last trained (``schedules/<id>/last-training.json``): a candidate that was not
+made current is not trained again on the same photos at every tick. The new version is promoted
+only if it is not worse than the current one by more than the margin, on the schedule's
+validation_manifest when it has one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import uuid
 
 from celery.schedules import crontab
 
+from pipeline.dataset import Item, manifest_hash
 from pipeline.storage import MissingKey
 from workers import runtime
 from workers.app import app
@@ -107,8 +111,11 @@ def create_schedule(request: ScheduleRequest) -> dict:
     return schedule
 
 
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # ids are uuid4().hex; anything else is no schedule
+
+
 def get_schedule(schedule_id: str) -> dict:
-    if not re.fullmatch(r"[0-9a-f]{32}", schedule_id):  # ids are uuid4().hex; anything else is no schedule
+    if not ID_PATTERN.fullmatch(schedule_id):
         raise ScheduleNotFound(schedule_id)
     try:
         return runtime.storage().get_json(f"schedules/{schedule_id}.json")
@@ -118,8 +125,10 @@ def get_schedule(schedule_id: str) -> dict:
 
 def list_schedules() -> list[dict]:
     storage = runtime.storage()
-    return sorted((storage.get_json(key) for key in storage.list("schedules/") if key.endswith(".json")),
-                  key=lambda s: s["created_at"])
+    # Only the definitions, not what each schedule remembers under schedules/<id>/.
+    definitions = [key for key in storage.list("schedules/")
+                   if ID_PATTERN.fullmatch(key.removeprefix("schedules/").removesuffix(".json"))]
+    return sorted((storage.get_json(key) for key in definitions), key=lambda s: s["created_at"])
 
 
 def delete_schedule(schedule_id: str) -> None:
@@ -127,6 +136,38 @@ def delete_schedule(schedule_id: str) -> None:
     _require_redis()
     _entry(schedule).delete()
     runtime.storage().delete(f"schedules/{schedule_id}.json")
+    runtime.storage().delete(_last_training_key(schedule_id))
+
+
+def _last_training_key(schedule_id: str) -> str:
+    return f"schedules/{schedule_id}/last-training.json"
+
+
+def remember_training(schedule_id: str, job_id: str, record: dict) -> None:
+    """Remember what a schedule's run trained on and what became of the version, promoted or not."""
+    promotion = record["promotion"]
+    runtime.storage().put_json(_last_training_key(schedule_id), {
+        "dataset_manifest_hash": record["dataset_manifest_hash"], "version": record["version"], "job": job_id,
+        "promoted": promotion["promote"], "reason": promotion["reason"], "trained_at": now()})
+
+
+def last_training(schedule_id: str) -> dict | None:
+    """What the schedule last trained on (remember_training's record); None if it has not trained yet."""
+    try:
+        return runtime.storage().get_json(_last_training_key(schedule_id))
+    except MissingKey:
+        return None
+
+
+def unchanged_since_last_training(schedule_id: str | None, items: list[Item]) -> str | None:
+    """Why a run of the schedule should train nothing, when the schedule last trained on exactly these
+    photos and labels; None when it should train (no schedule, never trained, or the data changed)."""
+    last = last_training(schedule_id) if schedule_id else None
+    if last is None or last["dataset_manifest_hash"] != manifest_hash(items):
+        return None
+    outcome = "made current" if last["promoted"] else f"not made current ({last['reason']})"
+    return (f"dataset unchanged since this schedule last trained, in job {last['job']}: version {last['version']}, "
+            f"{outcome}; nothing trained")
 
 
 def submit_scheduled_run(schedule_id: str, run_id: str) -> tuple[dict, bool]:
@@ -135,6 +176,7 @@ def submit_scheduled_run(schedule_id: str, run_id: str) -> tuple[dict, bool]:
     request = TrainingRequest(
         model=schedule["model"], model_type=schedule["model_type"],
         dataset_prefix=schedule.get("dataset_prefix"), dataset_manifest=schedule.get("dataset_manifest"),
-        promotion_margin=schedule["promotion_margin"], skip_if_unchanged=True, schedule_id=schedule_id,
+        validation_manifest=schedule.get("validation_manifest"), promotion_margin=schedule["promotion_margin"],
+        skip_if_unchanged=True, schedule_id=schedule_id,
     )
     return submit_training(request, idempotency_key=f"schedule-{schedule_id}-{run_id}")

@@ -140,22 +140,30 @@ def _progress_or_stop(jobs: JobStore, job_id: str):
 @app.task(bind=True, base=JobTask, name="facerec.train", soft_time_limit=runtime.settings().training_time_limit_s,
           time_limit=runtime.settings().training_time_limit_s + 60)
 def train(self: JobTask, job_id: str) -> None:
+    from workers import schedules  # imported where used, as scheduled_training does
+
     jobs, storage = runtime.job_store(), runtime.storage()
     params = jobs.start(job_id)["params"]
     items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
-    if params.get("skip_if_unchanged") and dataset_unchanged(storage, params["model"], items):
-        jobs.succeed(job_id, {"model": params["model"], "trained": False,
-                              "decision": "dataset unchanged since the current version: nothing trained"})
-        return
-    validation = (load_items(storage, manifest=params["validation_manifest"])
-                  if params.get("validation_manifest") else None)
+    if params.get("skip_if_unchanged"):
+        reason = ("dataset unchanged since the current version: nothing trained"
+                  if dataset_unchanged(storage, params["model"], items)
+                  else schedules.unchanged_since_last_training(params.get("schedule_id"), items))
+        if reason:
+            jobs.succeed(job_id, {"model": params["model"], "trained": False, "decision": reason})
+            return
+    # A fixed validation manifest is what promotion is decided on: the model tunes on its own split.
+    held_out = (load_items(storage, manifest=params["validation_manifest"])
+                if params.get("validation_manifest") else None)
     training = TrainingParams(model_type=params.get("model_type", "embedding"),
                               model_params=params.get("model_params", {}),
                               validation_fraction=params.get("validation_fraction", 0.2),
                               stranger_fraction=params.get("stranger_fraction", 0.0))
     record = train_model(storage, runtime.face_pipeline(), items, params["model"], training,
-                         _progress_or_stop(jobs, job_id), validation_items=validation,
+                         _progress_or_stop(jobs, job_id), promotion_items=held_out,
                          promotion_margin=params.get("promotion_margin"))
+    if params.get("schedule_id"):
+        schedules.remember_training(params["schedule_id"], job_id, record)
     jobs.succeed(job_id, _version_result(record, trained=True, promotion=record["promotion"]))
 
 
@@ -184,8 +192,9 @@ def _version_result(record: dict, **extra) -> dict:
               "metrics": record["metrics"], "report": record["report_key"],
               "report_html": record.get("report_html_key"),
               "model_prefix": registry.version_prefix(record["model"], record["version"]), **extra}
-    if "photos" in record:
-        result["photos"] = record["photos"]
+    for optional in ("photos", "inherited_metrics"):
+        if optional in record:
+            result[optional] = record[optional]
     return result
 
 

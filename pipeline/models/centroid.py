@@ -50,6 +50,25 @@ class CentroidModel(IdentityModel):
     def class_scores(self, faces: FaceSet) -> np.ndarray:
         return l2_normalize(faces.embeddings) @ self.centroids_.T
 
+    def leave_one_out_scores(self, faces: FaceSet) -> np.ndarray:
+        """class_scores of each face as if it had not been enrolled: its own person's centroid made
+        from that person's other faces, everyone else's as enrolled. faces must be exactly the faces
+        their people were enrolled with (as after enroll(faces)); this measures an enrolment on the
+        photos it enrolled without scoring a face against a centroid it is part of. A person with a
+        single face has nothing left to be compared with: their rows are NaN."""
+        unit = l2_normalize(faces.embeddings)
+        scores = unit @ self.centroids_.T
+        labels = np.asarray(faces.labels)
+        for person in sorted(set(faces.labels)):
+            rows = np.flatnonzero(labels == person)
+            if len(rows) < 2:
+                scores[rows] = np.nan
+                continue
+            # The mean of the other unit vectors points the same way as their sum minus this one.
+            others = l2_normalize(unit[rows].sum(axis=0) - unit[rows])
+            scores[rows, self.labels_.index(person)] = np.sum(unit[rows] * others, axis=1)
+        return scores
+
     def save_weights(self, directory: Path) -> None:
         np.save(directory / "centroids.npy", self.centroids_)
         np.save(directory / "counts.npy", np.asarray(self.counts_))
