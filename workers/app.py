@@ -12,7 +12,7 @@ from celery.signals import worker_process_init, worker_ready
 from kombu.transport import sqlalchemy as sqlalchemy_transport
 
 from workers import runtime
-from workers.watchdog import Watchdog
+from workers.watchdog import QueueDepth, Watchdog
 
 settings = runtime.settings()
 settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,13 +70,7 @@ def start_watchdog(**_kwargs) -> None:
     """Every worker watches for jobs whose worker vanished (workers.watchdog)."""
     from workers.submit import ENTRY_TASKS
 
-    def waiting_messages() -> int:
-        with app.connection_for_read() as connection:
-            channel = connection.default_channel
-            return sum(channel.queue_declare(queue=queue, passive=False).message_count
-                       for queue in (settings.queue_gpu, settings.queue_default))
-
-    Watchdog(runtime.job_store(), waiting_messages,
+    Watchdog(runtime.job_store(), QueueDepth(app),
              restart=lambda job: app.send_task(ENTRY_TASKS[job["type"]], args=[job["id"]]),
              stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,
              max_resumes=settings.max_resumes).start()
