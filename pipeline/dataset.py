@@ -150,13 +150,16 @@ class Split:
     test: list[Item]  # what every reported figure is measured on: nothing is fitted or tuned on it
     only_in_training: list[str]  # people with one photo: learnt, but not measured
     not_in_validation: list[str]  # people with two photos: one to learn from, one to measure on
+    validation_fraction: float
+    test_fraction: float
 
     def describe(self) -> str:
-        return (f"each person's photos ordered by a hash of their key, the first share to the test split, the "
-                f"next to validation, the rest to training; at least one photo in each part for a person with "
-                f"three or more, one in training and one in test for a person with two "
-                f"({len(self.not_in_validation)} people), the only one in training for a person with one "
-                f"({len(self.only_in_training)} people, not measured)")
+        """How the split was made, in words, for the report."""
+        return (f"each person's photos ordered by a hash of their key: the first {self.test_fraction:.0%} to the "
+                f"test split, the next {self.validation_fraction:.0%} to validation, the rest to training; at least "
+                f"one photo in each part for a person with three or more; for a person with two, one in training "
+                f"and one in test ({len(self.not_in_validation)} people); for a person with one, that one in "
+                f"training, so they are not measured ({len(self.only_in_training)} people)")
 
 
 def three_way_split(items: list[Item], validation_fraction: float, test_fraction: float, seed: int = 0) -> Split:
@@ -167,9 +170,10 @@ def three_way_split(items: list[Item], validation_fraction: float, test_fraction
     stopping and the unknown threshold, which the other people's photos still do, while the person
     would otherwise go unmeasured. A person with one photo is trained on and left out of the figures.
 
-    Photos are ordered by a hash of (seed, key), not by a random permutation: a photo keeps its part
-    when other photos are added, so a model retrained on a grown dataset is tested on mostly the same
-    photos as the version before it, and the two can be compared on photos neither was fitted on.
+    Photos are ordered by a hash of (seed, key), not by a random permutation: the order of a person's
+    photos stays the same when photos are added, so a model retrained on a grown dataset is tested on
+    photos the version before it was tested or validated on, or new ones, not on photos it was
+    fitted on; the two can then be compared on photos neither was fitted on.
     """
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
         raise ValueError(f"validation and test fractions must each be between 0 and 1 and leave some photos to "
@@ -177,7 +181,7 @@ def three_way_split(items: list[Item], validation_fraction: float, test_fraction
     by_label: dict[str, list[Item]] = {}
     for item in items:
         by_label.setdefault(item.label, []).append(item)
-    split = Split([], [], [], [], [])
+    split = Split([], [], [], [], [], validation_fraction, test_fraction)
     for label in sorted(by_label):
         group = sorted(set(by_label[label]), key=lambda item: hashlib.sha256(f"{seed}:{item.key}".encode()).digest())
         n = len(group)

@@ -230,6 +230,10 @@ def decide_promotion(candidate_accuracy: float | None, current_version: str | No
     if current_version is not None:
         decision.update(current_accuracy=current_accuracy,
                         current_accuracy_interval=wilson_interval(round((current_accuracy or 0) * photos), photos))
+    if current_version is not None and photos:
+        (low, high), (current_low, current_high) = (decision["candidate_accuracy_interval"],
+                                                    decision["current_accuracy_interval"])
+        decision["intervals_overlap"] = low <= current_high and current_low <= high
     if photos == 0:
         return {**decision, "promote": False,
                 "reason": "no photo is left that neither this version nor the current one was fitted or tuned on, "
@@ -244,15 +248,12 @@ def decide_promotion(candidate_accuracy: float | None, current_version: str | No
         return {**decision, "promote": True,
                 "reason": f"no current version, and accuracy {candidate} on {photos} photos is above the minimum "
                           f"{floor:.4f}"}
-    low, high = decision["candidate_accuracy_interval"]
-    current_low, current_high = decision["current_accuracy_interval"]
-    overlap = low <= current_high and current_low <= high
     promote = candidate_accuracy >= current_accuracy - guard
     verdict = "within" if promote else "worse by more than"
     which = "the default guard margin" if margin is None else "the margin"
-    noise = ("; their intervals overlap: the difference is within noise" if overlap
+    noise = ("; their intervals overlap: the difference is within noise" if decision["intervals_overlap"]
              else "; their intervals do not overlap")
-    return {**decision, "promote": promote, "intervals_overlap": overlap,
+    return {**decision, "promote": promote,
             "reason": f"accuracy {candidate} against the current {_interval_text(current_accuracy, photos)} on the "
                       f"same {photos} photos, which neither was fitted or tuned on: {verdict} {which} {guard}{noise}"}
 

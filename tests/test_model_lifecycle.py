@@ -1,6 +1,8 @@
-"""A model's life through the API, on the running system: enrolment into a centroid model,
-promotion only when a new version is not worse, manual promotion and roll back, and scheduled
-retraining that trains nothing when the data has not changed."""
+"""A model's life through the API, on the running system: enrolment into a centroid model (measured
+on the enrolled photos, the rest marked inherited), promotion only when a new version is not worse on
+photos neither version was fitted or tuned on, manual promotion and roll back, and scheduled
+retraining that trains nothing when the data has not changed since the current version or since the
+schedule's last (rejected) candidate."""
 
 from __future__ import annotations
 
@@ -70,6 +72,11 @@ def test_enrolling_adds_a_person_to_a_centroid_model_without_retraining_anyone_e
     model = model_info(system, "gallery")
     assert model["current_version"] == result["version"]
     assert model["versions"][-1]["base_version"] == trained["version"]
+    # Its figures are its own, measured on the enrolled photos; the others' are marked as the trained version's.
+    assert result["metrics"]["evaluated_on"].startswith("leave-one-photo-out") and result["metrics"]["images"] == 10
+    assert result["inherited_metrics"]["source_version"] == trained["version"]
+    assert result["inherited_metrics"]["metrics"] == trained["metrics"]
+    assert "leave one photo out" in call(system, "GET", f"/models/gallery/versions/{result['version']}/report").text
 
     storage = system["storage"]
     before = np.load(io.BytesIO(storage.get(f"{trained['model_prefix']}/model/centroids.npy")))
@@ -103,6 +110,11 @@ def test_a_worse_challenger_is_not_promoted_and_the_job_records_both_scores(syst
     assert promotion["current_version"] == incumbent["version"]
     assert promotion["candidate_accuracy"] < promotion["current_accuracy"] - 0.05
     assert promotion["current_accuracy"] >= 0.8
+    # Decided on the validation manifest's 16 photos, which neither version was fitted or tuned on.
+    assert promotion["photos_source"] == "the validation manifest" and promotion["photos"] == 16
+    assert promotion["photos_left_out"] == {"fitted_or_tuned_by_current": 0, "fitted_or_tuned_by_this_version": 0}
+    low, high = promotion["current_accuracy_interval"]
+    assert low <= promotion["current_accuracy"] <= high and promotion["intervals_overlap"] is False
     model = model_info(system, "promo")
     assert model["current_version"] == incumbent["version"]
     assert job["result"]["version"] in [v["version"] for v in model["versions"]]
@@ -141,6 +153,35 @@ def test_a_scheduled_run_on_unchanged_data_trains_nothing(system, incumbent):
     assert call(system, "POST", f"/schedules/{schedule['id']}/run").status_code == 404
 
 
+def test_a_schedule_whose_candidate_was_rejected_does_not_train_it_again_on_the_next_tick(system, incumbent):
+    body = {"model": "promo", "dataset_manifest": "lifecycle/shuffled.jsonl", "cron": "0 3 * * *",
+            "promotion_margin": 0.01, "validation_manifest": "lifecycle/validation.jsonl"}
+    created = call(system, "POST", "/schedules", json=body)
+    assert created.status_code == 201, created.text
+    schedule = created.json()
+
+    def tick() -> dict:
+        response = call(system, "POST", f"/schedules/{schedule['id']}/run")
+        assert response.status_code == 202, response.text
+        job = wait_for_job(system, response.json()["id"])
+        assert job["state"] == "succeeded", job
+        return job["result"]
+
+    first = tick()  # the labels are wrong: trained, and rejected on the schedule's validation photos
+    assert first["trained"] is True and first["promotion"]["promote"] is False
+    assert first["promotion"]["photos_source"] == "the validation manifest"
+    versions = len(model_info(system, "promo")["versions"])
+    second = tick()
+    assert second["trained"] is False
+    assert "since this schedule last trained, in job" in second["decision"]
+    assert first["version"] in second["decision"] and "not made current" in second["decision"]
+    assert len(model_info(system, "promo")["versions"]) == versions
+    assert model_info(system, "promo")["current_version"] == incumbent["version"]
+    # What it remembers goes with the schedule.
+    assert call(system, "DELETE", f"/schedules/{schedule['id']}").status_code == 204
+    assert not list(system["storage"].list(f"schedules/{schedule['id']}"))
+
+
 def test_a_schedule_with_an_invalid_cron_expression_is_refused(system):
     for cron, message in [("every day", "5 fields"), ("99 * * * *", "invalid cron")]:
         response = call(system, "POST", "/schedules", json={"model": "promo", "dataset_prefix": "lifecycle/gallery",
@@ -154,8 +195,9 @@ def test_holding_out_strangers_adds_open_set_figures_to_the_report(system, datas
     metrics = job["result"]["metrics"]
     assert 0 <= metrics["stranger_rejection"] <= 1 and 0 <= metrics["known_accuracy"] <= 1
     report = system["storage"].get_json(job["result"]["report"])
-    assert report["dataset"]["stranger_photos"] == 10  # one of the 4 people, 10 photos
-    assert report["evaluation"]["images"] == 6  # the 3 known people's validation photos
+    assert report["split"]["stranger_photos"] == 10  # one of the 4 people, 10 photos
+    assert report["evaluation"]["images"] == 6  # the 3 known people's test photos, 2 each
+    assert metrics["known_accuracy_interval"][0] <= metrics["known_accuracy"] <= metrics["known_accuracy_interval"][1]
     assert len(report["open_set"]["curve"]["thresholds"]) == 50
     page = call(system, "GET", f"/models/open/versions/{job['result']['version']}/report").text
     assert "Open set" in page
