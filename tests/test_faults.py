@@ -241,7 +241,8 @@ def test_embedded_a_job_past_its_restarts_fails_saying_why_and_resumes_through_t
     (tmp_path / "logs").mkdir()
     with cluster(env, LocalStorage(tmp_path / "data" / "storage"), tmp_path / "logs", lfw_dir) as running:
         job_id = submit_bulk_job(running)
-        running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16, "two chunks done", timeout=120)
+        running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16 and running.chunk_in_progress(job_id),
+                           "two chunks done and a third in progress", timeout=120)
         running.kill("worker")
         running.start("worker")
         failed = running.wait_until(job_id, lambda j: j["state"] != "running", "the job to give up")
