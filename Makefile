@@ -5,21 +5,31 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test lint data services-up services-down clean
+.PHONY: demo web test lint browser data services-up services-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	# The project itself, editable: installs the `facerec` command (setuptools comes with the venv).
+	$(BIN)/pip install --quiet --no-build-isolation -e .
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m workers.demo
 
-test: $(VENV)/.installed lint
+# The web pages and the API on http://127.0.0.1:8000/ with a worker, for what the demo trained.
+web: $(VENV)/.installed
+	$(BIN)/python -m workers.demo --web
+
+test: $(VENV)/.installed lint browser
 	$(BIN)/python -m pytest -q tests
+
+# Headless Chromium and its driver for the browser test (Debian packages; installed only if missing).
+browser:
+	bash infra/scripts/install-browser.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -62,17 +62,21 @@ def create_app(api_keys: Iterable[str] | None = None) -> Flask:
     from api.keys import parse_entries
     from api.openapi import openapi_document
     from api.routes import v1
+    from api.web import configure_sessions, web
     from workers import runtime
 
     app = Flask(__name__)
     app.json = BoundedJSONProvider(app)
     entries = api_keys if api_keys is not None else runtime.settings().api_keys
     app.config["API_KEYS"] = parse_entries(entries)
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # job requests are small JSON documents
+    # Job requests are small JSON documents; the upload routes raise the bound for their own requests.
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    configure_sessions(app, list(entries))
     # On the app, not on the module-level blueprint: a blueprint takes no hooks once registered, so
     # create_app could run only once per process.
     app.before_request(authenticate)
     app.register_blueprint(v1)
+    app.register_blueprint(web)
 
     @app.get("/v1/openapi.json", endpoint="openapi")
     def openapi():

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hmac
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 from api.keys import ApiKey, hash_key
 
 HEADER = "X-API-Key"
+# The web pages' scripts call the API with the key kept in the session cookie, which only counts with
+# this header holding the session's token: a page of another site can send the cookie, not the header.
+CSRF_HEADER = "X-CSRF-Token"
 OPEN_ENDPOINTS = {"v1.health", "openapi"}
+PAGE_BLUEPRINT = "web."  # api.web: its pages check the session themselves and send to the login form
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Rules as in app.url_map. Writes that are not listed here need admin, so a new route is safe by
 # default until someone decides it is an ordinary submit.
@@ -26,6 +30,9 @@ SUBMIT_ROUTES = {
     ("POST", "/v1/jobs/enroll"),
     ("POST", "/v1/jobs/<job_id>/cancel"),
     ("POST", "/v1/jobs/<job_id>/resume"),
+    ("POST", "/v1/recognize"),
+    ("POST", "/v1/datasets/<name>"),
+    ("POST", "/v1/inboxes/<name>"),
 }
 ADMIN_ROUTES = {
     ("POST", "/v1/models/<name>/promote"),
@@ -36,7 +43,7 @@ ADMIN_PREFIXES = ("/v1/schedules",)  # any method: schedules decide what trains 
 
 def required_scope(endpoint: str | None, rule: str, method: str) -> str | None:
     """The scope a request needs, from its endpoint, URL rule and method; None when it needs no key."""
-    if endpoint in OPEN_ENDPOINTS:
+    if endpoint in OPEN_ENDPOINTS or (endpoint or "").startswith(PAGE_BLUEPRINT):
         return None
     if (method, rule) in ADMIN_ROUTES or rule.startswith(ADMIN_PREFIXES):
         return "admin"
@@ -57,6 +64,15 @@ def find_key(keys: tuple[ApiKey, ...], given: str) -> ApiKey | None:
     return found
 
 
+def session_key() -> str:
+    """The key a logged-in page holds in its session, when the request carries the session's CSRF token."""
+    token = request.headers.get(CSRF_HEADER, "")
+    expected = session.get("csrf", "")
+    if token and expected and hmac.compare_digest(token, expected):
+        return session.get("api_key", "")
+    return ""
+
+
 def authenticate() -> None:
     """before_request hook of the app: refuse a request without a valid key of the scope it needs."""
     if request.url_rule is None:
@@ -65,7 +81,7 @@ def authenticate() -> None:
     if scope is None:
         return
     keys: tuple[ApiKey, ...] = current_app.config["API_KEYS"]
-    given = request.headers.get(HEADER, "")
+    given = request.headers.get(HEADER, "") or session_key()
     if not keys:
         raise Unauthorized("no API keys are configured on the server (set FACEREC_API_KEYS)")
     if not given:

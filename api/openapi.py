@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from api.auth import HEADER, required_scope
 from api.routes import MAX_PAGE
 from workers.jobs import STATES, TYPES
-from workers.submit import EnrollRequest, RecognitionRequest, ScheduleRequest, TrainingRequest
+from workers.submit import EnrollRequest, PhotoRequest, RecognitionRequest, ScheduleRequest, TrainingRequest
 
 VERSION = "1"
 REF = "#/components/schemas/{model}"
@@ -31,6 +31,33 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel] | dict] = {
         "type": "object", "required": ["version"],
         "properties": {"version": {"type": "string", "description": "the version to make current"}},
     },
+    ("POST", "/v1/recognize"): PhotoRequest,
+}
+
+_PHOTO_FILE = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+_ZIP = {"type": "string", "format": "binary", "contentMediaType": "application/zip",
+        "description": "a zip of the photos"}
+# Bodies that are not (only) JSON: the other media types each route takes, beside REQUEST_BODIES' JSON.
+OTHER_BODIES: dict[tuple[str, str], dict[str, dict]] = {
+    ("POST", "/v1/recognize"): {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["photo"],
+        "properties": {"photo": {**_PHOTO_FILE, "description": "the photo"},
+                       "model": {"type": "string"}, "model_version": {"type": "string"},
+                       "wait_s": {"type": "number", "minimum": 0, "maximum": 30}},
+    }}},
+    ("POST", "/v1/datasets/<name>"): {
+        "application/zip": {"schema": {**_ZIP, "description": "entries <person>/<photo> (one common top "
+                                                              "folder is dropped)"}},
+        "multipart/form-data": {"schema": {
+            "type": "object", "description": "one or more photo files; each field's name is the person",
+            "additionalProperties": {"type": "array", "items": _PHOTO_FILE}}},
+    },
+    ("POST", "/v1/inboxes/<name>"): {
+        "application/zip": {"schema": {**_ZIP, "description": "entries <photo> (one common top folder is dropped)"}},
+        "multipart/form-data": {"schema": {
+            "type": "object", "description": "one or more photo files, any field names",
+            "additionalProperties": {"type": "array", "items": _PHOTO_FILE}}},
+    },
 }
 
 # One typical request per body, shown in the document (and sent first by the fuzz test).
@@ -41,7 +68,15 @@ EXAMPLES: dict[tuple[str, str], dict] = {
     ("POST", "/v1/schedules"): {"model": "lfw", "dataset_prefix": "datasets/lfw20", "cron": "0 3 * * *",
                                 "promotion_margin": 0.01},
     ("POST", "/v1/models/<name>/promote"): {"version": "20240131T120000Z-a1b2c3"},
+    ("POST", "/v1/recognize"): {"key": "inboxes/press/photo-0001.jpg", "model": "lfw"},
 }
+
+_PAGE = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+]
+_APPEND = {"name": "append", "in": "query", "description": "add new photos to an existing folder",
+           "schema": {"type": "boolean", "default": False}}
 
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict]] = {
     ("GET", "/v1/jobs"): [
@@ -51,6 +86,13 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict]] = {
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
     ],
+    ("GET", "/v1/models"): _PAGE,
+    ("GET", "/v1/schedules"): _PAGE,
+    ("POST", "/v1/datasets/<name>"): [_APPEND],
+    ("POST", "/v1/inboxes/<name>"): [_APPEND],
+    ("GET", "/v1/jobs/<job_id>/results"): [
+        {"name": "redirect", "in": "query", "description": "on S3, answer 302 to a presigned URL (default)",
+         "schema": {"type": "boolean", "default": True}}],
 }
 
 IDEMPOTENT = {
@@ -66,8 +108,13 @@ SUCCESS: dict[tuple[str, str], tuple[str, str]] = {  # (status, description); ot
     ("POST", "/v1/schedules/<schedule_id>/run"): ("202", "the training job of the run"),
     ("POST", "/v1/schedules"): ("201", "the schedule"),
     ("DELETE", "/v1/schedules/<schedule_id>"): ("204", "deleted"),
+    ("POST", "/v1/jobs/<job_id>/resume"): ("202", "the job, queued again"),
+    ("POST", "/v1/recognize"): ("200", "the faces (202 with the request's location if wait_s passed first)"),
+    ("POST", "/v1/datasets/<name>"): ("201", "what was stored: prefix, photos, people, skipped files"),
+    ("POST", "/v1/inboxes/<name>"): ("201", "what was stored: prefix, photos, skipped files"),
 }
 HTML_ROUTES = {("GET", "/v1/models/<name>/versions/<version>/report")}
+JSONL_ROUTES = {("GET", "/v1/jobs/<job_id>/results")}
 
 _VARIABLE = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _CONVERTER_TYPES = {"int": "integer", "float": "number"}
@@ -115,7 +162,7 @@ def _operation(app: Flask, rule, method: str, operation_id: str, schemas: dict) 
     doc = (view.__doc__ or "").strip()
     summary = doc.splitlines()[0] if doc else rule.endpoint.rsplit(".", 1)[-1].replace("_", " ").capitalize()
     operation: dict = {"operationId": operation_id, "summary": summary,
-                       "tags": [rule.rule.strip("/").split("/")[1 if rule.rule.startswith("/v1/") else 0]]}
+                       "tags": ["pages" if _is_page(rule) else rule.rule.strip("/").split("/")[1]]}
     scope = required_scope(rule.endpoint, rule.rule, method)
     if scope is None:
         operation["security"] = []
@@ -137,15 +184,22 @@ def _operation(app: Flask, rule, method: str, operation_id: str, schemas: dict) 
         operation["parameters"] = parameters
 
     body = REQUEST_BODIES.get(key)
+    content: dict = {}
     if body is not None:
         media = {"schema": _body_schema(body, schemas)}
         if key in EXAMPLES:
             media["example"] = EXAMPLES[key]
-        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
+        content["application/json"] = media
+    content.update(OTHER_BODIES.get(key, {}))
+    if content:
+        operation["requestBody"] = {"required": True, "content": content}
 
     status, description = SUCCESS.get(key, ("200", "OK"))
-    if key in HTML_ROUTES:
+    if key in HTML_ROUTES or _is_page(rule):
         success = {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+    elif key in JSONL_ROUTES:
+        success = {"description": "the results, one JSON line per photo (on S3: 302 to a presigned URL)",
+                   "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
     elif status == "204":
         success = {"description": description}
     else:
@@ -155,6 +209,11 @@ def _operation(app: Flask, rule, method: str, operation_id: str, schemas: dict) 
               "content": {"application/json": {"schema": ERROR}}}
     operation["responses"] = {status: success, "default": errors}
     return operation
+
+
+def _is_page(rule) -> bool:
+    """A web page (api.web), not a /v1 route: it answers HTML and authenticates by the session cookie."""
+    return not rule.rule.startswith("/v1/")
 
 
 def _body_schema(body: type[BaseModel] | dict, schemas: dict) -> dict:

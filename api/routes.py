@@ -62,7 +62,12 @@ def _submitted(submit, schema: type[BaseModel]):
         raise Conflict(str(err)) from None
     except IdempotencyConflict as err:
         raise UnprocessableEntity(str(err)) from None
-    return jsonify(job), 202 if created else 200
+    return _with_location(jsonify(job), job["id"]), 202 if created else 200
+
+
+def _with_location(response: Response, job_id: str) -> Response:
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return response
 
 
 @v1.get("/jobs")
@@ -98,18 +103,21 @@ def resume_failed_job(job_id: str):
     """Run a failed job again; a recognition job keeps the chunks it finished."""
     _job(job_id)
     try:
-        return jsonify(resume_job(job_id)), 202
+        return _with_location(jsonify(resume_job(job_id)), job_id), 202
     except NotResumable as err:
         raise Conflict(str(err)) from None
 
 
 @v1.get("/models")
 def list_models():
+    """Models by name, with their current versions; paginated with limit and offset."""
     storage = runtime.storage()
+    limit, offset = _int_arg("limit", 50, 1, MAX_PAGE), _int_arg("offset", 0, 0, None)
+    names = registry.list_models(storage)
     return jsonify(models=[
         {"name": name, "current_version": registry.current_version(storage, name)}
-        for name in registry.list_models(storage)
-    ])
+        for name in names[offset:offset + limit]
+    ], total=len(names), limit=limit, offset=offset)
 
 
 @v1.get("/models/<name>")
@@ -166,7 +174,10 @@ def roll_back_version(name: str):
 
 @v1.get("/schedules")
 def list_schedules():
-    return jsonify(schedules=schedules.list_schedules())
+    """Retraining schedules; paginated with limit and offset."""
+    limit, offset = _int_arg("limit", 50, 1, MAX_PAGE), _int_arg("offset", 0, 0, None)
+    found = schedules.list_schedules()
+    return jsonify(schedules=found[offset:offset + limit], total=len(found), limit=limit, offset=offset)
 
 
 @v1.post("/schedules")
@@ -207,8 +218,7 @@ def run_schedule_now(schedule_id: str):
         job, created = schedules.submit_scheduled_run(schedule_id, run_id)
     except schedules.ScheduleNotFound as err:
         raise NotFound(str(err)) from None
-    return jsonify(job), 202 if created else 200
-
+    return _with_location(jsonify(job), job["id"]), 202 if created else 200
 
 
 def _parse(schema: type[BaseModel]) -> BaseModel:
@@ -218,8 +228,12 @@ def _parse(schema: type[BaseModel]) -> BaseModel:
     try:
         return schema.model_validate(body)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
-        raise BadRequest(f"invalid request: {problems}") from None
+        raise BadRequest(_validation_message(err)) from None
+
+
+def _validation_message(err: ValidationError) -> str:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+    return f"invalid request: {problems}"
 
 
 def _idempotency_key() -> str | None:
@@ -247,3 +261,7 @@ def _job(job_id: str) -> dict:
         return runtime.job_store().get(job_id)
     except JobNotFound as err:
         raise NotFound(str(err)) from None
+
+
+# Routes in their own modules, on the same blueprint (imported here, once, before it is registered).
+from api import photos, uploads  # noqa: E402, F401

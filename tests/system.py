@@ -74,7 +74,9 @@ def running_system(tmp_path_factory, redis_url: str, seaweedfs: dict) -> Iterato
     port = free_port()
     commands = {
         "api": [sys.executable, "-m", "flask", "--app", "api:create_app()", "run", "--port", str(port)],
-        "gpu-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu", "-c", "1",
+        # Single photos (the interactive queue) before bulk chunks: workers.app orders queues by -Q.
+        "gpu-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "interactive,gpu",
+                       "-c", "1",
                        "-n", f"gpu-{bucket}@%h", "--loglevel", "INFO"],
         "default-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default",
                            "-c", "1", "-n", f"default-{bucket}@%h", "--loglevel", "INFO"],

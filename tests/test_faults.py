@@ -49,7 +49,7 @@ class Cluster:
         if name == "api":
             command = ["-m", "flask", "--app", "api:create_app()", "run", "--port", str(self.port)]
         else:
-            command = ["-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu,default", "-c", "1",
+            command = ["-m", "celery", "-A", "workers.app", "worker", "-Q", "interactive,gpu,default", "-c", "1",
                        "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]
         self.started += 1
         with open(self.logs / f"{name}-{self.started}.log", "wb") as log:

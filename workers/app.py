@@ -7,6 +7,8 @@ FACEREC_DATA_DIR, shared by every process on the machine.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 from kombu.transport import sqlalchemy as sqlalchemy_transport
@@ -15,13 +17,17 @@ from workers import runtime
 from workers.watchdog import QueueDepth, Watchdog
 
 settings = runtime.settings()
+# Single-photo requests (workers.interactive). GPU workers consume it before their bulk queue:
+# celery -A workers.app worker -Q interactive,gpu. (Read here until config.py has the setting.)
+QUEUE_INTERACTIVE = os.environ.get("FACEREC_QUEUE_INTERACTIVE", "interactive").strip() or "interactive"
 settings.data_dir.mkdir(parents=True, exist_ok=True)
 if settings.embedded:
     # The SQLite broker is polled, by default every second, so each hand-over of a job (plan, chunks,
     # summary) waited up to a second. Set on the class: this transport passes its options to SQLAlchemy.
     sqlalchemy_transport.Transport.polling_interval = 0.1
 
-app = Celery("facerec", broker=settings.broker_url, backend=settings.result_backend, include=["workers.tasks"])
+app = Celery("facerec", broker=settings.broker_url, backend=settings.result_backend,
+             include=["workers.tasks", "workers.interactive"])
 app.conf.update(
     task_default_queue=settings.queue_default,
     task_routes={
@@ -31,6 +37,7 @@ app.conf.update(
         "facerec.recognize_chunk": {"queue": settings.queue_gpu},
         "facerec.plan_recognition": {"queue": settings.queue_default},
         "facerec.finish_recognition": {"queue": settings.queue_default},
+        "facerec.recognize_photo": {"queue": QUEUE_INTERACTIVE},
     },
     # Long GPU tasks: take one message at a time, acknowledge it only when done, and give it back
     # to the queue if the worker process dies (the tasks bound how often that may happen).
@@ -41,6 +48,10 @@ app.conf.update(
     # Redis redelivers a message not acknowledged within this time. A task still running then is not
     # run twice (its lease is held); a lost one is restarted by the watchdog long before.
     broker_transport_options={} if settings.embedded else {
+        # Take from the queues in the order -Q names them, so that a worker started with
+        # -Q interactive,gpu serves a waiting single photo before the next bulk chunk
+        # (kombu's default round robin would alternate between them).
+        "queue_order_strategy": "priority",
         "visibility_timeout": settings.visibility_timeout_s,
         # Look for overdue messages every interval seconds (kombu's default scans every 100 s).
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
@@ -60,8 +71,10 @@ app.conf.update(
 
 @worker_process_init.connect
 def load_models(**_kwargs) -> None:
-    """Load the face pipeline in each GPU-queue worker child before its first task, not during one."""
-    if settings.queue_gpu in app.amqp.queues.consume_from:
+    """Load the face pipeline in each GPU- or interactive-queue worker child before its first task, not
+    during one."""
+    consumed = app.amqp.queues.consume_from or {}
+    if settings.queue_gpu in consumed or QUEUE_INTERACTIVE in consumed:
         runtime.face_pipeline()
 
 

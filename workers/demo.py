@@ -69,7 +69,10 @@ def wait(job: dict, description: str) -> dict:
 
 def start_worker() -> subprocess.Popen:
     settings = runtime.settings()
-    queues = f"{settings.queue_gpu},{settings.queue_default}"
+    from workers.app import QUEUE_INTERACTIVE
+
+    # Single photos from the web page first, then training and bulk chunks, then the rest.
+    queues = f"{QUEUE_INTERACTIVE},{settings.queue_gpu},{settings.queue_default}"
     # The child keeps its own copy of the log's file descriptor once started.
     with open(settings.data_dir / "demo-worker.log", "ab") as log:
         return subprocess.Popen(
@@ -77,6 +80,30 @@ def start_worker() -> subprocess.Popen:
              "--loglevel", "INFO", "-n", f"demo-{os.getpid()}@%h"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
+
+
+WEB_HOST, WEB_PORT = "127.0.0.1", 8000
+
+
+def serve_web(no_worker: bool) -> int:
+    """The API and its web pages on loopback, for the data the demo left, with a fresh admin key."""
+    from api import create_app
+    from api.keys import config_entry, new_key
+
+    key = new_key()
+    entries = [config_entry("demo", "admin", key)]
+    entries += [e for e in os.environ.get("FACEREC_API_KEYS", "").split(",") if e.strip()]
+    print(f"log in at http://{WEB_HOST}:{WEB_PORT}/login with this API key (shown once, valid while this runs):\n"
+          f"    {key}\nthe CLI:  FACEREC_API_URL=http://{WEB_HOST}:{WEB_PORT} FACEREC_API_KEY=<the key> facerec --help",
+          flush=True)
+    worker = None if no_worker else start_worker()
+    try:
+        create_app(entries).run(host=WEB_HOST, port=WEB_PORT, threaded=True)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+    return 0
 
 
 def bulk_accuracy(storage, results_key: str, truth: dict[str, str], answer: str = "identity") -> float:
@@ -96,7 +123,12 @@ def main() -> int:
     parser.add_argument("--holdout", type=float, default=0.2, help="share of each person's photos kept aside")
     parser.add_argument("--model", default="lfw")
     parser.add_argument("--no-worker", action="store_true", help="use workers that are already running")
+    parser.add_argument("--web", action="store_true",
+                        help=f"serve the web pages and the API on http://{WEB_HOST}:{WEB_PORT}/ with a worker, "
+                             "printing a new admin key to log in with (Ctrl-C stops both)")
     args = parser.parse_args()
+    if args.web:
+        return serve_web(args.no_worker)
 
     settings = runtime.settings()
     lfw = settings.datasets_dir / "lfw-deepfunneled"
@@ -147,6 +179,8 @@ def main() -> int:
         print(f"evaluation report: {where}/{trained['report_html']} (and report.json beside it)")
         print(f"predictions:       {where}/{result['results']}")
         print(f"summary:           {where}/{result['summary']}")
+        print(f"web page:          http://{WEB_HOST}:{WEB_PORT}/   (start it with: make web, or "
+              f"{sys.executable} -m workers.demo --web)")
         return 0
     finally:
         if worker is not None:

@@ -89,6 +89,24 @@ class RecognitionRequest(BaseModel):
         return self
 
 
+class PhotoRequest(BaseModel):
+    """Recognise every face in one photo and wait for the answer. Send the photo as a multipart file field
+    named ``photo`` (with these fields as form fields), or send JSON naming a photo already in storage
+    (``key``). The answer comes within wait_s seconds, else 202 with the request to poll."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: ModelName = "default"
+    model_version: str | None = None
+    key: StorageKey | None = None
+    wait_s: float = Field(10.0, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def valid_key(self):
+        if self.key is not None:
+            check_key(self.key)
+        return self
+
+
 def _check_one_source(prefix: str | None, manifest: str | None, prefix_name: str, manifest_name: str) -> None:
     if bool(prefix) == bool(manifest):
         raise ValueError(f"give exactly one of {prefix_name} and {manifest_name}")
@@ -102,7 +120,8 @@ def _check_output_prefix(prefix: str) -> None:
                          f"(reserved: {', '.join(sorted(RESERVED_PREFIXES))})")
 
 
-RESERVED_PREFIXES = {"jobs", "models", "schedules", "idempotency", "datasets"}
+# interactive/: single photos sent to POST /v1/recognize, and their answers (workers.interactive).
+RESERVED_PREFIXES = {"jobs", "models", "schedules", "idempotency", "datasets", "interactive"}
 CLAIM = ".facerec-job.json"  # under an output prefix: the job that owns it
 ENTRY_TASKS = {"training": "facerec.train", "enroll": "facerec.enroll", "recognition": "facerec.plan_recognition"}
 
@@ -154,6 +173,16 @@ def submit_recognition(request: RecognitionRequest, idempotency_key: str | None 
     return _submit("recognition", request, idempotency_key, client, claim_output)
 
 
+def submit_photo(request: PhotoRequest, request_id: str, key: str) -> str:
+    """Enqueue the recognition of one stored photo on the interactive queue; returns the model version
+    it will use. Raises InputNotFound for a model or version that does not exist."""
+    from workers import interactive
+
+    version = _check_model_version(runtime.storage(), request.model, request.model_version)
+    interactive.send(request_id, key, request.model, version)
+    return version
+
+
 def resume_job(job_id: str) -> dict:
     """Run a failed job again from where it stopped (a recognition job keeps its finished chunks)."""
     job, _ = runtime.job_store().resume(job_id, "resumed by a user")
@@ -187,8 +216,8 @@ def _check_manifest(storage, key: str, what: str) -> None:
         raise InputNotFound(f"{what} {key!r} does not exist in storage")
 
 
-def _check_model_version(storage, model: str, version: str | None) -> None:
+def _check_model_version(storage, model: str, version: str | None) -> str:
     try:
-        registry.resolve_version(storage, model, version)
+        return registry.resolve_version(storage, model, version)
     except LookupError as err:
         raise InputNotFound(str(err)) from None

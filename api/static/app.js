@@ -1,0 +1,224 @@
+// The pages' scripts: they call the /v1 API with the session's CSRF token (the key stays in the
+// HTTP-only session cookie). No build step.
+"use strict";
+
+const CSRF = document.body.dataset.csrf;
+
+async function api(method, path, body) {
+  const options = { method, headers: { "X-CSRF-Token": CSRF }, credentials: "same-origin" };
+  if (body instanceof FormData) {
+    options.body = body;
+  } else if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = null; }
+  if (response.status === 401) { window.location = "/login?next=" + encodeURIComponent(location.pathname); }
+  if (!response.ok) { throw new Error((data && data.error) || response.statusText); }
+  return { status: response.status, data };
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (name === "class") node.className = value; else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function fillBars(root) {
+  (root || document).querySelectorAll("[data-pct]").forEach((bar) => { bar.style.width = bar.dataset.pct + "%"; });
+}
+
+function took(started, finished) {
+  if (!started) return "";
+  const end = finished ? Date.parse(finished) : Date.now();
+  const seconds = Math.max(0, (end - Date.parse(started)) / 1000);
+  return seconds < 90 ? seconds.toFixed(1) + " s" : (seconds / 60).toFixed(1) + " min";
+}
+
+// -- Recognise -----------------------------------------------------------------------------------
+function recognizePage() {
+  const model = document.getElementById("model");
+  const version = document.getElementById("version");
+  const input = document.getElementById("photo");
+  const drop = document.getElementById("drop");
+  const status = document.getElementById("status");
+  const slider = document.getElementById("threshold");
+  const sliderValue = document.getElementById("threshold-value");
+  const preview = document.getElementById("preview");
+  const boxes = document.getElementById("boxes");
+  const list = document.getElementById("faces");
+  let answer = null;
+
+  async function loadVersions() {
+    version.replaceChildren(el("option", { value: "" }, "current"));
+    if (!model.value) return;
+    try {
+      const { data } = await api("GET", "/v1/models/" + encodeURIComponent(model.value));
+      data.versions.map((v) => v.version).sort().reverse().forEach((v) => {
+        version.append(el("option", { value: v }, v + (v === data.current_version ? " (current)" : "")));
+      });
+    } catch (e) { status.textContent = e.message; }
+  }
+
+  // Label each face at the slider's threshold: the page does it, without asking the server again.
+  function draw() {
+    if (!answer) return;
+    const threshold = parseFloat(slider.value);
+    sliderValue.textContent = threshold.toFixed(2);
+    const scaleX = preview.clientWidth / answer.width, scaleY = preview.clientHeight / answer.height;
+    boxes.replaceChildren();
+    list.replaceChildren();
+    answer.faces.forEach((face, i) => {
+      const name = face.score >= threshold ? face.best_guess : "unknown";
+      const [x, y, w, h] = face.box;
+      const box = el("div", { class: "box" + (name === "unknown" ? " unknown" : ""), "data-face": i });
+      box.style.left = x * scaleX + "px"; box.style.top = y * scaleY + "px";
+      box.style.width = w * scaleX + "px"; box.style.height = h * scaleY + "px";
+      const label = el("span", { class: "label" }, `${name} ${(face.confidence * 100).toFixed(0)}%`);
+      box.append(label);
+      boxes.append(box);
+      list.append(el("li", { class: name === "unknown" ? "unknown" : "" },
+        el("strong", { class: "face-name" }, name),
+        ` — confidence ${(face.confidence * 100).toFixed(1)}%, score ${face.score.toFixed(3)}` +
+        (name === "unknown" ? ` (best guess ${face.best_guess})` : "")));
+    });
+    if (!answer.faces.length) list.append(el("li", {}, "No face found in this photo."));
+  }
+
+  async function send(file) {
+    if (!file) return;
+    if (!model.value) { status.textContent = "Train a model first."; return; }
+    status.textContent = "Recognising…";
+    preview.src = URL.createObjectURL(file);
+    document.getElementById("result").hidden = false;
+    boxes.replaceChildren(); list.replaceChildren();
+    const form = new FormData();
+    form.append("photo", file);
+    form.append("model", model.value);
+    if (version.value) form.append("model_version", version.value);
+    const started = performance.now();
+    try {
+      let { status: code, data } = await api("POST", "/v1/recognize", form);
+      while (code === 202) {  // the workers are busy: poll until the answer is there
+        status.textContent = "Queued behind other work…";
+        await new Promise((r) => setTimeout(r, 1000));
+        ({ status: code, data } = await api("GET", data.location));
+      }
+      answer = data;
+      slider.disabled = false;
+      slider.value = data.threshold;
+      status.textContent = `${data.faces.length} face(s) · ${data.model} ${data.model_version} · ` +
+        `${Math.round(performance.now() - started)} ms`;
+      if (preview.complete) draw(); else preview.onload = draw;
+    } catch (e) {
+      status.textContent = "Could not recognise the photo: " + e.message;
+    }
+  }
+
+  model.addEventListener("change", loadVersions);
+  input.addEventListener("change", () => send(input.files[0]));
+  slider.addEventListener("input", draw);
+  window.addEventListener("resize", draw);
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault(); drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => send(e.dataTransfer.files[0]));
+  loadVersions();
+}
+
+// -- Jobs ----------------------------------------------------------------------------------------
+function progressCell(job) {
+  const total = job.progress.total || 0, done = job.progress.done || 0;
+  const pct = total ? Math.round((100 * done) / total) : (job.state === "succeeded" ? 100 : 0);
+  const bar = el("div", { class: "bar", title: `${done} of ${total || "?"}` }, el("span", { "data-pct": pct }));
+  return [bar, el("small", {}, `${done}/${total || "?"}` + (job.progress.stage ? ` · ${job.progress.stage}` : ""))];
+}
+
+function jobsPage(section) {
+  const body = document.querySelector("#jobs tbody");
+  const live = document.getElementById("live");
+  function showTimes() {
+    body.querySelectorAll(".took").forEach((cell) => { cell.textContent = took(cell.dataset.started, cell.dataset.finished); });
+  }
+  async function refresh() {
+    const query = new URLSearchParams({ limit: "50" });
+    if (section.dataset.type) query.set("type", section.dataset.type);
+    if (section.dataset.state) query.set("state", section.dataset.state);
+    try {
+      const { data } = await api("GET", "/v1/jobs?" + query);
+      document.getElementById("jobs-total").textContent = data.total;
+      body.replaceChildren(...data.jobs.map((job) => {
+        const row = el("tr", { "data-id": job.id, class: "state-" + job.state },
+          el("td", {}, el("a", { href: "/jobs/" + job.id }, job.id.slice(0, 8))),
+          el("td", {}, job.type), el("td", {}, job.params.model || ""),
+          el("td", {}, el("span", { class: "pill " + job.state }, job.state)),
+          el("td", {}, ...progressCell(job)),
+          el("td", {}, job.created_at.slice(0, 19).replace("T", " ")),
+          el("td", { class: "took", "data-started": job.started_at || "", "data-finished": job.finished_at || "" }));
+        return row;
+      }));
+      if (!data.jobs.length) body.append(el("tr", {}, el("td", { colspan: "7" }, "No jobs yet.")));
+      fillBars(body); showTimes();
+      live.textContent = "live · " + new Date().toLocaleTimeString();
+      live.classList.remove("stale");
+    } catch (e) { live.textContent = "not refreshed: " + e.message; live.classList.add("stale"); }
+  }
+  showTimes();
+  setInterval(refresh, 2000);
+}
+
+function jobPage(section) {
+  const id = section.dataset.id;
+  const cancel = document.getElementById("cancel");
+  if (cancel) {
+    cancel.addEventListener("click", async () => {
+      if (!confirm("Cancel this job?")) return;
+      try { await api("POST", `/v1/jobs/${id}/cancel`); location.reload(); } catch (e) { alert(e.message); }
+    });
+  }
+  if (["queued", "running"].includes(section.dataset.state)) {
+    const timer = setInterval(async () => {
+      try {
+        const { data: job } = await api("GET", "/v1/jobs/" + id);
+        const total = job.progress.total || 0, done = job.progress.done || 0;
+        document.getElementById("job-bar").style.width = (total ? (100 * done) / total : 0) + "%";
+        document.getElementById("job-progress").textContent = `${done} of ${total || "?"}` +
+          (job.progress.stage ? ` · ${job.progress.stage}` : "");
+        document.getElementById("job-state").textContent = job.state;
+        if (!["queued", "running"].includes(job.state)) { clearInterval(timer); location.reload(); }
+      } catch (e) { /* keep the page as it is; the next tick tries again */ }
+    }, 2000);
+  }
+}
+
+// -- Models --------------------------------------------------------------------------------------
+function modelsPage() {
+  const status = document.getElementById("models-status");
+  document.querySelectorAll("button.promote").forEach((button) => button.addEventListener("click", async () => {
+    try {
+      await api("POST", `/v1/models/${encodeURIComponent(button.dataset.model)}/promote`, { version: button.dataset.version });
+      location.reload();
+    } catch (e) { status.textContent = "Could not promote: " + e.message; }
+  }));
+  document.querySelectorAll("button.rollback").forEach((button) => button.addEventListener("click", async () => {
+    if (!confirm(`Roll ${button.dataset.model} back to its previous version?`)) return;
+    try {
+      await api("POST", `/v1/models/${encodeURIComponent(button.dataset.model)}/rollback`);
+      location.reload();
+    } catch (e) { status.textContent = "Could not roll back: " + e.message; }
+  }));
+}
+
+fillBars();
+const page = document.querySelector("[data-page]");
+if (page) {
+  ({ recognize: recognizePage, jobs: jobsPage, job: jobPage, models: modelsPage })[page.dataset.page](page);
+}

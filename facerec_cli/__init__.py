@@ -1,0 +1,1 @@
+"""The `facerec` command line: a client of the facerec HTTP API (see facerec_cli.main)."""

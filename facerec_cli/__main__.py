@@ -1,0 +1,3 @@
+from facerec_cli.main import main
+
+raise SystemExit(main())

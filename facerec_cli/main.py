@@ -1,0 +1,417 @@
+"""facerec: the command line of the facerec API.
+
+Reads the API's URL from FACEREC_API_URL (default http://127.0.0.1:8000) and the key from FACEREC_API_KEY.
+Every command prints a readable answer, or with --json the API's JSON; it exits 0 on success, 1 when the
+API refused or failed the request, 2 on bad usage, 3 when the API cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit status it gives."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Client:
+    """A small client of the /v1 API that turns every failure into a CliError with a clear message."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+        if key:
+            self.http.headers["X-API-Key"] = key
+        self.has_key = bool(key)
+
+    def call(self, method: str, path: str, ok: tuple[int, ...] = (200, 201, 202), **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        try:
+            response = self.http.request(method, f"{self.url}/v1{path}", **kwargs)
+        except requests.ConnectionError:
+            raise CliError(f"cannot reach the facerec API at {self.url}: is it running? "
+                           "(set FACEREC_API_URL to its address)", 3) from None
+        except requests.Timeout:
+            raise CliError(f"the facerec API at {self.url} did not answer in time", 3) from None
+        if response.status_code in ok:
+            return response
+        try:
+            message = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text.strip()[:300] or response.reason
+        if response.status_code == 401:
+            hint = "set FACEREC_API_KEY to your API key" if not self.has_key else "check FACEREC_API_KEY"
+            raise CliError(f"the API refused the key: {message} ({hint})")
+        raise CliError(f"{method} /v1{path} failed with {response.status_code}: {message}")
+
+    def json(self, method: str, path: str, **kwargs) -> Any:
+        return self.call(method, path, **kwargs).json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    client = Client(os.environ.get("FACEREC_API_URL", DEFAULT_URL), os.environ.get("FACEREC_API_KEY", ""))
+    try:
+        return args.run(client, args) or 0
+    except CliError as err:
+        print(f"facerec: {err}", file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facerec", description="Face recognition jobs from the command line (FACEREC_API_URL, FACEREC_API_KEY).",
+        epilog="Exit status: 0 done, 1 refused or failed, 2 bad usage, 3 API unreachable.")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+
+    def command(name: str, run, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        sub.set_defaults(run=run)
+        return sub
+
+    sub = command("upload-dataset", upload_dataset, "upload labelled photos: a folder (one sub-folder per person) "
+                  "or a zip, to datasets/NAME/")
+    sub.add_argument("name")
+    sub.add_argument("path", type=Path)
+    sub.add_argument("--append", action="store_true", help="add new photos to an existing dataset")
+
+    sub = command("upload-inbox", upload_inbox, "upload photos to recognise: a folder, a zip or photo files, "
+                  "to inboxes/NAME/")
+    sub.add_argument("name")
+    sub.add_argument("paths", type=Path, nargs="+")
+    sub.add_argument("--append", action="store_true", help="add new photos to an existing inbox")
+
+    sub = command("train", train, "train a new version of a model on an uploaded dataset")
+    sub.add_argument("model")
+    _source(sub, "dataset")
+    sub.add_argument("--type", dest="model_type", choices=("embedding", "centroid", "cnn", "finetune"))
+    sub.add_argument("--promotion-margin", type=float)
+    _watch(sub)
+
+    sub = command("enroll", enroll, "add or update people in a centroid model, without retraining")
+    sub.add_argument("model")
+    _source(sub, "dataset")
+    _watch(sub)
+
+    sub = command("recognize-job", recognize_job, "recognise every photo of an inbox (a bulk job)")
+    sub.add_argument("model")
+    _source(sub, "inbox")
+    sub.add_argument("--version", help="the model version (default: current)")
+    sub.add_argument("--output-prefix")
+    _watch(sub)
+
+    sub = command("recognize", recognize, "recognise the faces in one photo and print them")
+    sub.add_argument("photo", type=Path)
+    sub.add_argument("--model", default="default")
+    sub.add_argument("--version", help="the model version (default: current)")
+    sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer")
+
+    sub = command("job", show_job, "show a job; --watch follows it with a progress bar until it ends")
+    sub.add_argument("job_id")
+    _watch(sub)
+
+    sub = command("jobs", list_jobs, "list jobs, newest first")
+    sub.add_argument("--type", choices=("training", "recognition", "enroll"))
+    sub.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    sub.add_argument("--limit", type=int, default=20)
+    sub.add_argument("--offset", type=int, default=0)
+
+    sub = command("cancel", cancel, "cancel a queued or running job")
+    sub.add_argument("job_id")
+
+    sub = command("results", results, "download a finished recognition job's results (JSONL)")
+    sub.add_argument("job_id")
+    sub.add_argument("-o", "--output", type=Path, help="file to write (default: print)")
+
+    sub = command("models", models, "list models, or a model's versions")
+    sub.add_argument("name", nargs="?")
+
+    sub = command("promote", promote, "make a version the current one")
+    sub.add_argument("model")
+    sub.add_argument("version")
+
+    sub = command("rollback", rollback, "make the previous version current again")
+    sub.add_argument("model")
+    return parser
+
+
+def _source(sub: argparse.ArgumentParser, kind: str) -> None:
+    group = sub.add_mutually_exclusive_group(required=True)
+    group.add_argument(f"--{kind}", help=f"an uploaded {kind}'s name")
+    group.add_argument("--prefix", help="a storage prefix instead")
+
+
+def _watch(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--watch", action="store_true", help="follow the job with a live progress bar until it ends; "
+                                                          "exit non-zero unless it succeeds")
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+def upload_dataset(client: Client, args) -> int:
+    if not args.path.exists():
+        raise CliError(f"{args.path} does not exist", 2)
+    if args.path.is_file():
+        with open(args.path, "rb") as body:
+            answer = client.json("POST", f"/datasets/{args.name}", params=_append(args), data=body,
+                                 headers={"Content-Type": "application/zip"})
+    else:
+        people = sorted(p for p in args.path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        photos = [(person.name, photo) for person in people for photo in sorted(person.iterdir())
+                  if photo.suffix.lower() in PHOTO_SUFFIXES]
+        if not photos:
+            raise CliError(f"no photos in {args.path}: expected {args.path}/<person>/<photo>", 2)
+        answer = client.json("POST", f"/datasets/{args.name}", params=_append(args), data=_zip(
+            (f"{person}/{photo.name}", photo) for person, photo in photos), headers={"Content-Type": "application/zip"})
+    return _print(args, answer, f"uploaded {answer['photos']} photos of {answer.get('people')} people "
+                                f"to {answer['prefix']}")
+
+
+def upload_inbox(client: Client, args) -> int:
+    if len(args.paths) == 1 and args.paths[0].is_file() and args.paths[0].suffix.lower() == ".zip":
+        body = open(args.paths[0], "rb")  # noqa: SIM115 (closed below)
+    else:
+        files = []
+        for path in args.paths:
+            if not path.exists():
+                raise CliError(f"{path} does not exist", 2)
+            found = sorted(path.iterdir()) if path.is_dir() else [path]
+            files += [p for p in found if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES]
+        if not files:
+            raise CliError("no photos given", 2)
+        body = _zip((p.name, p) for p in files)
+    with body:
+        answer = client.json("POST", f"/inboxes/{args.name}", params=_append(args), data=body,
+                             headers={"Content-Type": "application/zip"})
+    return _print(args, answer, f"uploaded {answer['photos']} photos to {answer['prefix']}")
+
+
+def train(client: Client, args) -> int:
+    body = {"model": args.model, "dataset_prefix": args.prefix or f"datasets/{args.dataset}"}
+    if args.model_type:
+        body["model_type"] = args.model_type
+    if args.promotion_margin is not None:
+        body["promotion_margin"] = args.promotion_margin
+    return _submit(client, args, "/jobs/training", body)
+
+
+def enroll(client: Client, args) -> int:
+    return _submit(client, args, "/jobs/enroll",
+                   {"model": args.model, "dataset_prefix": args.prefix or f"datasets/{args.dataset}"})
+
+
+def recognize_job(client: Client, args) -> int:
+    body = {"model": args.model, "input_prefix": args.prefix or f"inboxes/{args.inbox}"}
+    if args.version:
+        body["model_version"] = args.version
+    if args.output_prefix:
+        body["output_prefix"] = args.output_prefix
+    return _submit(client, args, "/jobs/recognition", body)
+
+
+def recognize(client: Client, args) -> int:
+    if not args.photo.is_file():
+        raise CliError(f"{args.photo} is not a file", 2)
+    fields = {"model": args.model, "wait_s": str(min(args.wait, 30))}
+    if args.version:
+        fields["model_version"] = args.version
+    with open(args.photo, "rb") as file:
+        response = client.call("POST", "/recognize", files={"photo": (args.photo.name, file)}, data=fields)
+    answer = response.json()
+    deadline = time.monotonic() + max(args.wait, 1) * 10
+    while response.status_code == 202 and time.monotonic() < deadline:  # the workers are busy: poll
+        time.sleep(1)
+        response = client.call("GET", f"/recognize/{answer['id']}")
+        answer = response.json()
+    if response.status_code == 202:
+        raise CliError(f"no answer yet; ask again later: GET /v1/recognize/{answer['id']}")
+    lines = [f"{args.photo.name}: {len(answer['faces'])} face(s), model {answer['model']} {answer['model_version']}"]
+    for i, face in enumerate(answer["faces"]):
+        main_face = " (main face)" if i == answer.get("main_face") else ""
+        x, y, w, h = face["box"]
+        lines.append(f"  {face['identity']:<30} confidence {face['confidence']:.2f}  box {x:.0f},{y:.0f} "
+                     f"{w:.0f}x{h:.0f}{main_face}")
+    return _print(args, answer, "\n".join(lines))
+
+
+def show_job(client: Client, args) -> int:
+    if args.watch:
+        return _follow(client, args, args.job_id)
+    job = client.json("GET", f"/jobs/{args.job_id}")
+    _print(args, job, _describe(job))
+    return 0
+
+
+def list_jobs(client: Client, args) -> int:
+    params = {"limit": args.limit, "offset": args.offset}
+    params.update({k: v for k, v in (("type", args.type), ("state", args.state)) if v})
+    answer = client.json("GET", "/jobs", params=params)
+    rows = [f"{job['id']}  {job['type']:<11} {job['state']:<10} {_progress(job):>12}  {job['created_at'][:19]}  "
+            f"{job['params'].get('model', '')}" for job in answer["jobs"]]
+    shown = f"{answer['offset'] + 1}-{answer['offset'] + len(answer['jobs'])}" if answer["jobs"] else "none"
+    return _print(args, answer, "\n".join(rows + [f"({shown} of {answer['total']})"]))
+
+
+def cancel(client: Client, args) -> int:
+    job = client.json("POST", f"/jobs/{args.job_id}/cancel")
+    return _print(args, job, f"job {job['id']} is {job['state']}")
+
+
+def results(client: Client, args) -> int:
+    response = client.call("GET", f"/jobs/{args.job_id}/results", ok=(200, 302), allow_redirects=False,
+                           stream=True)
+    if response.status_code == 302:
+        # A presigned URL on the storage: fetched without the API key, which is for the API only.
+        try:
+            response = requests.get(response.headers["Location"], stream=True, timeout=120)
+            response.raise_for_status()
+        except requests.RequestException as err:
+            raise CliError(f"could not download the results from storage: {err}") from None
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115 (closed below)
+    lines = 0
+    try:
+        for chunk in response.iter_content(1024 * 1024):
+            out.write(chunk)
+            lines += chunk.count(b"\n")
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+    if args.output:
+        message = f"wrote {lines} results to {args.output}"
+        print(json.dumps({"job": args.job_id, "results": lines, "file": str(args.output)}) if args.json else message)
+    return 0
+
+
+def models(client: Client, args) -> int:
+    if args.name:
+        answer = client.json("GET", f"/models/{args.name}")
+        rows = [f"{'*' if v['version'] == answer['current_version'] else ' '} {v['version']}  {v.get('model_type', '')}"
+                f"  accuracy {_metric(v, 'accuracy')}" for v in answer["versions"]]
+        return _print(args, answer, "\n".join([f"{answer['name']} (* current)"] + rows))
+    answer = client.json("GET", "/models", params={"limit": 200})
+    rows = [f"{m['name']:<24} current {m['current_version'] or '-'}" for m in answer["models"]]
+    return _print(args, answer, "\n".join(rows) or "no models yet")
+
+
+def promote(client: Client, args) -> int:
+    answer = client.json("POST", f"/models/{args.model}/promote", json={"version": args.version})
+    return _print(args, answer, f"{answer['name']}: current version is now {answer['current_version']}")
+
+
+def rollback(client: Client, args) -> int:
+    answer = client.json("POST", f"/models/{args.model}/rollback")
+    return _print(args, answer, f"{answer['name']}: rolled back, current version is now {answer['current_version']}")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _submit(client: Client, args, path: str, body: dict) -> int:
+    job = client.json("POST", path, json=body)
+    if args.watch:
+        return _follow(client, args, job["id"])
+    return _print(args, job, f"submitted {job['type']} job {job['id']} ({job['state']}); "
+                             f"follow it with: facerec job {job['id']} --watch")
+
+
+def _follow(client: Client, args, job_id: str) -> int:
+    """Poll the job with a live progress bar until it ends; non-zero unless it succeeded."""
+    from tqdm import tqdm
+
+    job = client.json("GET", f"/jobs/{job_id}")
+    bar = tqdm(total=job["progress"].get("total") or 0, desc=f"{job['type']} {job_id[:8]}", unit="photo",
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        while True:
+            progress = job["progress"]
+            if progress.get("total") and bar.total != progress["total"]:
+                bar.total = progress["total"]
+            bar.n = progress.get("done") or 0
+            bar.set_postfix_str(f"{job['state']}" + (f", {progress['stage']}" if progress.get("stage") else ""))
+            bar.refresh()
+            if job["state"] in TERMINAL:
+                break
+            time.sleep(1)
+            job = client.json("GET", f"/jobs/{job_id}")
+    finally:
+        bar.close()
+    _print(args, job, _describe(job))
+    if job["state"] != "succeeded":
+        raise CliError(f"job {job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+    return 0
+
+
+def _describe(job: dict) -> str:
+    lines = [f"job {job['id']}: {job['type']}, {job['state']}, {_progress(job)}",
+             f"  created {job['created_at']}  started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}"]
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    result = job.get("result") or {}
+    if job["type"] == "recognition" and result:
+        lines.append(f"  {result.get('images')} photos, {result.get('faces')} faces, {result.get('unknown_faces')} "
+                     f"unknown, {result.get('errors')} errors; download: facerec results {job['id']} -o results.jsonl")
+    elif result.get("version"):
+        lines.append(f"  version {result['version']} of {result['model']}, accuracy {_metric(result, 'accuracy')}"
+                     + (", current" if result.get("promoted") or result.get("current") else ""))
+    return "\n".join(lines)
+
+
+def _progress(job: dict) -> str:
+    progress = job["progress"]
+    return f"{progress.get('done', 0)}/{progress.get('total') or '?'}"
+
+
+def _metric(record: dict, name: str) -> str:
+    value = (record.get("metrics") or {}).get(name)
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _append(args) -> dict:
+    return {"append": "true"} if args.append else {}
+
+
+def _zip(entries):
+    """The photos in a zip (stored, not compressed: JPEGs do not shrink) in a temporary file, which
+    requests then streams: a large dataset is never held in memory."""
+    file = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it)
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+        for name, path in entries:
+            archive.write(path, name)
+    file.seek(0)
+    return file
+
+
+def _print(args, answer: Any, text: str) -> int:
+    print(json.dumps(answer, indent=2) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
