@@ -3,15 +3,18 @@
 This is what ageitgey/face_recognition does with its defaults (`face_locations(model="hog")` with one
 upsampling, `face_encodings(model="small")`, no jitter), rebuilt on dlib-bin directly because the
 `face_recognition` package needs dlib built from source. Photos are spread over a process pool, as
-face_recognition's CLI does with --cpus; each process loads the dlib models once.
+face_recognition's CLI does with --cpus; each process loads the dlib models once. By default there is
+one process per core (os.cpu_count()): dlib runs one thread per process, while our TensorFlow uses
+every core, so fewer processes would leave the baseline short of cores that ours uses.
 
-    with BaselineEncoder(processes=2) as encoder:
+    with BaselineEncoder() as encoder:
         result = encoder.encode(paths)   # result.descriptors[i] is None where no face was found
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
@@ -19,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# Light: pipeline.detect loads TensorFlow only when it detects, not in the pool processes.
+from pipeline.detect import Face, main_face
 
 UPSAMPLE = 1  # face_recognition's default number_of_times_to_upsample
 LOAD_TIMEOUT_S = 120
@@ -55,24 +61,29 @@ def _load_models(loaded: Barrier | None = None) -> None:
         loaded.wait()
 
 
+def main_rectangle(rectangles, width: int, height: int) -> int:
+    """Index of the subject among dlib's rectangles, by our pipeline's rule (pipeline.detect.main_face:
+    among the faces whose box holds the photo's centre, the one whose centre is nearest it; else the
+    largest), so that both pipelines are scored on the same face. dlib's rectangles are inclusive:
+    width() is right - left + 1."""
+    faces = [Face(box=(r.left(), r.top(), r.width(), r.height()), score=1.0, landmarks=np.zeros((5, 2)))
+             for r in rectangles]
+    return main_face(faces, width, height)
+
+
 def describe_photo(path: str | Path) -> np.ndarray | None:
     """The 128-d descriptor of the photo's subject, or None when no face is found.
 
-    The subject is chosen as our pipeline chooses it (pipeline.detect.main_face: the largest face
-    holding the photo's centre, else the largest), so both pipelines are scored on the same face."""
+    The subject is chosen by our pipeline's rule (main_rectangle), so both pipelines score the same face."""
     if _models is None:
         _load_models()
-    import dlib
-
     detector, predictor, network = _models
     # face_recognition's load_image_file: PIL, converted to 8-bit RGB.
     image = np.asarray(Image.open(path).convert("RGB"))
     faces = detector(image, UPSAMPLE)
     if not faces:
         return None
-    # main_face's rule on dlib's rectangles (importing pipeline.detect would load TensorFlow here).
-    centre = dlib.point(image.shape[1] // 2, image.shape[0] // 2)
-    subject = max([r for r in faces if r.contains(centre)] or faces, key=lambda r: r.area())
+    subject = faces[main_rectangle(faces, image.shape[1], image.shape[0])]
     # num_jitters 0 and 1 both mean no jitter in dlib; face_recognition passes 1.
     descriptor = network.compute_face_descriptor(image, predictor(image, subject), num_jitters=0)
     return np.asarray(descriptor, dtype=np.float32)
@@ -85,8 +96,8 @@ class BaselineEncoder:
     loading each time (the models load as the pool starts, before the first call is timed).
     """
 
-    def __init__(self, processes: int = 2) -> None:
-        self.processes = processes
+    def __init__(self, processes: int | None = None) -> None:
+        self.processes = processes = processes or os.cpu_count() or 1
         # Wait until every process has its models, so that no encode() call times the loading.
         loaded = multiprocessing.Barrier(processes + 1)
         self._pool = multiprocessing.Pool(processes, initializer=_load_models, initargs=(loaded,))
@@ -109,7 +120,7 @@ class BaselineEncoder:
         self.close()
 
 
-def encode_photos(paths: list[str | Path], processes: int = 2) -> BaselineResult:
+def encode_photos(paths: list[str | Path], processes: int | None = None) -> BaselineResult:
     """Describe every photo with a fresh pool (its start-up and model loading are not timed)."""
     with BaselineEncoder(processes) as encoder:
         return encoder.encode(paths)

@@ -15,10 +15,12 @@ the frozen ResNet embedding's nearest centroid gets 100% and 99.8% on the same t
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from bench.lfw import lfw_items
+from bench.machine import machine_info
 from config import load_settings
 from pipeline.dataset import Item, stratified_split
 from pipeline.detect import FaceDetector
@@ -49,6 +51,7 @@ def top1(items: list[Item], extracted: ExtractedFaces) -> tuple[float, int]:
 
 def main() -> None:
     start = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     settings = load_settings()
     lfw_dir = settings.datasets_dir / "lfw-deepfunneled"
     pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir))
@@ -66,6 +69,7 @@ def main() -> None:
                     f"train_seconds_{min_photos}": round(time.perf_counter() - started, 1)}
         print(f">= {min_photos} photos: top-1 {accuracy:.1%} after {epochs} epochs", flush=True)
     summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary |= machine_info(load_at_start)
     RESULTS_PATH.parent.mkdir(exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(summary) + "\n")
     print(json.dumps(summary))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from bench.machine import machine_info
 from config import load_settings
 from pipeline.decode import decode_image
 from pipeline.detect import Face, FaceDetector
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000, help="LFW photos (every k-th of the sorted list)")
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]
     photos = lfw_photos(args.count)
     print(f"{len(photos)} LFW photos, {photos[0].shape[1]}x{photos[0].shape[0]}")
 
@@ -126,6 +129,7 @@ def main() -> None:
         "best_batch_size": best_batch_size,
         "mean_landmark_diff_px": round(float(np.mean(distances)), 4),
         "mean_landmark_diff_unrounded_px": float(np.mean(unrounded)),
+        **machine_info(load_at_start),
     }
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(summary, indent=2) + "\n")

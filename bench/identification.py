@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sklearn.svm import LinearSVC
 
 from bench.baseline import BaselineEncoder
 from bench.lfw import lfw_items
+from bench.machine import machine_info
 from config import load_settings
 from pipeline.dataset import Item, stratified_split
 from pipeline.models import MODEL_TYPES, UNKNOWN, create_model
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--types", default=",".join(MODEL_TYPES), help="comma-separated model types")
     args = parser.parse_args()
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     settings = load_settings()
     lfw = settings.datasets_dir / "lfw-deepfunneled"
     items = lfw_items(lfw, args.min_photos)
@@ -94,7 +97,7 @@ def main() -> None:
     pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir, mirror=settings.mirror_faces))
     extracted = extract_faces(LocalStorage(lfw), pipeline, items, batch_size=64)
     print(f"ours: faces in {len(extracted.items)} photos, no face in {len(extracted.no_face)}")
-    with BaselineEncoder(processes=2) as encoder:
+    with BaselineEncoder() as encoder:  # one process per core
         encoded = encoder.encode([lfw / item.key for item in items])
     descriptors = {item.key: d for item, d in zip(items, encoded.descriptors)}
     print(f"baseline: no face in {encoded.no_face} photos")
@@ -136,6 +139,7 @@ def main() -> None:
         print(f"open set, {model_type}: {result['stranger_rejection']:.4f} of strangers rejected, "
               f"known accuracy {result['known_accuracy']:.4f}")
     figures["seconds"] = round(time.perf_counter() - started)
+    figures |= {"baseline_processes": encoder.processes, **machine_info(load_at_start)}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))

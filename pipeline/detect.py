@@ -73,8 +73,11 @@ class FaceDetector:
         self.device = device
         self._networks = _Networks(device)
 
-    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Return, for each RGB uint8 image (H, W, 3), its faces sorted by decreasing box area."""
+    def detect(self, images: list[np.ndarray], min_face_size: int | None = None) -> list[list[Face]]:
+        """Return, for each RGB uint8 image (H, W, 3), its faces sorted by decreasing box area.
+        min_face_size (default: the detector's) is the smallest face looked for, in pixels: a larger one
+        leaves out the finest pyramid levels, the costliest."""
+        min_face_size = min_face_size or self.min_face_size
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             by_shape[image.shape].append(index)
@@ -83,7 +86,8 @@ class FaceDetector:
             batch_size = max(1, min(self.batch_size, MAX_BATCH_PIXELS // (height * width)))
             for start in range(0, len(indices), batch_size):
                 batch = indices[start:start + batch_size]
-                for index, faces in zip(batch, self._detect_same_size(np.stack([images[i] for i in batch]))):
+                found = self._detect_same_size(np.stack([images[i] for i in batch]), min_face_size)
+                for index, faces in zip(batch, found):
                     results[index] = sorted(self._confident(faces), key=lambda f: f.box[2] * f.box[3], reverse=True)
         return results
 
@@ -94,7 +98,7 @@ class FaceDetector:
         best = max(faces, key=lambda f: f.score)
         return [best] if best.score >= self.fallback_score else []
 
-    def _detect_same_size(self, images: np.ndarray) -> list[list[Face]]:
+    def _detect_same_size(self, images: np.ndarray, min_face_size: int) -> list[list[Face]]:
         """The three stages on a (B, H, W, 3) uint8 batch."""
         import tensorflow as tf  # here, not at the top, so that importing Face or main_face stays light
 
@@ -102,7 +106,7 @@ class FaceDetector:
         with tf.device(self.device):
             # Exact in float32 (half-integers over a power of two), as the package's float64.
             normalized = tf.constant((images.astype(np.float32) - 127.5) / 128)
-            boxes = self._propose(normalized)
+            boxes = self._propose(normalized, min_face_size)
             boxes = self._refine(normalized, boxes)
             boxes, landmarks = self._output(normalized, boxes)
         # Like the package's fit_to_image: boxes (not landmarks) are clipped to the photo.
@@ -114,11 +118,11 @@ class FaceDetector:
                                           score=float(score), landmarks=points.reshape(2, 5).T.copy()))
         return faces
 
-    def _propose(self, normalized) -> np.ndarray:
+    def _propose(self, normalized, min_face_size: int) -> np.ndarray:
         """PNet over the image pyramid: squared candidate boxes, rows (image, x1, y1, x2, y2, score)."""
         height, width = normalized.shape[1:3]
         kept_per_scale = []
-        for scale in pyramid_scales(width, height, self.min_face_size):
+        for scale in pyramid_scales(width, height, min_face_size):
             # Truncated like the package's resize (tf.image.resize casts the float size to int).
             size = (np.asarray([height, width]) * scale).astype(np.int32)
             cells, regression, scores = (t.numpy() for t in self._networks.pnet(normalized, size))

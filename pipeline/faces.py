@@ -20,6 +20,16 @@ from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
 # 32 megapixels is about ten working-size photos; the detector cuts its own batches finer still.
 MAX_BATCH_PIXELS = 32_000_000
 
+# A photo where no face is found is searched again with a margin of this share of each side added around
+# it, in mid grey: a face that fills the whole photo (a tight crop, no margin around the head) is one
+# MTCNN's proposals, anchored inside the photo, can miss; the margin also fills the chip's border with
+# grey rather than black. Only faces of at least RETRY_MIN_FACE of the padded photo's shorter side are
+# looked for, which leaves out the pyramid's costliest levels. Photos with a face are never retried, so
+# this changes nothing for them.
+RETRY_MARGIN = 0.3
+RETRY_MIN_FACE = 0.3
+RETRY_FILL = 128
+
 
 @dataclass
 class PhotoFaces:
@@ -115,17 +125,31 @@ class FacePipeline:
         start = time.perf_counter()
         order = list(decoded)
         detections = self.detector.detect([decoded[i].pixels for i in order]) if order else []
+        # Pixels the faces were found in (a retried photo's padded pixels) and their offset in them.
+        searched = {i: (decoded[i].pixels, 0, 0) for i in order}
+        retry: dict[tuple, list[int]] = {}  # photos without a face, by shape: one detection per shape
+        for i, faces in zip(order, detections):
+            if not faces:
+                retry.setdefault(decoded[i].pixels.shape, []).append(i)
+        for same_shape in retry.values():
+            padded = [_with_margin(decoded[i].pixels) for i in same_shape]
+            min_face = max(self.detector.min_face_size, int(RETRY_MIN_FACE * min(padded[0][0].shape[:2])))
+            found_again = self.detector.detect([pixels for pixels, _, _ in padded], min_face_size=min_face)
+            for i, margined, faces in zip(same_shape, padded, found_again):
+                if faces:
+                    detections[order.index(i)], searched[i] = faces, margined
         self._tick("detect", start)
 
         start = time.perf_counter()
         chips, owners = [], []
         for index, faces in zip(order, detections):
             photo = decoded[index]
+            pixels, left, top = searched[index]
             for face in faces:
-                chips.append(align_face(photo.pixels, face.landmarks))
+                chips.append(align_face(pixels, face.landmarks))
                 owners.append(index)
             # Chips are cut from the pixels the detector saw; results speak of the original photo.
-            results[index].faces = [_in_original(face, photo) for face in faces]
+            results[index].faces = [_in_original(_unpadded(face, left, top, photo), photo) for face in faces]
         self._tick("align", start)
         return results, chips, owners
 
@@ -143,6 +167,26 @@ class FacePipeline:
 
     def _tick(self, stage: str, start: float) -> None:
         self.timings_ms[stage] += (time.perf_counter() - start) * 1000
+
+
+def _with_margin(pixels: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The pixels inside a RETRY_MARGIN border of mid grey, and the offset (left, top) of the photo in them."""
+    height, width = pixels.shape[:2]
+    left, top = round(RETRY_MARGIN * width), round(RETRY_MARGIN * height)
+    padded = np.pad(pixels, ((top, top), (left, left), (0, 0)), constant_values=RETRY_FILL)
+    return padded, left, top
+
+
+def _unpadded(face: Face, left: int, top: int, photo: Photo) -> Face:
+    """A face found in the padded pixels, in the photo's own pixels: its box clipped to them (the
+    detector clips boxes to what it saw); the landmarks, like the detector's, are not clipped."""
+    if left == top == 0:
+        return face
+    height, width = photo.pixels.shape[:2]
+    x, y, w, h = face.box
+    x1, y1 = min(max(x - left, 0), width - 1), min(max(y - top, 0), height - 1)
+    x2, y2 = min(max(x + w - left, 0), width - 1), min(max(y + h - top, 0), height - 1)
+    return Face(box=(x1, y1, x2 - x1, y2 - y1), score=face.score, landmarks=face.landmarks - [left, top])
 
 
 def _in_original(face: Face, photo: Photo) -> Face:

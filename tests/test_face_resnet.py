@@ -6,8 +6,11 @@ import pytest
 from bench.embedding import cosine_similarities, cut_chips_with_dlib, dlib_descriptors, dlib_face_model
 from pipeline import face_resnet
 from pipeline.face_resnet import (
+    ACCURATE,
     CHIP_SIZE,
     DESCRIPTOR_SIZE,
+    PLAIN,
+    Crop,
     FaceResNetEmbedder,
     load_face_resnet,
     preprocess_chips,
@@ -89,3 +92,47 @@ def test_mirroring_averages_the_descriptors_of_the_chip_and_its_mirror_image(lfw
     expected = (embedder.embed(chips) + embedder.embed(chips[:, :, ::-1].copy())) / 2
     np.testing.assert_allclose(mirrored.embed(chips), expected, atol=1e-5)
     assert mirrored.name != embedder.name  # a model version records which descriptor it was trained on
+
+
+def test_the_default_embedder_embeds_the_chip_alone_as_dlib_does(lfw_chips, dlib_reference, face_resnet_cache):
+    """The accurate mode is opt-in: without crops, descriptors are the chip's own (dlib's, to float rounding)."""
+    default = FaceResNetEmbedder(face_resnet_cache)
+    assert default.crops == PLAIN
+    assert "crops" not in default.name
+    assert_parity(default.embed(lfw_chips), dlib_reference, "default embedder")
+
+
+def test_a_crop_moves_magnifies_and_turns_the_chip_content() -> None:
+    import keras
+
+    dot = np.zeros((1, CHIP_SIZE, CHIP_SIZE, 1), np.float32)
+    dot[0, 40, 60] = 1.0  # row (y) 40, column (x) 60; the chip's centre is (74.5, 74.5)
+
+    def where(crop: Crop) -> tuple[int, int]:
+        moved = np.asarray(keras.ops.image.affine_transform(dot, crop.sampling_transform()))[0, :, :, 0]
+        y, x = np.unravel_index(moved.argmax(), moved.shape)
+        return int(x), int(y)
+
+    assert where(Crop()) == (60, 40)
+    assert where(Crop(dx=3)) == (63, 40)
+    assert where(Crop(dy=-3)) == (60, 37)
+    assert where(Crop(scale=2)) == (45, 5)  # twice as far from the centre
+    assert where(Crop(angle=90)) == (40, 89)  # upper left of the centre to lower left: counter-clockwise
+
+
+def test_crops_average_the_descriptors_of_each_view_and_its_mirror(lfw_chips, face_resnet_cache):
+    import keras
+
+    chips = lfw_chips[:4]
+    crops = (Crop(), Crop(dx=3), Crop(scale=1.05))
+    accurate = FaceResNetEmbedder(face_resnet_cache, mirror=True, crops=crops)
+    single = FaceResNetEmbedder(face_resnet_cache, mirror=True)
+    views = []
+    for crop in crops:
+        # The view as the embedder cuts it, then scaled back to uint8 chips for the plain embedder.
+        view = keras.ops.image.affine_transform(chips.astype(np.float32), crop.sampling_transform(),
+                                                fill_mode="nearest")
+        views.append(single.embed(np.clip(np.round(np.asarray(view)), 0, 255).astype(np.uint8)))
+    np.testing.assert_allclose(accurate.embed(chips), np.mean(views, axis=0), atol=2e-3)
+    assert accurate.name != single.name and "crops" in accurate.name
+    assert len(ACCURATE) > 1 and ACCURATE[0] == Crop()
