@@ -40,11 +40,13 @@ class DatasetSource(BaseModel):
 
 class TrainingRequest(DatasetSource):
     """Train a new version of a model. With promotion_margin set, the new version becomes current
-    only if its validation accuracy is not below the current version's by more than the margin."""
+    only if its accuracy, on photos neither version was fitted or tuned on, is not below the current
+    version's by more than the margin."""
 
     model_type: ModelType = "embedding"
     model_params: dict = Field(default_factory=dict)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_manifest: StorageKey | None = None
     stranger_fraction: float = Field(0.0, ge=0, lt=1)
     promotion_margin: float | None = Field(None, ge=0, le=1)
@@ -54,6 +56,8 @@ class TrainingRequest(DatasetSource):
     @model_validator(mode="after")
     def bounded_model_params(self):
         self.model_params = validate_model_params(self.model_type, self.model_params)
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave at least 10% of the photos to train on")
         return self
 
 
@@ -67,7 +71,7 @@ class ScheduleRequest(DatasetSource):
     cron: Annotated[str, StringConstraints(min_length=9, max_length=100)]
     model_type: ModelType = "embedding"
     promotion_margin: float = Field(0.0, ge=0, le=1)
-    validation_manifest: StorageKey | None = None  # fixed photos every run's promotion is decided on
+    validation_manifest: StorageKey | None = None  # fixed photos every run's promotion is decided on (not tuned on)
 
 
 class RecognitionRequest(BaseModel):

@@ -158,6 +158,7 @@ def train(self: JobTask, job_id: str) -> None:
     training = TrainingParams(model_type=params.get("model_type", "embedding"),
                               model_params=params.get("model_params", {}),
                               validation_fraction=params.get("validation_fraction", 0.2),
+                              test_fraction=params.get("test_fraction", 0.2),
                               stranger_fraction=params.get("stranger_fraction", 0.0))
     record = train_model(storage, runtime.face_pipeline(), items, params["model"], training,
                          _progress_or_stop(jobs, job_id), promotion_items=held_out,
