@@ -19,7 +19,7 @@ HEADER = "X-API-Key"
 # The web pages' scripts call the API with the key kept in the session cookie, which only counts with
 # this header holding the session's token: a page of another site can send the cookie, not the header.
 CSRF_HEADER = "X-CSRF-Token"
-OPEN_ENDPOINTS = {"v1.health", "openapi"}
+OPEN_ENDPOINTS = {"v1.health", "openapi", "static"}  # static: the pages' script and style
 PAGE_BLUEPRINT = "web."  # api.web: its pages check the session themselves and send to the login form
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Rules as in app.url_map. Writes that are not listed here need admin, so a new route is safe by
