@@ -42,6 +42,7 @@ class Settings:
     datasets_dir: Path = REPO_ROOT.parent / "shared" / "datasets"
     queue_gpu: str = "gpu"
     queue_default: str = "default"
+    queue_interactive: str = "interactive"
     chunk_size: int = 256
     worker_max_memory_mb: int = 8192
     task_max_retries: int = 3
@@ -51,6 +52,9 @@ class Settings:
     max_resumes: int = 3
     training_time_limit_s: int = 6 * 3600
     visibility_timeout_s: int = 2 * 3600
+    max_upload_mb: int = 2048
+    secret_key: str = ""
+    session_cookie_secure: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -90,6 +94,7 @@ def load_settings() -> Settings:
         datasets_dir=Path(_env("FACEREC_DATASETS") or REPO_ROOT.parent / "shared" / "datasets").resolve(),
         queue_gpu=_env("FACEREC_QUEUE_GPU", "gpu"),
         queue_default=_env("FACEREC_QUEUE_DEFAULT", "default"),
+        queue_interactive=_env("FACEREC_QUEUE_INTERACTIVE", "interactive"),
         chunk_size=_env_int("FACEREC_CHUNK_SIZE", 256),
         worker_max_memory_mb=_env_int("FACEREC_WORKER_MAX_MEMORY_MB", 8192),
         task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
@@ -99,4 +104,7 @@ def load_settings() -> Settings:
         max_resumes=_env_int("FACEREC_MAX_RESUMES", 3),
         training_time_limit_s=_env_int("FACEREC_TRAINING_TIME_LIMIT_S", 6 * 3600),
         visibility_timeout_s=_env_int("FACEREC_VISIBILITY_TIMEOUT_S", 2 * 3600),
+        max_upload_mb=_env_int("FACEREC_MAX_UPLOAD_MB", 2048),
+        secret_key=_env("FACEREC_SECRET_KEY"),
+        session_cookie_secure=_env("FACEREC_SESSION_COOKIE_SECURE", "1") not in ("0", "false", "no"),
     )

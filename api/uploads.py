@@ -32,7 +32,7 @@ from workers import runtime
 from workers.jobs import SUCCEEDED
 
 # One place for the upload bound until config.py has it.
-MAX_UPLOAD_BYTES = int(os.environ.get("FACEREC_MAX_UPLOAD_MB", "2048")) * 1024 * 1024
+MAX_UPLOAD_BYTES = runtime.settings().max_upload_mb * 1024 * 1024
 MAX_FILES = 100_000
 MAX_FORM_PARTS = 20_000  # multipart files per request (werkzeug's default is 1,000)
 # Names of datasets, inboxes, people and files: letters, digits and . _ - ( ) + and spaces inside,

@@ -9,7 +9,6 @@ header, and the API accepts the session's key only with it (api.auth.session_key
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from urllib.parse import urlsplit
 
@@ -32,14 +31,14 @@ def configure_sessions(app: Flask, entries: list[str] | tuple[str, ...]) -> None
     """Sign session cookies with FACEREC_SECRET_KEY, or else with a secret derived from the configured key
     entries, the same in every API process (a session holds a key that is checked again on every request,
     so a forged cookie gets nothing that its key would not)."""
-    secret = os.environ.get("FACEREC_SECRET_KEY", "").strip()
+    secret = runtime.settings().secret_key
     app.secret_key = secret or hashlib.sha256(("facerec-session\n" + "\n".join(entries)).encode()).hexdigest()
     app.config.update(
         SESSION_COOKIE_NAME="facerec_session",
         SESSION_COOKIE_HTTPONLY=True,
         # Browsers keep Secure cookies over plain http on localhost only; set 0 to serve pages over plain
         # http elsewhere (better: put TLS in front).
-        SESSION_COOKIE_SECURE=os.environ.get("FACEREC_SESSION_COOKIE_SECURE", "1").strip() != "0",
+        SESSION_COOKIE_SECURE=runtime.settings().session_cookie_secure,
         SESSION_COOKIE_SAMESITE="Strict",
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )

@@ -7,8 +7,6 @@ FACEREC_DATA_DIR, shared by every process on the machine.
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 from kombu.transport import sqlalchemy as sqlalchemy_transport
@@ -18,8 +16,8 @@ from workers.watchdog import QueueDepth, Watchdog
 
 settings = runtime.settings()
 # Single-photo requests (workers.interactive). GPU workers consume it before their bulk queue:
-# celery -A workers.app worker -Q interactive,gpu. (Read here until config.py has the setting.)
-QUEUE_INTERACTIVE = os.environ.get("FACEREC_QUEUE_INTERACTIVE", "interactive").strip() or "interactive"
+# celery -A workers.app worker -Q interactive,gpu.
+QUEUE_INTERACTIVE = settings.queue_interactive
 settings.data_dir.mkdir(parents=True, exist_ok=True)
 if settings.embedded:
     # The SQLite broker is polled, by default every second, so each hand-over of a job (plan, chunks,
