@@ -159,7 +159,9 @@ def main() -> int:
         print(f"trained model {trained['model']} version {trained['version']} "
               f"in {time.perf_counter() - started:.0f} s")
         metrics = trained["metrics"]
-        print(f"evaluation on {metrics['images']} validation photos: accuracy {metrics['accuracy']:.4f}, "
+        low, high = metrics["accuracy_interval"]
+        print(f"evaluation on {metrics['images']} test photos (nothing was fitted or tuned on them): "
+              f"accuracy {metrics['accuracy']:.4f} (95% interval {low:.4f}-{high:.4f}), "
               f"macro precision {metrics['macro_precision']:.4f}, recall {metrics['macro_recall']:.4f}, "
               f"F1 {metrics['macro_f1']:.4f}")
 
