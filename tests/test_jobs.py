@@ -185,3 +185,25 @@ def test_model_params_are_checked_at_submit_naming_the_parameter(system, params,
                     json={"model": "params", "dataset_prefix": "datasets/jobs-three", "model_params": params})
     assert response.status_code == 400, response.text
     assert named in response.json()["error"]
+
+
+def test_a_bulk_job_can_write_annotated_copies_with_each_face_boxed_and_named(system, model):
+    from PIL import Image
+
+    from pipeline.annotate import KNOWN_COLOUR
+
+    response = call(system, "POST", "/jobs/recognition",
+                    json={"model": model, "input_prefix": "jobs-inbox", "annotate": True})
+    job = wait_for_job(system, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    storage = system["storage"]
+    for result in results(system, job):
+        copy = Image.open(io.BytesIO(storage.get(f"{job['result']['annotated']}{result['key']}.jpg"))).convert("RGB")
+        assert copy.size == (result["width"], result["height"])
+        face = result["faces"][result["main_face"]]
+        assert face["identity"] in PEOPLE
+        x, y, width, height = (round(v) for v in face["box"])
+        # The box's bottom edge is drawn in the colour of a named face (JPEG blurs it a little).
+        rows = range(y + height - 2, y + height + 1)
+        edge = [copy.getpixel((x + width // 2, min(row, copy.height - 1))) for row in rows]
+        assert any(all(abs(a - b) < 60 for a, b in zip(pixel, KNOWN_COLOUR)) for pixel in edge), edge

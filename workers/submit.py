@@ -83,6 +83,7 @@ class RecognitionRequest(BaseModel):
     input_prefix: StorageKey | None = None
     input_manifest: StorageKey | None = None
     output_prefix: StorageKey | None = None
+    annotate: bool = False  # also write each photo with its faces drawn, under <output>/annotated/
 
     @model_validator(mode="after")
     def one_source(self):

@@ -274,6 +274,9 @@ def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
         started = time.perf_counter()
         found = {result["key"]: result for result in recognize(faces, model, photos())}
         timings = dict(faces.timings_ms)
+        job = runtime.job_store().get(job_id)
+        if job["params"].get("annotate"):
+            _write_annotated(storage, output_prefix(job), found)
         lines = [json.dumps(found.get(key) or {"key": key, "model": plan["model"],
                                                "model_version": plan["model_version"], "error": errors[key]})
                  for key in keys]
@@ -282,6 +285,16 @@ def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
         storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
     if runtime.job_store().chunk_done(job_id, index, len(keys), plan["chunks"]):
         finish_recognition.delay(job_id)
+
+
+def _write_annotated(storage, output: str, found: dict[str, dict]) -> None:
+    """Each recognised photo with its faces drawn on it, under <output>/annotated/<key>.jpg (written before
+    the chunk's predictions, so a chunk that has predictions has its annotated copies too)."""
+    from pipeline.annotate import annotate
+
+    for key, result in found.items():
+        if "error" not in result:
+            storage.put(f"{output}/annotated/{key}.jpg", annotate(storage.get(key), result))
 
 
 def _key_problem(key: str) -> str | None:
@@ -330,6 +343,7 @@ def finish_recognition(self: JobTask, job_id: str) -> None:
     storage.put_json(summary_key, summary)
     jobs.succeed(job_id, {
         "results": results_key, "summary": summary_key, "output_prefix": output,
+        **({"annotated": f"{output}/annotated/"} if job["params"].get("annotate") else {}),
         "model": plan["model"], "model_version": plan["model_version"],
         **{k: summary[k] for k in ("images", "faces", "unknown_faces", "errors")},
     })
