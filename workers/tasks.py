@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from botocore.exceptions import BotoCoreError
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import registry
 from pipeline.dataset import load_items, read_key_list
@@ -34,7 +36,8 @@ from workers.jobs import CANCELLED, PUBLISHING, TERMINAL, JobCancelled, JobNotFo
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_ERRORS = (StorageError, BotoCoreError, ConnectionError, TimeoutError)
+TRANSIENT_ERRORS = (StorageError, BotoCoreError, ConnectionError, TimeoutError, RedisConnectionError,
+                    RedisTimeoutError)
 # Bad input: retrying cannot help, so the job fails at once with the message.
 PERMANENT_ERRORS = (ValueError, LookupError, MissingKey)
 MAX_DELIVERIES = 3
