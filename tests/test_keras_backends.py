@@ -1,0 +1,309 @@
+"""MTCNN in Keras 3 (pipeline/mtcnn_keras.py) and the face ResNet on two Keras backends, on real LFW photos.
+
+Under TensorFlow (this process) the Keras networks and the keras.ops resize and crop are checked against
+the `mtcnn` package's networks and tf.image; then a fresh interpreter with KERAS_BACKEND=jax (the backend
+is chosen when Keras is imported) runs the same stages with TensorFlow made unimportable, the whole
+detector, and the face ResNet, and its results are checked against this process's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import detect, mtcnn_keras
+from pipeline.detect import PNET_THRESHOLD, FaceDetector, pyramid_scales
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTO_COUNT = 32
+CHIP_COUNT = 24
+# The same float32 arithmetic in another order (convolution algorithms, fused multiply-adds).
+NETWORK_TOLERANCE = 1e-5
+# The resize and crop reproduce the kernels' formulas in float32: at most a rounding step apart.
+HELPER_TOLERANCE = 1e-6
+BACKEND_TOLERANCE = 1e-4
+LANDMARK_TOLERANCE_PX = 0.5
+MIN_COSINE = 0.9999
+
+
+class _Tensor:
+    """A NumPy array with TensorFlow's .numpy(), so that detect.py's stages can call MTCNNNetworks
+    unchanged in these tests (until detect.py uses the module itself)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+
+class KerasStages:
+    """MTCNNNetworks behind detect.py's _Networks interface (pnet(normalized, size), rnet and onet)."""
+
+    def __init__(self) -> None:
+        self.networks = mtcnn_keras.MTCNNNetworks()
+
+    def pnet(self, normalized, size):
+        return [_Tensor(a) for a in self.networks.pnet(np.asarray(normalized), tuple(size), PNET_THRESHOLD)]
+
+    def rnet(self, normalized, boxes, box_images):
+        return [_Tensor(a) for a in self.networks.rnet(np.asarray(normalized), boxes, box_images)]
+
+    def onet(self, normalized, boxes, box_images):
+        return [_Tensor(a) for a in self.networks.onet(np.asarray(normalized), boxes, box_images)]
+
+
+def keras_face_detector() -> FaceDetector:
+    """detect.py's FaceDetector with the Keras networks in place of the package's (which it never
+    loads: under JAX the package's tf.keras models would be JAX models in a tf.function)."""
+    package_networks = detect._Networks
+    detect._Networks = lambda device: KerasStages()
+    try:
+        return FaceDetector()
+    finally:
+        detect._Networks = package_networks
+
+
+def faces_as_json(found) -> list[list[dict]]:
+    return [[{"box": list(f.box), "score": f.score, "landmarks": f.landmarks.tolist()} for f in faces]
+            for faces in found]
+
+
+def normalize(photos: np.ndarray) -> np.ndarray:
+    return (photos.astype(np.float32) - 127.5) / 128
+
+
+def candidate_boxes(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (y1, x1, y2, x2, normalized) around where LFW's faces are, some reaching outside the
+    photo as the detector's squared boxes do, and which photo each is on."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.3, 0.7, (count, 2))
+    sides = rng.uniform(0.1, 0.9, (count, 1))
+    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1).astype(np.float32)
+    return boxes, rng.integers(0, PHOTO_COUNT, count).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def photos(lfw_dir) -> np.ndarray:
+    """One photo each of the first PHOTO_COUNT people, (n, 250, 250, 3) uint8."""
+    people = sorted(p for p in lfw_dir.iterdir() if p.is_dir())[:PHOTO_COUNT]
+    return np.stack([np.asarray(Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB")) for p in people])
+
+
+@pytest.fixture(scope="module")
+def package_networks():
+    """The mtcnn package's PNet, RNet and ONet with their weights, loaded as detect.py loads them."""
+    from mtcnn.network.onet import ONet
+    from mtcnn.network.pnet import PNet
+    from mtcnn.network.rnet import RNet
+    from mtcnn.utils.tensorflow import load_weights
+
+    networks = []
+    for network, weights in ((PNet, "pnet.lz4"), (RNet, "rnet.lz4"), (ONet, "onet.lz4")):
+        model = network()
+        model.build()
+        model.set_weights(load_weights(weights))
+        networks.append(model)
+    return networks
+
+
+@pytest.fixture(scope="module")
+def keras_networks():
+    return mtcnn_keras.load_networks()
+
+
+def test_keras_networks_match_the_package_networks(photos, package_networks, keras_networks):
+    import tensorflow as tf
+
+    normalized = normalize(photos)
+    boxes, box_images = candidate_boxes(4 * PHOTO_COUNT)
+    inputs = [tf.image.resize(normalized, (size, size), method="area")
+              for size in (250 * pyramid_scales(250, 250, 20)).astype(int)[:3]]
+    inputs = [(0, pyramid_level) for pyramid_level in inputs]
+    inputs += [(1, tf.image.crop_and_resize(normalized, boxes, box_images, (24, 24))),
+               (2, tf.image.crop_and_resize(normalized, boxes, box_images, (48, 48)))]
+    for index, network_input in inputs:
+        expected = package_networks[index](network_input)
+        found = keras_networks[index](network_input)
+        assert len(found) == len(expected)
+        for a, b in zip(found, expected):
+            assert a.shape == b.shape
+            assert np.abs(np.asarray(a) - np.asarray(b)).max() <= NETWORK_TOLERANCE, keras_networks[index].name
+
+
+def test_area_resize_matches_tf_image_resize(photos):
+    import tensorflow as tf
+
+    # LFW's square photos and an oblong crop of them, at every pyramid level the detector uses.
+    for batch in (normalize(photos[:8]), normalize(photos[:8, 31:218, 7:250])):
+        height, width = batch.shape[1:3]
+        for scale in pyramid_scales(width, height, 20):
+            size = (np.asarray([height, width]) * scale).astype(np.int32)
+            expected = tf.image.resize(batch, size, method="area").numpy()
+            found = np.asarray(mtcnn_keras.area_resize(batch, tuple(size)))
+            assert found.shape == expected.shape
+            assert np.abs(found - expected).max() <= HELPER_TOLERANCE, (height, width, size)
+
+
+def test_crop_and_resize_matches_tf_image_crop_and_resize(photos):
+    import tensorflow as tf
+
+    normalized = normalize(photos)
+    boxes, box_images = candidate_boxes(200, seed=1)
+    outside = np.mean((boxes < 0) | (boxes > 1))
+    assert 0.05 < outside < 0.5  # the zeros outside the photo are exercised, not only the inside
+    for crop_size in (24, 48):
+        expected = tf.image.crop_and_resize(normalized, boxes, box_images, (crop_size, crop_size)).numpy()
+        found = np.asarray(mtcnn_keras.crop_and_resize(normalized, boxes, box_images, crop_size))
+        assert np.abs(found - expected).max() <= HELPER_TOLERANCE
+
+
+def test_keras_stages_match_detect_py_stages(photos):
+    """MTCNNNetworks against detect.py's TensorFlow functions: same windows, same outputs."""
+    import tensorflow as tf
+
+    normalized = normalize(photos)
+    stages = KerasStages()
+    tf_stages = detect._Networks("CPU:0")
+    for scale in pyramid_scales(250, 250, 20):
+        size = (np.asarray([250, 250]) * scale).astype(np.int32)
+        expected = [t.numpy() for t in tf_stages.pnet(tf.constant(normalized), size)]
+        found = [t.numpy() for t in stages.pnet(normalized, size)]
+        np.testing.assert_array_equal(found[0], expected[0])
+        for a, b in zip(found[1:], expected[1:]):
+            assert np.abs(a - b).max() <= NETWORK_TOLERANCE
+    boxes, box_images = candidate_boxes(100, seed=2)
+    for stage, tf_stage in ((stages.rnet, tf_stages.rnet), (stages.onet, tf_stages.onet)):
+        expected = [t.numpy() for t in tf_stage(tf.constant(normalized), boxes, box_images)]
+        found = [t.numpy() for t in stage(normalized, boxes, box_images)]
+        for a, b in zip(found, expected):
+            assert a.shape == b.shape and np.abs(a - b).max() <= NETWORK_TOLERANCE
+
+
+def test_detector_with_keras_networks_finds_the_same_faces(photos):
+    expected = FaceDetector().detect(list(photos))
+    found = keras_face_detector().detect(list(photos))
+    assert sum(map(len, expected)) >= PHOTO_COUNT
+    assert_same_faces(faces_as_json(found), faces_as_json(expected), NETWORK_TOLERANCE)
+
+
+def assert_same_faces(found: list[list[dict]], expected: list[list[dict]], tolerance: float) -> None:
+    assert [len(faces) for faces in found] == [len(faces) for faces in expected]
+    for faces, expected_faces in zip(found, expected):
+        for face, expected_face in zip(faces, expected_faces):
+            assert np.abs(np.subtract(face["box"], expected_face["box"])).max() <= LANDMARK_TOLERANCE_PX
+            assert np.abs(np.subtract(face["landmarks"], expected_face["landmarks"])).max() <= LANDMARK_TOLERANCE_PX
+            assert abs(face["score"] - expected_face["score"]) <= tolerance
+
+
+# Runs under KERAS_BACKEND=jax: first with TensorFlow unimportable (as on the GPU machines), the Keras
+# stages; then, with TensorFlow back (detect.py still imports it for tf.constant, face_resnet.py at
+# the top), the whole detector and the face ResNet without its tf.function wrapper.
+JAX_SCRIPT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+
+sys.modules["tensorflow"] = None  # import tensorflow now raises ImportError
+import keras
+assert keras.backend.backend() == "jax", keras.backend.backend()
+from pipeline import detect, mtcnn_keras
+from pipeline.detect import PNET_THRESHOLD
+
+work = Path(sys.argv[1])
+photos = np.load(work / "photos.npy")
+normalized = keras.ops.convert_to_tensor((photos.astype(np.float32) - 127.5) / 128)
+networks = mtcnn_keras.MTCNNNetworks()
+stages = {}
+for level, size in enumerate(np.load(work / "sizes.npy")):
+    for name, array in zip(("cells", "regression", "scores"), networks.pnet(normalized, tuple(size), PNET_THRESHOLD)):
+        stages[f"pnet{level}_{name}"] = array
+boxes, box_images = np.load(work / "boxes.npy"), np.load(work / "box_images.npy")
+for name, array in zip(("regression", "scores"), networks.rnet(normalized, boxes, box_images)):
+    stages[f"rnet_{name}"] = array
+for name, array in zip(("regression", "landmarks", "scores"), networks.onet(normalized, boxes, box_images)):
+    stages[f"onet_{name}"] = array
+np.savez(work / "jax_stages.npz", **stages)
+
+del sys.modules["tensorflow"]
+from tests.test_keras_backends import faces_as_json, keras_face_detector
+(work / "jax_faces.json").write_text(json.dumps(faces_as_json(keras_face_detector().detect(list(photos)))))
+
+from pipeline.face_resnet import fold_affine_layers, load_face_resnet, preprocess_chips
+model = fold_affine_layers(load_face_resnet(sys.argv[2]))
+embeddings = keras.ops.convert_to_numpy(model(preprocess_chips(np.load(work / "chips.npy")), training=False))
+np.save(work / "jax_embeddings.npy", embeddings)
+"""
+
+
+@pytest.fixture(scope="module")
+def jax_run(photos, lfw_dir, face_resnet_cache, tmp_path_factory) -> Path:
+    """The JAX interpreter's results, in a folder; the inputs it was given are there too."""
+    from bench.embedding import cut_chips_with_dlib
+
+    work = tmp_path_factory.mktemp("jax")
+    np.save(work / "photos.npy", photos)
+    sizes = [(np.asarray([250, 250]) * s).astype(np.int32) for s in pyramid_scales(250, 250, 20)]
+    np.save(work / "sizes.npy", np.stack(sizes))
+    boxes, box_images = candidate_boxes(100, seed=3)
+    np.save(work / "boxes.npy", boxes)
+    np.save(work / "box_images.npy", box_images)
+    np.save(work / "chips.npy", cut_chips_with_dlib(lfw_dir, CHIP_COUNT))
+    from pipeline.face_resnet import load_face_resnet
+
+    load_face_resnet(face_resnet_cache)  # converted here, so that the JAX run reads the same cached weights
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(work), str(face_resnet_cache)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return work
+
+
+def test_jax_stages_match_tensorflow_stages(jax_run):
+    """The same MTCNNNetworks under JAX (TensorFlow unimportable) and under TensorFlow."""
+    jax_stages = np.load(jax_run / "jax_stages.npz")
+    photos = np.load(jax_run / "photos.npy")
+    networks = mtcnn_keras.MTCNNNetworks()
+    normalized = normalize(photos)
+    expected = {}
+    for level, size in enumerate(np.load(jax_run / "sizes.npy")):
+        for name, array in zip(("cells", "regression", "scores"),
+                               networks.pnet(normalized, tuple(size), PNET_THRESHOLD)):
+            expected[f"pnet{level}_{name}"] = array
+    boxes, box_images = np.load(jax_run / "boxes.npy"), np.load(jax_run / "box_images.npy")
+    for name, array in zip(("regression", "scores"), networks.rnet(normalized, boxes, box_images)):
+        expected[f"rnet_{name}"] = array
+    for name, array in zip(("regression", "landmarks", "scores"), networks.onet(normalized, boxes, box_images)):
+        expected[f"onet_{name}"] = array
+    assert set(jax_stages.files) == set(expected)
+    assert sum(len(expected[k]) for k in expected if k.endswith("_cells")) > 1000
+    for key, array in expected.items():
+        if key.endswith("_cells"):
+            np.testing.assert_array_equal(jax_stages[key], array, err_msg=key)
+        else:
+            assert jax_stages[key].shape == array.shape, key
+            assert np.abs(jax_stages[key] - array).max() <= BACKEND_TOLERANCE, key
+
+
+def test_jax_detector_finds_the_same_faces_as_tensorflow(jax_run, photos):
+    expected = faces_as_json(FaceDetector().detect(list(photos)))
+    found = json.loads((jax_run / "jax_faces.json").read_text())
+    assert_same_faces(found, expected, BACKEND_TOLERANCE)
+
+
+def test_face_resnet_under_jax_matches_tensorflow(jax_run, face_resnet_cache):
+    from pipeline.face_resnet import FaceResNetEmbedder
+
+    chips = np.load(jax_run / "chips.npy")
+    expected = FaceResNetEmbedder(face_resnet_cache).embed(chips)
+    found = np.load(jax_run / "jax_embeddings.npy")
+    assert found.shape == expected.shape == (CHIP_COUNT, 128)
+    cosines = np.sum(found * expected, axis=1) / np.linalg.norm(found, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() >= MIN_COSINE
