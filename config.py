@@ -47,6 +47,7 @@ class Settings:
     worker_max_memory_mb: int = 8192
     task_max_retries: int = 3
     mirror_faces: bool = True
+    accurate_faces: bool = False
     heartbeat_s: int = 10
     job_stall_s: int = 60
     max_resumes: int = 3
@@ -99,6 +100,7 @@ def load_settings() -> Settings:
         worker_max_memory_mb=_env_int("FACEREC_WORKER_MAX_MEMORY_MB", 8192),
         task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
         mirror_faces=_env("FACEREC_MIRROR_FACES", "1") not in ("0", "false", "no"),
+        accurate_faces=_env("FACEREC_ACCURATE_FACES", "0") not in ("0", "false", "no"),
         heartbeat_s=_env_int("FACEREC_HEARTBEAT_S", 10),
         job_stall_s=_env_int("FACEREC_JOB_STALL_S", 60),
         max_resumes=_env_int("FACEREC_MAX_RESUMES", 3),

@@ -19,17 +19,26 @@ class LoadedModel:
     name: str
     version: str
     model: IdentityModel
+    embedder: str | None = None  # the embedder the version was trained with
 
 
 def load_model(storage: Storage, name: str, version: str) -> LoadedModel:
     """Load one published model version from storage."""
-    registry.get_version(storage, name, version)
-    return LoadedModel(name, version, load_model_files(storage, registry.version_prefix(name, version)))
+    record = registry.get_version(storage, name, version)
+    return LoadedModel(name, version, load_model_files(storage, registry.version_prefix(name, version)),
+                       record.get("embedder"))
 
 
 def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: Iterable[tuple[str, bytes]],
               batch_size: int = 32) -> Iterator[dict]:
-    """One JSON-ready result per (key, bytes) photo, in order: its faces with identities, or its error."""
+    """One JSON-ready result per (key, bytes) photo, in order: its faces with identities, or its error.
+
+    Raises ValueError if the model was trained on embeddings of another kind than the pipeline makes:
+    its answers would look right and be wrong."""
+    if loaded.embedder and loaded.embedder != pipeline.embedder_name:
+        raise ValueError(f"model {loaded.name} version {loaded.version} was trained on {loaded.embedder} "
+                         f"embeddings, but this worker makes {pipeline.embedder_name} embeddings: run it with the "
+                         "same FACEREC_MIRROR_FACES and FACEREC_ACCURATE_FACES as the training, or retrain")
     found = pipeline.process_stream(photos, batch_size)
     while batch := list(islice(found, batch_size)):
         yield from _name_faces(loaded, batch)

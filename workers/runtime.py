@@ -48,10 +48,12 @@ def job_store() -> JobStore:
 @cache
 def face_pipeline():
     from pipeline.detect import FaceDetector
-    from pipeline.face_resnet import FaceResNetEmbedder
+    from pipeline.face_resnet import ACCURATE, PLAIN, FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    return FacePipeline(FaceDetector(), FaceResNetEmbedder(settings().cache_dir, mirror=settings().mirror_faces))
+    crops = ACCURATE if settings().accurate_faces else PLAIN
+    return FacePipeline(FaceDetector(),
+                        FaceResNetEmbedder(settings().cache_dir, mirror=settings().mirror_faces, crops=crops))
 
 
 _models: OrderedDict = OrderedDict()
