@@ -102,9 +102,11 @@ def get_version(storage: Storage, name: str, version: str) -> dict:
 
 
 def list_versions(storage: Storage, name: str) -> list[dict]:
-    """Every complete version of a model, oldest first."""
+    """Every complete version of a model, oldest first (to the second: ids made within one second
+    follow their random part)."""
     prefix = f"models/{check_model_name(name)}/versions/"
-    return [storage.get_json(key) for key in storage.list(prefix) if key.endswith("/version.json")]
+    versions = [storage.get_json(key) for key in storage.list(prefix) if key.endswith("/version.json")]
+    return sorted(versions, key=lambda v: (v.get("created_at", ""), v["version"]))
 
 
 def list_models(storage: Storage) -> list[str]:

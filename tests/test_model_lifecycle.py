@@ -71,7 +71,8 @@ def test_enrolling_adds_a_person_to_a_centroid_model_without_retraining_anyone_e
     assert result["enrolled"] == [NEWCOMER] and result["version"] != trained["version"]
     model = model_info(system, "gallery")
     assert model["current_version"] == result["version"]
-    assert model["versions"][-1]["base_version"] == trained["version"]
+    # Versions made within the same second have no order between them: find it by its id.
+    assert {v["version"]: v for v in model["versions"]}[result["version"]]["base_version"] == trained["version"]
     # Its figures are its own, measured on the enrolled photos; the others' are marked as the trained version's.
     assert result["metrics"]["evaluated_on"].startswith("leave-one-photo-out") and result["metrics"]["images"] == 10
     assert result["inherited_metrics"]["source_version"] == trained["version"]
@@ -121,7 +122,8 @@ def test_a_worse_challenger_is_not_promoted_and_the_job_records_both_scores(syst
 
 
 def test_promote_and_roll_back_move_the_current_pointer(system, incumbent):
-    challenger = model_info(system, "promo")["versions"][-1]["version"]
+    challenger = next(v["version"] for v in model_info(system, "promo")["versions"]
+                      if v["version"] != incumbent["version"])
     promoted = call(system, "POST", "/models/promo/promote", json={"version": challenger})
     assert promoted.status_code == 200 and promoted.json()["current_version"] == challenger
     rolled_back = call(system, "POST", "/models/promo/rollback")
