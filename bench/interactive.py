@@ -22,10 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,91 +32,15 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from api.keys import config_entry
+from bench.machine import machine_info
+from bench.system import S3, BenchSystem, system_env
 from config import REPO_ROOT, load_settings
 from pipeline.storage import S3Storage
+from tests.system import API_KEY, wait_for
 
-API_KEY = "frk_bench-interactive-9Qw2Lr7Xc4Vb1Nm8"
-S3 = {"endpoint_url": "http://127.0.0.1:8333", "access_key_id": "facerec-dev",
-      "secret_access_key": "facerec-dev-secret"}
 PEOPLE = 6
 TRAIN_PER_PERSON = 12
 RESULTS = REPO_ROOT / "bench" / "results" / "interactive.json"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
-class System:
-    """API (gunicorn) and two Celery workers as processes, each in its own session."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/v1"
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.http = requests.Session()
-        self.http.headers["X-API-Key"] = API_KEY
-
-    def start(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        commands = {
-            "api": ["-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--worker-class", "gthread",
-                    "--workers", "2", "--threads", "16", "--timeout", "60", "api:create_app()"],
-            "gpu-worker": ["-m", "celery", "-A", "workers.app", "worker", "-Q", "interactive,gpu", "-c", "1",
-                           "--prefetch-multiplier", "1", "-n", f"bench-gpu-{tag}@%h", "--loglevel", "INFO"],
-            "default-worker": ["-m", "celery", "-A", "workers.app", "worker", "-Q", "default", "-c", "1",
-                               "-n", f"bench-default-{tag}@%h", "--loglevel", "INFO"],
-        }
-        for name, command in commands.items():
-            with open(self.logs / f"{name}.log", "wb") as log:
-                self.processes[name] = subprocess.Popen(
-                    [sys.executable, *command], cwd=REPO_ROOT, env=self.env, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._api_up, 90, "the API to answer")
-
-    def _api_up(self) -> bool:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; log: {self.logs / (name + '.log')}")
-        try:
-            return requests.get(f"{self.base}/health", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def wait_for_job(self, job_id: str, timeout: float = 900) -> dict:
-        def finished():
-            job = self.http.get(f"{self.base}/jobs/{job_id}", timeout=30).json()
-            return job if job["state"] in ("succeeded", "failed", "cancelled") else None
-
-        return wait_for(finished, timeout, f"job {job_id}")
 
 
 def pick_photos(lfw: Path, count: int) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -198,19 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     storage = S3Storage(bucket, **S3)
     storage.ensure_bucket()
     work = Path(tempfile.mkdtemp(prefix="bench-interactive-"))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "REDIS_URL": redis_url,
-           "S3_ENDPOINT_URL": S3["endpoint_url"], "S3_ACCESS_KEY_ID": S3["access_key_id"],
-           "S3_SECRET_ACCESS_KEY": S3["secret_access_key"], "S3_BUCKET": bucket,
-           "FACEREC_API_KEYS": config_entry("bench", "admin", API_KEY), "FACEREC_DATA_DIR": str(work / "data")}
-    system = System(env, work)
+    load_at_start = os.getloadavg()[0]
+    system = BenchSystem(system_env(redis_url, bucket, work / "data"), work, name="interactive")
     result: dict = {}
     try:
         system.start()
         files = [(person, (p.name, p.read_bytes(), "image/jpeg")) for person, paths in train.items() for p in paths]
-        response = system.http.post(f"{system.base}/datasets/bench", files=files, timeout=120)
+        response = system.call("POST", "/datasets/bench", files=files, timeout=120)
         response.raise_for_status()
-        job = system.http.post(f"{system.base}/jobs/training", json={"model": "bench", "dataset_prefix":
-                                                                     "datasets/bench"}, timeout=30).json()
+        job = system.call("POST", "/jobs/training", json={"model": "bench", "dataset_prefix": "datasets/bench"}).json()
         job = system.wait_for_job(job["id"])
         if job["state"] != "succeeded":
             raise RuntimeError(f"training failed: {job.get('error')}")
@@ -224,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             bulk = [p for d in sorted(lfw.iterdir())[2000:4000] for p in sorted(d.glob("*.jpg"))][:args.bulk_photos]
             for path in bulk:
                 storage.put(f"inboxes/bulk/{path.name}", path.read_bytes())
-            job = system.http.post(f"{system.base}/jobs/recognition", json={"model": "bench", "input_prefix":
-                                                                            "inboxes/bulk"}, timeout=30).json()
-            wait_for(lambda: system.http.get(f"{system.base}/jobs/{job['id']}", timeout=30).json()["state"]
-                     == "running", 120, "the bulk job to run")
+            job = system.call("POST", "/jobs/recognition",
+                              json={"model": "bench", "input_prefix": "inboxes/bulk"}).json()
+            wait_for(lambda: system.call("GET", f"/jobs/{job['id']}").json()["state"] == "running", 120,
+                     "the bulk job to run")
             during = run(system.base, photos[:100], 1)
-            bulk_state = system.http.get(f"{system.base}/jobs/{job['id']}", timeout=30).json()
+            bulk_state = system.call("GET", f"/jobs/{job['id']}").json()
             during["bulk_job_state_after"] = bulk_state["state"]
             during["bulk_photos"] = len(bulk)
             during["chunk_size"] = load_settings().chunk_size
@@ -238,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             system.wait_for_job(job["id"])
     except Exception:
         for name in system.processes:
-            log = work / f"{name}.log"
-            print(f"--- {name} ---\n" + (log.read_text(errors="replace")[-3000:] if log.exists() else ""))
+            print(f"--- {name} ---\n{system.log_tail(name)}")
         raise
     finally:
         system.stop()
@@ -250,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     sequential = result["sequential"]
     summary = {"benchmark": "interactive", "p50_ms": sequential["p50_ms"], "p95_ms": sequential["p95_ms"],
                "p99_ms": sequential["p99_ms"], "errors": sequential["errors"] + result["concurrent"]["errors"],
-               **result, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+               **result, **machine_info(load_at_start),
                "photos": args.photos, "people_trained": PEOPLE}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")

@@ -25,14 +25,12 @@ The last line printed is the JSON written to bench/results/load.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,35 +43,20 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from config import REPO_ROOT, load_settings
+from bench.machine import cpu_model, machine_info
+from bench.system import S3, BenchSystem, system_env
+from config import load_settings
 from pipeline.storage import S3Storage
-from tests.system import API_KEY, API_KEY_ENTRIES, free_port, upload_photos, wait_for
+from tests.system import API_KEY, upload_photos, wait_for
 from workers.jobs import TERMINAL, timestamp
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, flushed at the start and the end
-S3 = {  # the local SeaweedFS of infra/scripts/start-seaweedfs.sh, as the tests use it
-    "endpoint_url": os.environ.get("S3_ENDPOINT_URL") or "http://127.0.0.1:8333",
-    "access_key_id": os.environ.get("S3_ACCESS_KEY_ID") or "facerec-dev",
-    "secret_access_key": os.environ.get("S3_SECRET_ACCESS_KEY") or "facerec-dev-secret",
-}
 TRAIN_PEOPLE = ["George_W_Bush", "Colin_Powell", "Tony_Blair"]
 TRAIN_PHOTOS = 6  # per person, photos 0..5
 SMALL_PEOPLE = ["Donald_Rumsfeld", "Gerhard_Schroeder"]  # the small jobs' photos, not in the bulk job
 REQUEST_TIMEOUT_S = 30
 TRAINING_TIMEOUT_S = 900
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu_model": model, "device": "cpu"}
 
 
 def bulk_photos(lfw: Path, count: int) -> list[Path]:
@@ -100,70 +83,6 @@ def put_photos(storage: S3Storage, paths: list[Path], prefix: str) -> dict[str, 
 
 def percentile_ms(seconds: list[float], q: float) -> float | None:
     return round(float(np.percentile(seconds, q)) * 1000, 1) if seconds else None
-
-
-class System:
-    """The API and two Celery workers as processes (each in a session of its own), logs in one folder."""
-
-    def __init__(self, env: dict[str, str], logs: Path, server: str) -> None:
-        self.env, self.logs, self.server = env, logs, server
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/v1"
-        self.processes: dict[str, subprocess.Popen] = {}
-
-    def start(self) -> None:
-        if self.server == "gunicorn":
-            # gthread: a connection waits in the selector while idle, threads serve requests.
-            api = ["-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--worker-class", "gthread",
-                   "--workers", "2", "--threads", "32", "--backlog", "2048", "--timeout", "60", "api:create_app()"]
-        else:  # Flask's server, a thread per connection (--with-threads is its default)
-            api = ["-m", "flask", "--app", "api:create_app()", "run", "--with-threads", "--port", str(self.port)]
-        tag = uuid.uuid4().hex[:6]
-        commands = {
-            "api": api,
-            "gpu-worker": ["-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu", "-c", "1",
-                           "--prefetch-multiplier", "1", "-n", f"load-gpu-{tag}@%h", "--loglevel", "INFO"],
-            "default-worker": ["-m", "celery", "-A", "workers.app", "worker", "-Q", "default", "-c", "1",
-                               "-n", f"load-default-{tag}@%h", "--loglevel", "INFO"],
-        }
-        for name, command in commands.items():
-            with open(self.logs / f"{name}.log", "wb") as log:
-                self.processes[name] = subprocess.Popen(
-                    [sys.executable, *command], cwd=REPO_ROOT, env=self.env, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._api_up, 90, "the API to answer")
-
-    def _api_up(self) -> bool:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; log: {self.logs / (name + '.log')}")
-        try:
-            return requests.get(f"{self.base}/health", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    def call(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, self.base + path, headers={"X-API-Key": API_KEY},
-                                timeout=REQUEST_TIMEOUT_S, **kwargs)
-
-    def stop(self) -> None:
-        """SIGTERM each process group, then SIGKILL whatever is left after 30 s."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):  # the group too: a pool child may outlive its parent
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        self.processes.clear()
-
-    def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
 class Recorder:
@@ -237,7 +156,7 @@ def submitter(base: str, index: int, clients: int, prefixes: list[str], jobs: in
     session.close()
 
 
-def drain(system: System, expected: dict[str, int], deadline_s: float) -> dict[str, dict | None]:
+def drain(system: BenchSystem, expected: dict[str, int], deadline_s: float) -> dict[str, dict | None]:
     """Poll each job until it is final or the deadline passes; the last record seen of each (None: unknown)."""
     last: dict[str, dict | None] = {job_id: None for job_id in expected}
     pending = set(expected)
@@ -309,9 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_started = time.perf_counter()
     import redis
 
-    info = machine()
-    print(f"machine: {info['cores']} cores, {info['cpu_model']}; load average at start "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    load_at_start = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}; load average at start {load_at_start:.1f}", flush=True)
     redis_client = redis.Redis.from_url(REDIS_URL)
     redis_client.flushdb()
     bucket = f"load-{uuid.uuid4().hex[:12]}"
@@ -320,18 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="facerec-load-"))
     logs = work / "logs"
     logs.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "S3_", "FACEREC_"))}
-    env.update({
-        "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "REDIS_URL": REDIS_URL,
-        "S3_ENDPOINT_URL": S3["endpoint_url"], "S3_ACCESS_KEY_ID": S3["access_key_id"],
-        "S3_SECRET_ACCESS_KEY": S3["secret_access_key"], "S3_BUCKET": bucket,
-        "FACEREC_API_KEYS": API_KEY_ENTRIES, "FACEREC_DATA_DIR": str(work / "data"),
-        # Converted model weights are one-off set-up: keep using the usual cache.
-        "FACEREC_CACHE_DIR": str(load_settings().cache_dir),
-        "FACEREC_DATASETS": str(load_settings().datasets_dir),
-        "FACEREC_CHUNK_SIZE": str(args.chunk_size),
-    })
-    system = System(env, logs, server)
+    env = system_env(REDIS_URL, bucket, work / "data", FACEREC_CHUNK_SIZE=str(args.chunk_size))
+    system = BenchSystem(env, logs, server, name="load")
     stop = threading.Event()
     previous_sigterm = signal.signal(signal.SIGTERM, interrupted)
     failed = True
@@ -468,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             "photos_per_job": args.photos_per_job,
             "load_s": round(load_s, 1),
             "server": server,
-            **info,
-            "load_average_1m_end": round(os.getloadavg()[0], 2),
+            **machine_info(load_at_start),
             "bench_s": round(time.perf_counter() - bench_started, 1),
         }
 
