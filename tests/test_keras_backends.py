@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import detect, mtcnn_keras
+from pipeline import mtcnn_keras
 from pipeline.detect import PNET_THRESHOLD, FaceDetector, pyramid_scales
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,50 +72,14 @@ class PackageStages:
         return [t.numpy() for t in self._onet(normalized, np.float32(boxes), np.int32(box_images))]
 
 
-class _Tensor:
-    """A NumPy array with TensorFlow's .numpy(), for detect.py's stages before they use mtcnn_keras."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def numpy(self) -> np.ndarray:
-        return self.array
-
-
-class _OldInterface:
-    """Stages with MTCNNNetworks' interface behind the one detect.py's _Networks had (TensorFlow
-    tensors out, PNet's threshold inside)."""
-
-    def __init__(self, stages) -> None:
-        self.stages = stages
-
-    def pnet(self, normalized, size):
-        return [_Tensor(a) for a in self.stages.pnet(np.asarray(normalized), tuple(size), PNET_THRESHOLD)]
-
-    def rnet(self, normalized, boxes, box_images):
-        return [_Tensor(a) for a in self.stages.rnet(np.asarray(normalized), boxes, box_images)]
-
-    def onet(self, normalized, boxes, box_images):
-        return [_Tensor(a) for a in self.stages.onet(np.asarray(normalized), boxes, box_images)]
-
-
 def face_detector(stages: type) -> FaceDetector:
-    """detect.py's FaceDetector running the given stages (MTCNNNetworks or PackageStages), whether
-    detect.py still has its own TensorFlow _Networks or already uses mtcnn_keras.MTCNNNetworks."""
-    if not hasattr(detect, "_Networks"):
-        keras_stages = mtcnn_keras.MTCNNNetworks
-        mtcnn_keras.MTCNNNetworks = stages
-        try:
-            return FaceDetector()
-        finally:
-            mtcnn_keras.MTCNNNetworks = keras_stages
-    # Its own networks are never built: under JAX the package's tf.keras models would be JAX models.
-    package_networks_class = detect._Networks
-    detect._Networks = lambda device: _OldInterface(stages())
+    """detect.py's FaceDetector running the given stages (MTCNNNetworks or PackageStages)."""
+    keras_stages = mtcnn_keras.MTCNNNetworks
+    mtcnn_keras.MTCNNNetworks = stages
     try:
         return FaceDetector()
     finally:
-        detect._Networks = package_networks_class
+        mtcnn_keras.MTCNNNetworks = keras_stages
 
 
 def keras_face_detector() -> FaceDetector:
@@ -255,9 +219,8 @@ def assert_same_faces(found: list[list[dict]], expected: list[list[dict]], toler
             assert abs(face["score"] - expected_face["score"]) <= tolerance
 
 
-# Runs under KERAS_BACKEND=jax: first with TensorFlow unimportable (as on the GPU machines), the Keras
-# stages; then, with TensorFlow back (detect.py still imports it for tf.constant, face_resnet.py at
-# the top), the whole detector and the face ResNet without its tf.function wrapper.
+# Runs under KERAS_BACKEND=jax with TensorFlow unimportable (as on the GPU machines): the Keras stages,
+# the whole detector, and the face ResNet as the embedder runs it.
 JAX_SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -266,7 +229,7 @@ import numpy as np
 sys.modules["tensorflow"] = None  # import tensorflow now raises ImportError
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
-from pipeline import detect, mtcnn_keras
+from pipeline import mtcnn_keras
 from pipeline.detect import PNET_THRESHOLD
 
 work = Path(sys.argv[1])
@@ -284,14 +247,13 @@ for name, array in zip(("regression", "landmarks", "scores"), networks.onet(norm
     stages[f"onet_{name}"] = array
 np.savez(work / "jax_stages.npz", **stages)
 
-del sys.modules["tensorflow"]
 from tests.test_keras_backends import faces_as_json, keras_face_detector
 (work / "jax_faces.json").write_text(json.dumps(faces_as_json(keras_face_detector().detect(list(photos)))))
 
-from pipeline.face_resnet import fold_affine_layers, load_face_resnet, preprocess_chips
-model = fold_affine_layers(load_face_resnet(sys.argv[2]))
-embeddings = keras.ops.convert_to_numpy(model(preprocess_chips(np.load(work / "chips.npy")), training=False))
-np.save(work / "jax_embeddings.npy", embeddings)
+from pipeline.face_resnet import FaceResNetEmbedder
+# batch_size 16 on 24 chips: the second batch is padded to a compiled size and cut back.
+np.save(work / "jax_embeddings.npy", FaceResNetEmbedder(sys.argv[2], batch_size=16).embed(np.load(work / "chips.npy")))
+assert "tensorflow" not in {name.split(".")[0] for name, module in sys.modules.items() if module is not None}
 """
 
 
