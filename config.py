@@ -8,6 +8,7 @@ With no S3_ENDPOINT_URL (and no S3_BUCKET) storage is a local directory under FA
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +19,25 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int | None = None) -> int:
     raw = _env(name)
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"environment variable {name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _env_device(name: str) -> str:
+    """A device as Keras names them ("gpu:0", "cpu:0"), or "" for the backend's choice."""
+    device = _env(name).lower()
+    if device and not re.fullmatch(r"(cpu|gpu|tpu)(:\d+)?", device):
+        raise ValueError(f"environment variable {name} must be a device such as gpu:0 or cpu:0, got {device!r}")
+    return device
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,13 @@ class Settings:
     task_max_retries: int = 3
     mirror_faces: bool = True
     accurate_faces: bool = False
+    # Where and how large the face networks run: device "" is the backend's choice (its first GPU if
+    # any); a GPU node wants large batches and decoding spread over its cores (README, GPU workers).
+    device: str = ""
+    photo_batch: int = 32
+    detect_batch: int = 32
+    embed_batch: int = 64
+    decode_processes: int = 0
     heartbeat_s: int = 10
     job_stall_s: int = 60
     max_resumes: int = 3
@@ -101,6 +120,11 @@ def load_settings() -> Settings:
         task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
         mirror_faces=_env("FACEREC_MIRROR_FACES", "1") not in ("0", "false", "no"),
         accurate_faces=_env("FACEREC_ACCURATE_FACES", "0") not in ("0", "false", "no"),
+        device=_env_device("FACEREC_DEVICE"),
+        photo_batch=_env_int("FACEREC_PHOTO_BATCH", 32, minimum=1),
+        detect_batch=_env_int("FACEREC_DETECT_BATCH", 32, minimum=1),
+        embed_batch=_env_int("FACEREC_EMBED_BATCH", 64, minimum=1),
+        decode_processes=_env_int("FACEREC_DECODE_PROCESSES", 0, minimum=0),
         heartbeat_s=_env_int("FACEREC_HEARTBEAT_S", 10),
         job_stall_s=_env_int("FACEREC_JOB_STALL_S", 60),
         max_resumes=_env_int("FACEREC_MAX_RESUMES", 3),

@@ -81,7 +81,11 @@ class FaceDetector:
     def detect(self, images: list[np.ndarray], min_face_size: int | None = None) -> list[list[Face]]:
         """Return, for each RGB uint8 image (H, W, 3), its faces sorted by decreasing box area.
         min_face_size (default: the detector's) is the smallest face looked for, in pixels: a larger one
-        leaves out the finest pyramid levels, the costliest."""
+        leaves out the finest pyramid levels, the costliest.
+
+        Photos are batched by size (not padded to a common size, which would change the pyramid and so
+        the faces): photos decoded at the working size, and those of one camera, share a few sizes."""
+        from pipeline.backend import padded_count
         min_face_size = min_face_size or self.min_face_size
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for index, image in enumerate(images):
@@ -91,7 +95,10 @@ class FaceDetector:
             batch_size = max(1, min(self.batch_size, MAX_BATCH_PIXELS // (height * width)))
             for start in range(0, len(indices), batch_size):
                 batch = indices[start:start + batch_size]
-                found = self._detect_same_size(np.stack([images[i] for i in batch]), min_face_size)
+                # Under JAX a short batch is filled up with its first photo to a batch size already
+                # compiled (the extra photos' faces are dropped); elsewhere it runs as it is.
+                filled = batch + batch[:1] * (padded_count(len(batch), 1) - len(batch))
+                found = self._detect_same_size(np.stack([images[i] for i in filled]), min_face_size)
                 for index, faces in zip(batch, found):
                     results[index] = sorted(self._confident(faces), key=lambda f: f.box[2] * f.box[3], reverse=True)
         return results

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.align import CHIP_SIZE, align_face
-from pipeline.decode import ImageError, Photo, decode_photo
+from pipeline.decode import DecodePool, Photo, decode_photos
 from pipeline.detect import Face, FaceDetector, main_face
 from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
 
@@ -49,11 +49,20 @@ class PhotoFaces:
 
 
 class FacePipeline:
-    """Decoding, MTCNN detection, alignment and embedding, batched across photos."""
+    """Decoding, MTCNN detection, alignment and embedding, batched across photos.
 
-    def __init__(self, detector: FaceDetector, embedder: FaceResNetEmbedder) -> None:
+    batch_size is the photos per batch when process_stream is not told; with decode_processes, photos
+    are decoded in that many processes (a DecodePool, started on first use) rather than on the
+    detection thread: for GPU nodes, where decoding is what the CPU cores do.
+    """
+
+    def __init__(self, detector: FaceDetector, embedder: FaceResNetEmbedder, batch_size: int = 32,
+                 decode_processes: int = 0) -> None:
         self.detector = detector
         self.embedder = embedder
+        self.batch_size = batch_size
+        self.decode_processes = decode_processes
+        self._decode_pool: DecodePool | None = None
         self.timings_ms: dict[str, float] = {}
 
     @property
@@ -65,13 +74,15 @@ class FacePipeline:
         error, not an exception."""
         return list(self.process_stream(photos, batch_size=max(1, len(photos))))
 
-    def process_stream(self, photos: Iterable[tuple[str, bytes]], batch_size: int = 32,
+    def process_stream(self, photos: Iterable[tuple[str, bytes]], batch_size: int | None = None,
                        max_batch_pixels: int = MAX_BATCH_PIXELS) -> Iterator[PhotoFaces]:
         """process() over any number of photos, yielding one result per photo in order. A batch holds at
         most batch_size photos and max_batch_pixels decoded pixels (large photos make smaller batches).
         While the network embeds one batch, a second thread decodes, detects and aligns the next:
         detection's small TensorFlow ops leave cores idle that the embedding uses (about 15% more
-        photos per second on 2 cores). timings_ms adds up over the whole stream."""
+        photos per second on 2 cores). timings_ms adds up over the whole stream; "decode" includes waiting
+        for the photos' bytes and, with decode processes, is only the time spent waiting for them."""
+        batch_size = batch_size or self.batch_size
         self.timings_ms = {"decode": 0.0, "detect": 0.0, "align": 0.0, "embed": 0.0}
         # Advanced only on the detection thread, one batch per _find call.
         batches = self._decoded_batches(iter(photos), batch_size, max_batch_pixels)
@@ -89,16 +100,18 @@ class FacePipeline:
         results: list[PhotoFaces] = []
         decoded: dict[int, Photo] = {}
         pixels = 0
-        for key, data in photos:
+        photos_decoded = self._decode(photos)
+        while True:
             start = time.perf_counter()
-            result, photo = PhotoFaces(key=key), None
-            try:
-                photo = decode_photo(data)
-                result.size = (photo.width, photo.height)
-            except ImageError as err:
-                result.error = str(err)
-            del data  # the bytes are not needed once decoded
+            key, photo = next(photos_decoded, (None, None))
             self._tick("decode", start)
+            if key is None:
+                break
+            result = PhotoFaces(key=key)
+            if isinstance(photo, str):
+                result.error, photo = photo, None
+            else:
+                result.size = (photo.width, photo.height)
             size = photo.pixels.shape[0] * photo.pixels.shape[1] if photo else 0
             if results and pixels + size > max_batch_pixels:
                 yield results, decoded
@@ -112,6 +125,22 @@ class FacePipeline:
                 results, decoded, pixels = [], {}, 0
         if results:
             yield results, decoded
+
+    def _decode(self, photos: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, Photo | str]]:
+        """(key, Photo or error message) for each photo, in order; the bytes are let go once decoded."""
+        if self.decode_processes:
+            if self._decode_pool is None:
+                self._decode_pool = DecodePool(self.decode_processes)
+            yield from self._decode_pool.decode(photos)
+            return
+        for key, data in photos:
+            yield key, decode_photos([data])[0]
+
+    def close(self) -> None:
+        """Stop the decode processes, if any were started."""
+        if self._decode_pool is not None:
+            self._decode_pool.close()
+            self._decode_pool = None
 
     def _find(self, batches: Iterator[tuple[list[PhotoFaces], dict[int, Photo]]]
               ) -> tuple[list[PhotoFaces], list[np.ndarray], list[int]] | None:

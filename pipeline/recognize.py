@@ -30,8 +30,9 @@ def load_model(storage: Storage, name: str, version: str) -> LoadedModel:
 
 
 def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: Iterable[tuple[str, bytes]],
-              batch_size: int = 32) -> Iterator[dict]:
+              batch_size: int | None = None) -> Iterator[dict]:
     """One JSON-ready result per (key, bytes) photo, in order: its faces with identities, or its error.
+    Photos go through the pipeline batch_size at a time (default: the pipeline's batch size).
 
     Raises ValueError if the model was trained on embeddings of another kind than the pipeline makes:
     its answers would look right and be wrong."""
@@ -39,6 +40,7 @@ def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: Iterable[tupl
         raise ValueError(f"model {loaded.name} version {loaded.version} was trained on {loaded.embedder} "
                          f"embeddings, but this worker makes {pipeline.embedder_name} embeddings: run it with the "
                          "same FACEREC_MIRROR_FACES and FACEREC_ACCURATE_FACES as the training, or retrain")
+    batch_size = batch_size or pipeline.batch_size
     found = pipeline.process_stream(photos, batch_size)
     while batch := list(islice(found, batch_size)):
         yield from _name_faces(loaded, batch)

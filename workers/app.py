@@ -7,12 +7,18 @@ FACEREC_DATA_DIR, shared by every process on the machine.
 
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init, worker_ready
-from kombu.transport import sqlalchemy as sqlalchemy_transport
+import os
 
-from workers import runtime
-from workers.watchdog import QueueDepth, Watchdog
+# Before any TensorFlow import: take GPU memory as needed rather than all of it at start, so that a
+# worker's other processes (and a second worker on the same GPU) can run. JAX keeps its own default.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+
+from celery import Celery  # noqa: E402
+from celery.signals import worker_process_init, worker_ready  # noqa: E402
+from kombu.transport import sqlalchemy as sqlalchemy_transport  # noqa: E402
+
+from workers import runtime  # noqa: E402
+from workers.watchdog import QueueDepth, Watchdog  # noqa: E402
 
 settings = runtime.settings()
 # Single-photo requests (workers.interactive). GPU workers consume it before their bulk queue:

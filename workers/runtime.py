@@ -51,9 +51,13 @@ def face_pipeline():
     from pipeline.face_resnet import ACCURATE, PLAIN, FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    crops = ACCURATE if settings().accurate_faces else PLAIN
-    return FacePipeline(FaceDetector(),
-                        FaceResNetEmbedder(settings().cache_dir, mirror=settings().mirror_faces, crops=crops))
+    config = settings()
+    device = config.device or None
+    crops = ACCURATE if config.accurate_faces else PLAIN
+    return FacePipeline(FaceDetector(batch_size=config.detect_batch, device=device),
+                        FaceResNetEmbedder(config.cache_dir, batch_size=config.embed_batch, mirror=config.mirror_faces,
+                                           crops=crops, device=device),
+                        batch_size=config.photo_batch, decode_processes=config.decode_processes)
 
 
 _models: OrderedDict = OrderedDict()

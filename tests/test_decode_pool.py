@@ -1,0 +1,92 @@
+"""Decoding in a pool of processes (FACEREC_DECODE_PROCESSES, for GPU nodes) gives what decoding on the
+detection thread gives: the same pixels and sizes, the same errors for broken photos, in the same order."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.decode import DecodePool, Photo, decode_photo
+from pipeline.faces import FacePipeline
+
+PHOTOS = 60
+
+
+def photo_stream(lfw_dir: Path) -> list[tuple[str, bytes]]:
+    """LFW photos, with broken ones among them: empty, truncated, not an image, and one large photo
+    that is decoded at the working size."""
+    files = sorted(lfw_dir.glob("*/*.jpg"))[::97][:PHOTOS]
+    photos = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in files]
+    large = io.BytesIO()
+    Image.open(files[0]).resize((3000, 3000)).save(large, "JPEG")
+    photos.insert(5, ("broken/empty.jpg", b""))
+    photos.insert(17, ("broken/truncated.jpg", photos[16][1][:200]))
+    photos.insert(30, ("broken/text.jpg", b"not a photo at all"))
+    photos.insert(41, ("large/3000.jpg", large.getvalue()))
+    return photos
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = DecodePool(processes=2, group=4)
+    yield pool
+    pool.close()
+
+
+def test_the_pool_decodes_every_photo_in_order_as_decode_photo_does(lfw_dir, pool):
+    photos = photo_stream(lfw_dir)
+    decoded = list(pool.decode(iter(photos)))
+    assert [key for key, _ in decoded] == [key for key, _ in photos]
+    errors = {key: result for key, result in decoded if isinstance(result, str)}
+    assert set(errors) == {"broken/empty.jpg", "broken/truncated.jpg", "broken/text.jpg"}
+    assert "empty" in errors["broken/empty.jpg"]
+    for (key, data), (_, result) in zip(photos, decoded):
+        if key in errors:
+            continue
+        expected = decode_photo(data)
+        assert isinstance(result, Photo)
+        assert (result.width, result.height) == (expected.width, expected.height)
+        np.testing.assert_array_equal(result.pixels, expected.pixels)
+    large = dict(decoded)["large/3000.jpg"]
+    assert (large.width, large.height) == (3000, 3000) and max(large.pixels.shape) <= 2000
+
+
+def test_the_pool_reads_only_a_bounded_number_of_photos_ahead(lfw_dir, pool):
+    """A bulk job streams its photos: the pool must not read the whole input before yielding."""
+    photos = photo_stream(lfw_dir)
+    read = 0
+
+    def counted():
+        nonlocal read
+        for photo in photos:
+            read += 1
+            yield photo
+
+    stream = pool.decode(counted())
+    next(stream)
+    assert read <= pool.ahead * pool.group < len(photos)
+
+
+def test_the_pipeline_finds_the_same_faces_with_decode_processes(lfw_dir, face_pipeline):
+    photos = photo_stream(lfw_dir)
+    expected = list(face_pipeline.process_stream(photos, batch_size=16))
+    pooled = FacePipeline(face_pipeline.detector, face_pipeline.embedder, batch_size=16, decode_processes=2)
+    try:
+        found = list(pooled.process_stream(photos))
+    finally:
+        pooled.close()
+    assert [r.key for r in found] == [r.key for r in expected]
+    assert [r.error for r in found] == [r.error for r in expected]
+    assert sum(len(r.faces) for r in found) >= PHOTOS
+    for a, b in zip(found, expected):
+        assert a.size == b.size and len(a.faces) == len(b.faces)
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+
+def test_a_pool_needs_at_least_one_process():
+    with pytest.raises(ValueError, match="at least 1"):
+        DecodePool(processes=0)
