@@ -7,9 +7,13 @@ original was, so that boxes can be reported in the original photo's coordinates.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import multiprocessing
+import os
+import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -198,7 +202,8 @@ class DecodePool:
         self.processes = processes
         self.group = group
         self.ahead = processes * groups_ahead_per_process
-        self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def decode(self, photos: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, Photo | str]]:
         """(key, Photo or error message) for each (key, bytes), in the order given."""
@@ -207,7 +212,8 @@ class DecodePool:
         while True:
             while len(pending) < self.ahead and (group := list(islice(photos, self.group))):
                 keys = [key for key, _ in group]
-                pending.append((keys, self._executor.submit(decode_photos, [data for _, data in group])))
+                with _children_allowed():  # a submit may start a process
+                    pending.append((keys, self._executor.submit(decode_photos, [data for _, data in group])))
             if not pending:
                 return
             keys, future = pending.popleft()
@@ -215,3 +221,35 @@ class DecodePool:
 
     def close(self) -> None:
         self._executor.shutdown(cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a pool process: exit once the parent is gone (killed, say, by Celery's time limit or the OOM
+    killer). Its pipes would not tell: every pool process holds both ends of the queue of work."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Let this process start the pool's processes even when it is one of Celery's prefork children, which
+    multiprocessing refuses twice: the child is daemonic (its children could be orphaned), and its key
+    is billiard's, which cannot be pickled for a spawned child. For the moment of a submit, the process
+    is not daemonic and its key is multiprocessing's. The pool's processes are not orphaned: each exits
+    when its parent is gone (_exit_with_parent; tests/test_decode_pool.py kills a prefork-like parent)."""
+    current = multiprocessing.current_process()
+    config = current._config
+    if not config.get("daemon") and type(config.get("authkey")) is multiprocessing.process.AuthenticationString:
+        yield
+        return
+    current._config = {**{k: v for k, v in config.items() if k != "daemon"},
+                       "authkey": multiprocessing.process.AuthenticationString(bytes(config["authkey"]))}
+    try:
+        yield
+    finally:
+        current._config = config

@@ -4,6 +4,9 @@ detection thread gives: the same pixels and sizes, the same errors for broken ph
 from __future__ import annotations
 
 import io
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +88,47 @@ def test_the_pipeline_finds_the_same_faces_with_decode_processes(lfw_dir, face_p
     for a, b in zip(found, expected):
         assert a.size == b.size and len(a.faces) == len(b.faces)
         np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+
+def child_processes(pid: int) -> set[int]:
+    """The pids whose parent is pid (from /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def decode_then_wait(files: list[str], ready) -> None:
+    """In a daemonic billiard process, as Celery's prefork pool runs a task: decode through a pool, then wait."""
+    pool = DecodePool(processes=2, group=4)
+    decoded = list(pool.decode((name, Path(name).read_bytes()) for name in files))
+    ready.put(sum(isinstance(photo, Photo) for _, photo in decoded))
+    time.sleep(600)
+
+
+def test_a_pool_works_in_a_celery_prefork_child_and_dies_with_it(lfw_dir):
+    import billiard
+
+    files = [str(p) for p in sorted(lfw_dir.glob("*/*.jpg"))[:24]]
+    ready = billiard.Queue()
+    child = billiard.Process(target=decode_then_wait, args=(files, ready), daemon=True)
+    child.start()
+    try:
+        assert ready.get(timeout=120) == len(files)
+        decoders = child_processes(child.pid)
+        assert len(decoders) >= 2
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    deadline = time.monotonic() + 30
+    while (alive := {pid for pid in decoders if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"decode processes {alive} outlived their killed parent"
 
 
 def test_a_pool_needs_at_least_one_process():
