@@ -81,10 +81,13 @@ def running_system(tmp_path_factory, redis_url: str, seaweedfs: dict) -> Iterato
         "default-worker": [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "default",
                            "-c", "1", "-n", f"default-{bucket}@%h", "--loglevel", "INFO"],
     }
+    # The GPU worker as on a GPU node: photos decoded in a pool of processes started from its prefork child.
+    envs = {"gpu-worker": {**env, "FACEREC_DECODE_PROCESSES": "2", "FACEREC_PHOTO_BATCH": "8"}}
     processes = {}
     for name, command in commands.items():
         with open(logs / f"{name}.log", "wb") as log:
-            processes[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            processes[name] = subprocess.Popen(command, cwd=REPO, env=envs.get(name, env), stdout=log,
+                                               stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
 
     def api_up():
