@@ -37,6 +37,11 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
     """Cut a size x size RGB chip from image so the 5 landmarks land on the dlib chip template."""
+    # All 5 points fitted, BILINEAR: measured against the alternatives on LFW pairs (mirrored, cosine,
+    # 10 folds), where this chip makes 42 pairs wrong of 6,000. Fitting eyes and nose only, as dlib's own
+    # 5-point predictor (4 eye corners, nose base) weights the face, made 50 to 52 wrong; eyes only 67;
+    # BICUBIC 48; dlib's shape predictor run in MTCNN's box, then dlib.get_face_chip, 54. Averaging
+    # descriptors over several of these alignments made 40 to 41: within the noise, for twice the work.
     template = CHIP_TEMPLATE * (size / CHIP_SIZE)
     to_chip = similarity_transform(np.asarray(landmarks, dtype=np.float64), template)
     # Pillow wants the inverse mapping: chip pixel -> image pixel.
