@@ -48,11 +48,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "lfw_pairs.json"
 DISTANCES = ("euclidean", "cosine")
 CROP_SETS: dict[str, tuple[Crop, ...]] = {
     "plain": PLAIN,
-    "accurate": ACCURATE,  # shifts of 4 px in x and y
-    "shifts_x": PLAIN + (Crop(dx=-4), Crop(dx=4)),
+    "accurate": ACCURATE,  # shifts of 4 px in x
+    "shifts_xy": ACCURATE + (Crop(dy=-4), Crop(dy=4)),  # the accurate mode before: 5 views
     "scales": PLAIN + (Crop(scale=0.92), Crop(scale=1.08)),
     "rotations": PLAIN + (Crop(angle=-4), Crop(angle=4)),
-    "all": ACCURATE + (Crop(scale=0.96), Crop(scale=1.04), Crop(angle=-4), Crop(angle=4)),
+    "all": ACCURATE + (Crop(dy=-4), Crop(dy=4), Crop(scale=0.96), Crop(scale=1.04), Crop(angle=-4), Crop(angle=4)),
 }
 
 
