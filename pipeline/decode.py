@@ -17,7 +17,8 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import islice
 
@@ -194,33 +195,83 @@ class DecodePool:
     far below what the GPU detects and embeds, so it is spread over processes (threads would hold the GIL
     through Pillow's Python-side work). Photos travel in groups of `group` to keep the messages few. The
     processes are spawned, not forked: the parent holds the backend's threads, which fork does not copy.
+
+    A pool process that dies (the out-of-memory killer, a crash in a decoder) breaks the whole pool, or,
+    killed while it wrote a result, hangs it: either way (or after timeout_s) the pool is started again, the
+    group's photos are decoded again one at a time, and a photo on which a process dies even alone gets an
+    error naming that, so the other photos are kept, the pool keeps working and the job ends.
     """
 
-    def __init__(self, processes: int, group: int = 16, groups_ahead_per_process: int = 4) -> None:
+    def __init__(self, processes: int, group: int = 16, groups_ahead_per_process: int = 4,
+                 timeout_s: float = 120) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
         self.processes = processes
         self.group = group
+        # A group not back by then is taken as lost: a process killed while it wrote its result leaves the
+        # pool waiting for the rest of the message forever. (A group takes well under a second; a photo at
+        # the pixel limit a few seconds.)
+        self.timeout_s = timeout_s
         self.ahead = processes * groups_ahead_per_process
-        self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
+        self.restarts = 0
+        self._executor = self._start()
 
     def decode(self, photos: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, Photo | str]]:
         """(key, Photo or error message) for each (key, bytes), in the order given."""
         photos = iter(photos)
-        pending: deque = deque()
+        pending: deque = deque()  # (keys, photos' bytes, future) of each group in flight, in order
         while True:
             while len(pending) < self.ahead and (group := list(islice(photos, self.group))):
-                keys = [key for key, _ in group]
-                with _children_allowed():  # a submit may start a process
-                    pending.append((keys, self._executor.submit(decode_photos, [data for _, data in group])))
+                data = [photo for _, photo in group]
+                pending.append(([key for key, _ in group], data, self._submit(data)))
             if not pending:
                 return
-            keys, future = pending.popleft()
-            yield from zip(keys, future.result())
+            keys, data, future = pending.popleft()
+            try:
+                decoded = future.result(timeout=self.timeout_s)
+            except (BrokenProcessPool, TimeoutError):
+                decoded = self._decode_after_a_death(data)
+                # The groups still in flight were lost with the pool: send them again.
+                pending = deque((k, d, self._submit(d)) for k, d, _ in pending)
+            yield from zip(keys, decoded)
 
     def close(self) -> None:
         self._executor.shutdown(cancel_futures=True)
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+    def _restart(self) -> None:
+        # Kill what is left of the old pool: a hung pool's processes would otherwise run on, and its
+        # result reader, waiting on their pipe, gets its end of file only once they are gone.
+        for process in list(getattr(self._executor, "_processes", {}).values()):
+            process.kill()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._start()
+        self.restarts += 1
+
+    def _submit(self, data: list[bytes]) -> Future:
+        with _children_allowed():  # a submit may start a process
+            try:
+                return self._executor.submit(decode_photos, data)
+            except BrokenProcessPool:  # a process died since the last result: the groups in flight will say so
+                self._restart()
+                return self._executor.submit(decode_photos, data)
+
+    def _decode_after_a_death(self, data: list[bytes]) -> list[Photo | str]:
+        """A group whose process died: each photo alone in a fresh pool, nothing else in flight, so that a
+        photo on which a process dies again is that photo."""
+        self._restart()
+        decoded: list[Photo | str] = []
+        for photo in data:
+            try:
+                decoded.extend(self._submit([photo]).result(timeout=self.timeout_s))
+            except (BrokenProcessPool, TimeoutError):
+                self._restart()
+                decoded.append("the decoding process died or hung on this photo "
+                               "(out of memory, or a crash in the decoder)")
+        return decoded
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -131,6 +131,27 @@ def test_a_pool_works_in_a_celery_prefork_child_and_dies_with_it(lfw_dir):
     assert not alive, f"decode processes {alive} outlived their killed parent"
 
 
+def test_a_decoding_process_killed_midway_loses_no_photo_and_the_pool_works_on(lfw_dir):
+    """As when the out-of-memory killer takes a decoding process: the pool starts again and decodes every photo.
+    (Killed while writing a result, the process leaves the pool waiting: the group's timeout ends that.)"""
+    files = sorted(lfw_dir.glob("*/*.jpg"))[:400]
+    photos = [(str(p), p.read_bytes()) for p in files]
+    pool = DecodePool(processes=2, group=4, groups_ahead_per_process=2, timeout_s=10)
+    try:
+        stream = pool.decode(iter(photos))
+        decoded = [next(stream)]
+        os.kill(next(iter(pool._executor._processes)), signal.SIGKILL)
+        decoded += list(stream)
+        assert pool.restarts >= 1
+        assert [key for key, _ in decoded] == [key for key, _ in photos]
+        assert all(isinstance(photo, Photo) for _, photo in decoded)
+        for (_, data), (_, photo) in list(zip(photos, decoded))[::37]:
+            np.testing.assert_array_equal(photo.pixels, decode_photo(data).pixels)
+        assert isinstance(dict(pool.decode(iter(photos[:3])))[photos[0][0]], Photo)  # still working
+    finally:
+        pool.close()
+
+
 def test_a_pool_needs_at_least_one_process():
     with pytest.raises(ValueError, match="at least 1"):
         DecodePool(processes=0)
