@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
 
 def compiled(function: Callable) -> Callable:
@@ -33,6 +34,15 @@ def padded_count(count: int, minimum: int) -> int:
     if keras.backend.backend() != "jax":
         return count
     return max(minimum, 1 << max(0, count - 1).bit_length())
+
+
+def filled_to_compiled_size(batch: np.ndarray, minimum: int) -> np.ndarray:
+    """batch with copies of its first item appended up to padded_count(len(batch), minimum): under JAX a
+    batch of a size already compiled, whose extra results the caller drops; elsewhere batch itself."""
+    extra = padded_count(len(batch), minimum) - len(batch)
+    if extra <= 0 or len(batch) == 0:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[:1], extra, axis=0)])
 
 
 def device_scope(device: str | None) -> contextlib.AbstractContextManager:

@@ -74,7 +74,6 @@ class FaceDetector:
         self.fallback_score = fallback_score
         self.batch_size = batch_size
         self.device = device  # "gpu:0", "cpu:0", ...; None: the backend's choice (its first GPU if any)
-        self._device_scope = device_scope
         with device_scope(device):
             self._networks = MTCNNNetworks()
 
@@ -85,7 +84,8 @@ class FaceDetector:
 
         Photos are batched by size (not padded to a common size, which would change the pyramid and so
         the faces): photos decoded at the working size, and those of one camera, share a few sizes."""
-        from pipeline.backend import padded_count
+        from pipeline.backend import filled_to_compiled_size
+
         min_face_size = min_face_size or self.min_face_size
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for index, image in enumerate(images):
@@ -95,10 +95,10 @@ class FaceDetector:
             batch_size = max(1, min(self.batch_size, MAX_BATCH_PIXELS // (height * width)))
             for start in range(0, len(indices), batch_size):
                 batch = indices[start:start + batch_size]
-                # Under JAX a short batch is filled up with its first photo to a batch size already
-                # compiled (the extra photos' faces are dropped); elsewhere it runs as it is.
-                filled = batch + batch[:1] * (padded_count(len(batch), 1) - len(batch))
-                found = self._detect_same_size(np.stack([images[i] for i in filled]), min_face_size)
+                # Under JAX a short batch is filled up to a batch size already compiled; the extra
+                # photos' faces are left out by the zip below.
+                photos = filled_to_compiled_size(np.stack([images[i] for i in batch]), 1)
+                found = self._detect_same_size(photos, min_face_size)
                 for index, faces in zip(batch, found):
                     results[index] = sorted(self._confident(faces), key=lambda f: f.box[2] * f.box[3], reverse=True)
         return results
@@ -114,8 +114,10 @@ class FaceDetector:
         """The three stages on a (B, H, W, 3) uint8 batch."""
         import keras
 
+        from pipeline.backend import device_scope
+
         count, height, width = images.shape[:3]
-        with self._device_scope(self.device):
+        with device_scope(self.device):
             # Exact in float32 (half-integers over a power of two), as the package's float64. A backend
             # tensor, made once: the batch moves to the device once for all the stages.
             normalized = keras.ops.convert_to_tensor((images.astype(np.float32) - 127.5) / 128)

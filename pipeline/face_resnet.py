@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from pipeline.align import CHIP_SIZE
-from pipeline.backend import compiled, device_scope, padded_count
+from pipeline.backend import compiled, device_scope, filled_to_compiled_size
 from pipeline.dlib_format import DlibLayer, read_network
 
 # Under JAX the smallest batch compiled: shorter ones are padded to a power of two at least this large.
@@ -354,10 +354,6 @@ class FaceResNetEmbedder:
         with device_scope(self.device):
             for start in range(0, len(chips), self.batch_size):
                 batch = chips[start : start + self.batch_size]
-                # Under JAX a short batch is padded (with copies of its first chip) to a size already compiled.
-                padded = padded_count(len(batch), MIN_JAX_BATCH)
-                if padded > len(batch):
-                    batch = np.concatenate([batch, np.repeat(batch[:1], padded - len(batch), axis=0)])
-                descriptors = keras.ops.convert_to_numpy(self._forward(batch))
-                batches.append(descriptors[: min(self.batch_size, len(chips) - start)])
+                descriptors = self._forward(filled_to_compiled_size(batch, MIN_JAX_BATCH))
+                batches.append(keras.ops.convert_to_numpy(descriptors)[: len(batch)])
         return np.concatenate(batches)

@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.backend import compiled, padded_count
+from pipeline.backend import compiled, filled_to_compiled_size
 
 # Pixels of the crops RNet and ONet look at.
 RNET_INPUT = 24
@@ -331,11 +331,9 @@ class MTCNNNetworks:
     def _on_crops(self, network, crop_size: int, normalized, boxes: np.ndarray,
                   box_images: np.ndarray) -> list[np.ndarray]:
         count = len(boxes)
-        padded = padded_count(count, MIN_CROP_BATCH)
-        # Padding boxes are whole photos of image 0: valid crops whose outputs are dropped.
-        boxes = np.concatenate([np.asarray(boxes, np.float32), np.tile([[0, 0, 1, 1]], (padded - count, 1))])
-        box_images = np.concatenate([np.asarray(box_images, np.int32), np.zeros(padded - count, np.int32)])
-        boxes = boxes.astype(np.float32)
+        # Under JAX, copies of the first box up to a count already compiled; their outputs are dropped.
+        boxes = filled_to_compiled_size(np.asarray(boxes, np.float32), MIN_CROP_BATCH)
+        box_images = filled_to_compiled_size(np.asarray(box_images, np.int32), MIN_CROP_BATCH)
         if self._tensorflow:
             outputs = network(normalized, boxes, box_images)
         else:

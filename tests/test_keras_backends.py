@@ -210,6 +210,21 @@ def test_detector_with_keras_networks_finds_the_same_faces(photos):
     assert_same_faces(faces_as_json(found), faces_as_json(expected), NETWORK_TOLERANCE)
 
 
+def stage_outputs(networks, normalized, work: Path) -> dict[str, np.ndarray]:
+    """Every output of the three stages on the inputs saved in work (pyramid sizes, boxes), by name."""
+    outputs = {}
+    for level, size in enumerate(np.load(work / "sizes.npy")):
+        for name, array in zip(("cells", "regression", "scores"),
+                               networks.pnet(normalized, tuple(size), PNET_THRESHOLD)):
+            outputs[f"pnet{level}_{name}"] = array
+    boxes, box_images = np.load(work / "boxes.npy"), np.load(work / "box_images.npy")
+    for name, array in zip(("regression", "scores"), networks.rnet(normalized, boxes, box_images)):
+        outputs[f"rnet_{name}"] = array
+    for name, array in zip(("regression", "landmarks", "scores"), networks.onet(normalized, boxes, box_images)):
+        outputs[f"onet_{name}"] = array
+    return outputs
+
+
 def assert_same_faces(found: list[list[dict]], expected: list[list[dict]], tolerance: float) -> None:
     assert [len(faces) for faces in found] == [len(faces) for faces in expected]
     for faces, expected_faces in zip(found, expected):
@@ -230,24 +245,12 @@ sys.modules["tensorflow"] = None  # import tensorflow now raises ImportError
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
 from pipeline import mtcnn_keras
-from pipeline.detect import PNET_THRESHOLD
+from tests.test_keras_backends import faces_as_json, keras_face_detector, stage_outputs
 
 work = Path(sys.argv[1])
 photos = np.load(work / "photos.npy")
 normalized = keras.ops.convert_to_tensor((photos.astype(np.float32) - 127.5) / 128)
-networks = mtcnn_keras.MTCNNNetworks()
-stages = {}
-for level, size in enumerate(np.load(work / "sizes.npy")):
-    for name, array in zip(("cells", "regression", "scores"), networks.pnet(normalized, tuple(size), PNET_THRESHOLD)):
-        stages[f"pnet{level}_{name}"] = array
-boxes, box_images = np.load(work / "boxes.npy"), np.load(work / "box_images.npy")
-for name, array in zip(("regression", "scores"), networks.rnet(normalized, boxes, box_images)):
-    stages[f"rnet_{name}"] = array
-for name, array in zip(("regression", "landmarks", "scores"), networks.onet(normalized, boxes, box_images)):
-    stages[f"onet_{name}"] = array
-np.savez(work / "jax_stages.npz", **stages)
-
-from tests.test_keras_backends import faces_as_json, keras_face_detector
+np.savez(work / "jax_stages.npz", **stage_outputs(mtcnn_keras.MTCNNNetworks(), normalized, work))
 (work / "jax_faces.json").write_text(json.dumps(faces_as_json(keras_face_detector().detect(list(photos)))))
 
 from pipeline.face_resnet import FaceResNetEmbedder
@@ -283,19 +286,8 @@ def jax_run(photos, lfw_dir, face_resnet_cache, tmp_path_factory) -> Path:
 def test_jax_stages_match_tensorflow_stages(jax_run):
     """The same MTCNNNetworks under JAX (TensorFlow unimportable) and under TensorFlow."""
     jax_stages = np.load(jax_run / "jax_stages.npz")
-    photos = np.load(jax_run / "photos.npy")
-    networks = mtcnn_keras.MTCNNNetworks()
-    normalized = normalize(photos)
-    expected = {}
-    for level, size in enumerate(np.load(jax_run / "sizes.npy")):
-        for name, array in zip(("cells", "regression", "scores"),
-                               networks.pnet(normalized, tuple(size), PNET_THRESHOLD)):
-            expected[f"pnet{level}_{name}"] = array
-    boxes, box_images = np.load(jax_run / "boxes.npy"), np.load(jax_run / "box_images.npy")
-    for name, array in zip(("regression", "scores"), networks.rnet(normalized, boxes, box_images)):
-        expected[f"rnet_{name}"] = array
-    for name, array in zip(("regression", "landmarks", "scores"), networks.onet(normalized, boxes, box_images)):
-        expected[f"onet_{name}"] = array
+    normalized = normalize(np.load(jax_run / "photos.npy"))
+    expected = stage_outputs(mtcnn_keras.MTCNNNetworks(), normalized, jax_run)
     assert set(jax_stages.files) == set(expected)
     assert sum(len(expected[k]) for k in expected if k.endswith("_cells")) > 1000
     for key, array in expected.items():
