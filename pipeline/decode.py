@@ -247,6 +247,13 @@ class DecodePool:
         # result reader, waiting on their pipe, gets its end of file only once they are gone.
         for process in list(getattr(self._executor, "_processes", {}).values()):
             process.kill()
+        # A process killed halfway through writing a result leaves the executor's reader thread waiting for the
+        # rest of the message; that thread then never ends, and the interpreter waits for it at exit, forever.
+        # Its end of file comes once no process holds the pipe's writing end: the killed processes no longer
+        # do; this process does until it closes its own.
+        results = getattr(self._executor, "_result_queue", None)
+        if results is not None:
+            results._writer.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._start()
         self.restarts += 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,3 +157,39 @@ def test_a_decoding_process_killed_midway_loses_no_photo_and_the_pool_works_on(l
 def test_a_pool_needs_at_least_one_process():
     with pytest.raises(ValueError, match="at least 1"):
         DecodePool(processes=0)
+
+
+def die_halfway_through_writing_a_result() -> None:
+    """In a pool process: write the first bytes of a result into the pool's result pipe, then die, as a process
+    that the out-of-memory killer takes while it sends a large decoded photo back."""
+    import gc
+    import struct
+    from multiprocessing.queues import SimpleQueue
+
+    (results,) = [q for q in gc.get_objects() if isinstance(q, SimpleQueue) and not q._writer.closed]
+    os.write(results._writer.fileno(), struct.pack("!i", 1_000_000) + b"part of a photo")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_process_whose_decoder_died_halfway_through_a_result_still_exits(lfw_dir):
+    """The pool's result reader, left waiting for the rest of the message, must not keep the process alive:
+    an interpreter waits for that thread at exit, so a worker (or the test run: CI hung so) would never end."""
+    files = [str(p) for p in sorted(lfw_dir.glob("*/*.jpg"))[:8]]
+    script = f"""
+from pathlib import Path
+from pipeline.decode import DecodePool, Photo
+from tests.test_decode_pool import die_halfway_through_writing_a_result
+
+if __name__ == "__main__":
+    pool = DecodePool(processes=1, group=4, timeout_s=3)
+    pool._executor.submit(die_halfway_through_writing_a_result)
+    for process in list(pool._executor._processes.values()):
+        process.join(120)  # gone once it has written half a result
+    decoded = list(pool.decode((name, Path(name).read_bytes()) for name in {files!r}))
+    pool.close()
+    print("decoded", sum(isinstance(photo, Photo) for _, photo in decoded), "restarts", pool.restarts)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["decoded", str(len(files)), "restarts", "1"]
