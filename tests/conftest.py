@@ -7,7 +7,9 @@ stopped again at the end, but only when these fixtures started them.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -31,6 +33,17 @@ S3_SECRET_ACCESS_KEY = "facerec-dev-secret"
 
 # Separate databases let several test sessions run at once (each flushes its own at the start).
 REDIS_TEST_DB = int(os.environ.get("FACEREC_TEST_REDIS_DB", "15"))
+
+# Seconds the test process may take to exit after the last test.
+EXIT_WITHIN_S = 120
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread still waiting after the last test (a pool's reader, a client's connection) keeps the
+    interpreter from exiting, and CI would then run out its time in silence: past EXIT_WITHIN_S, print
+    every thread's stack and exit with a failure."""
+    faulthandler.dump_traceback_later(EXIT_WITHIN_S, exit=True, file=sys.__stderr__)
 
 
 def _run_script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
