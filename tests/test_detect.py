@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.detect import Face, FaceDetector
+from pipeline.detect import Face, FaceDetector, _suppress_per_image
 
 SAMPLE_SIZE = 200
 EXACT_SAMPLE_SIZE = 20
@@ -126,6 +126,28 @@ def test_a_batch_of_two_photo_sizes_gives_each_photo_what_it_gets_alone(detector
             np.testing.assert_allclose(face.box, reference.box, atol=BATCH_TOLERANCE)
             np.testing.assert_allclose(face.landmarks, reference.landmarks, atol=BATCH_TOLERANCE)
             assert face.score == pytest.approx(reference.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("overlap, threshold", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
+def test_suppression_of_a_batch_keeps_what_the_package_keeps_photo_by_photo(overlap: str, threshold: float) -> None:
+    """Our suppression runs many photos' boxes at once; the package's (smart_nms_from_bboxes) runs on one
+    photo's. Clusters of boxes around a few faces, photos with 1 to 400 boxes, and tied scores."""
+    from mtcnn.utils.bboxes import smart_nms_from_bboxes
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for image, count in enumerate([1, 2, 30, 400, 0, 17, 90, 5, 250, 3]):
+        centres = rng.uniform(20, 230, (3, 2))[rng.integers(0, 3, count)] + rng.normal(0, 6, (count, 2))
+        sides = rng.uniform(15, 80, (count, 1))
+        scores = np.round(rng.uniform(0.6, 1.0, count), 2)  # 2 decimals: many ties
+        rows.append(np.column_stack([np.full(count, image), centres - sides / 2, centres + sides / 2, scores]))
+    rows = np.concatenate(rows)[rng.permutation(sum(len(r) for r in rows))]
+
+    ours = _suppress_per_image(rows, threshold, overlap)
+    theirs = [smart_nms_from_bboxes(rows[rows[:, 0] == image], threshold, method=overlap)
+              for image in np.unique(rows[:, 0])]
+    np.testing.assert_array_equal(ours, np.concatenate(theirs))
+    assert 10 < len(ours) < len(rows) / 2
 
 
 def test_no_face_in_a_gray_or_noise_image(detector: FaceDetector) -> None:
