@@ -7,8 +7,8 @@ Run by bench/gpu.sh on the GPU machine (see there for what it carries). Each pro
 FacePipeline on its share of the photos, with its own decode processes; after a warm-up pass (which
 compiles the backend's functions for these shapes) all start together at a barrier, and the figure is
 all photos over the time from the first start to the last end. More than one process per GPU is for the
-CPU side: detection's box arithmetic and suppression run in Python, about 1.3 ms per LFW photo on one
-core, so one process cannot feed an H200 with 10,000 photos/s.
+CPU side: detection's box arithmetic and suppression (about 1.1 ms per LFW photo on one core) and
+alignment (0.5 to 0.8 ms per face) run on the host, so one process cannot feed an H200 with 10,000 photos/s.
 """
 
 from __future__ import annotations
