@@ -35,8 +35,18 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
-    """Cut a size x size RGB chip from image so the 5 landmarks land on the dlib chip template."""
+def align_faces(image: np.ndarray, landmarks: list[np.ndarray], size: int = CHIP_SIZE) -> list[np.ndarray]:
+    """align_face for each face's landmarks in one photo (the photo is handed to Pillow once: a copy of a
+    2000-pixel photo per face took 3 ms)."""
+    if not landmarks:
+        return []
+    photo = Image.fromarray(image)
+    return [align_face(photo, points, size) for points in landmarks]
+
+
+def align_face(image: np.ndarray | Image.Image, landmarks: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+    """Cut a size x size RGB chip from image (pixels, or a PIL image) so the 5 landmarks land on the dlib
+    chip template."""
     # All 5 points fitted, BILINEAR: measured against the alternatives on LFW pairs (mirrored, cosine,
     # 10 folds), where this chip makes 42 pairs wrong of 6,000. Fitting eyes and nose only, as dlib's own
     # 5-point predictor (4 eye corners, nose base) weights the face, made 50 to 52 wrong; eyes only 67;
@@ -46,7 +56,9 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CHIP_SIZE) 
     to_chip = similarity_transform(np.asarray(landmarks, dtype=np.float64), template)
     # Pillow wants the inverse mapping: chip pixel -> image pixel.
     inverse = np.linalg.inv(np.vstack([to_chip, [0, 0, 1]]))[:2]
-    chip = Image.fromarray(image).transform(
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    chip = image.transform(
         (size, size), Image.Transform.AFFINE, inverse.ravel().tolist(), resample=Image.Resampling.BILINEAR
     )
     return np.asarray(chip, dtype=np.uint8)

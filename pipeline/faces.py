@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.align import CHIP_SIZE, align_face
+from pipeline.align import CHIP_SIZE, align_faces
 from pipeline.decode import DecodePool, Photo, decode_photos
 from pipeline.detect import Face, FaceDetector, main_face
 from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
@@ -174,9 +174,8 @@ class FacePipeline:
         for index, faces in zip(order, detections):
             photo = decoded[index]
             pixels, left, top = searched[index]
-            for face in faces:
-                chips.append(align_face(pixels, face.landmarks))
-                owners.append(index)
+            chips.extend(align_faces(pixels, [face.landmarks for face in faces]))
+            owners.extend([index] * len(faces))
             # Chips are cut from the pixels the detector saw; results speak of the original photo.
             results[index].faces = [_in_original(_unpadded(face, left, top, photo), photo) for face in faces]
         self._tick("align", start)
