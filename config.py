@@ -70,6 +70,7 @@ class Settings:
     heartbeat_s: int = 10
     job_stall_s: int = 60
     max_resumes: int = 3
+    pool_take_s: int = 300
     training_time_limit_s: int = 6 * 3600
     visibility_timeout_s: int = 2 * 3600
     max_upload_mb: int = 2048
@@ -128,6 +129,7 @@ def load_settings() -> Settings:
         heartbeat_s=_env_int("FACEREC_HEARTBEAT_S", 10),
         job_stall_s=_env_int("FACEREC_JOB_STALL_S", 60),
         max_resumes=_env_int("FACEREC_MAX_RESUMES", 3),
+        pool_take_s=_env_int("FACEREC_POOL_TAKE_S", 300, minimum=1),
         training_time_limit_s=_env_int("FACEREC_TRAINING_TIME_LIMIT_S", 6 * 3600),
         visibility_timeout_s=_env_int("FACEREC_VISIBILITY_TIMEOUT_S", 2 * 3600),
         max_upload_mb=_env_int("FACEREC_MAX_UPLOAD_MB", 2048),

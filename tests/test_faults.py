@@ -31,7 +31,8 @@ from workers.jobs import timestamp
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Tony_Blair", "Gerhard_Schroeder"]
 PHOTOS_PER_PERSON = 40  # 160 photos in chunks of 8: 20 chunk tasks, time to kill a worker among them
 JOB_END_S = 300  # a job must end within this, faults included
-FAST_LIVENESS = {"FACEREC_HEARTBEAT_S": "1", "FACEREC_JOB_STALL_S": "6", "FACEREC_CHUNK_SIZE": "8"}
+FAST_LIVENESS = {"FACEREC_HEARTBEAT_S": "1", "FACEREC_JOB_STALL_S": "6", "FACEREC_CHUNK_SIZE": "8",
+                 "FACEREC_POOL_TAKE_S": "30"}
 
 
 class Cluster:
@@ -234,6 +235,17 @@ def test_embedded_a_worker_killed_whole_midway_is_replaced_and_the_job_resumes(e
 
 def test_embedded_a_killed_worker_child_is_replaced_and_its_task_redelivered(embedded):
     kill_worker_midway_and_recover(embedded, whole=False)
+
+
+def test_embedded_a_worker_whose_idle_child_was_killed_still_runs_jobs(embedded):
+    """An idle pool child waits for its next task holding the lock of the pool's shared task queue (the
+    embedded broker's worker uses billiard's blocking pool). Killed then, as the OOM killer may kill an
+    idle child that holds the models, it takes the lock with it and no new child can ever take a task:
+    the worker notices that its pool has stopped taking tasks and starts afresh."""
+    embedded.kill_child("worker")  # idle: the training is done and no job runs
+    job_id = submit_bulk_job(embedded)
+    job = embedded.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), "the job to end")
+    assert_every_photo_exactly_once(embedded, job)
 
 
 def test_embedded_a_job_past_its_restarts_fails_saying_why_and_resumes_through_the_api(tmp_path, lfw_dir):

@@ -14,10 +14,13 @@ import os
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 from celery import Celery  # noqa: E402
+from celery.concurrency.prefork import TaskPool as PreforkPool  # noqa: E402
 from celery.signals import worker_process_init, worker_ready  # noqa: E402
+from celery.worker import state as worker_state  # noqa: E402
 from kombu.transport import sqlalchemy as sqlalchemy_transport  # noqa: E402
 
 from workers import runtime  # noqa: E402
+from workers.pool_watch import PoolWatch  # noqa: E402
 from workers.watchdog import QueueDepth, Watchdog  # noqa: E402
 
 settings = runtime.settings()
@@ -83,11 +86,15 @@ def load_models(**_kwargs) -> None:
 
 
 @worker_ready.connect
-def start_watchdog(**_kwargs) -> None:
-    """Every worker watches for jobs whose worker vanished (workers.watchdog)."""
+def start_watchdog(sender, **_kwargs) -> None:
+    """Every worker watches for jobs whose worker vanished (workers.watchdog), and a prefork worker for
+    its own pool wedged by a killed process (workers.pool_watch)."""
     from workers.submit import ENTRY_TASKS
 
     Watchdog(runtime.job_store(), QueueDepth(app),
              restart=lambda job: app.send_task(ENTRY_TASKS[job["type"]], args=[job["id"]]),
              stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,
              max_resumes=settings.max_resumes).start()
+    if isinstance(sender.pool, PreforkPool):
+        PoolWatch(lambda: worker_state.reserved_requests, lambda: sender.pool.num_processes,
+                  take_s=settings.pool_take_s).start()
