@@ -58,7 +58,8 @@ class PoolWatch:
     def check(self, now: float | None = None) -> str | None:
         """Why the pool is wedged, or None while it is not."""
         now = time.monotonic() if now is None else now
-        tasks, alive = list(self.held()), _children()
+        tasks = list(self.held())
+        alive = {t.worker_pid for t in tasks if t.worker_pid and _is_child(t.worker_pid)}
         running = [t for t in tasks if t.worker_pid in alive]
         waiting = {t.id: t for t in tasks if not t.worker_pid}
         dead = {t.id: t for t in tasks if t.worker_pid and t.worker_pid not in alive}
@@ -109,7 +110,16 @@ def restart_worker(reason: str) -> NoReturn:
     os.execv(sys.executable, sys.orig_argv)
 
 
-def _children() -> set[int]:
-    """The pids of this process's children: its pool processes."""
-    return {int(pid) for path in Path("/proc/self/task").glob("*/children") for pid in path.read_text().split()}
+def _children() -> list[int]:
+    """The pids of this process's live children: its pool processes."""
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _is_child(int(stat.parent.name))]
 
+
+def _is_child(pid: int) -> bool:
+    """Whether pid is a live (not zombie) child of this process; a dead one's pid may be reused."""
+    try:
+        # "pid (command) state ppid ...": the command may hold spaces and parentheses.
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and int(ppid) == os.getpid()
