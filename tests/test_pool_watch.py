@@ -4,6 +4,7 @@ a worker whose idle child was killed)."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -83,3 +84,19 @@ def test_a_task_taken_in_time_starts_no_clock():
     tasks.append(Task("t2"))
     assert pool.check(now=TAKE_S + 1) is None, "t2 has only just arrived"
     assert pool.check(now=2 * TAKE_S + 2)
+
+
+def test_the_watch_thread_restarts_a_wedged_worker_until_it_is_stopped_for_shutdown():
+    restarts: list[str] = []
+    pool = PoolWatch(lambda: [Task("t1")], lambda: 1, take_s=0.05, restart=restarts.append)
+    thread = pool.start(every=0.01)
+    deadline = time.monotonic() + 10
+    while not restarts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert restarts and "t1" in restarts[0]
+    pool.stop()  # a worker shutting down lets its pool go
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    count = len(restarts)
+    time.sleep(0.1)
+    assert len(restarts) == count

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 from celery import Celery  # noqa: E402
 from celery.concurrency.prefork import TaskPool as PreforkPool  # noqa: E402
-from celery.signals import worker_process_init, worker_ready  # noqa: E402
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down  # noqa: E402
 from celery.worker import state as worker_state  # noqa: E402
 from kombu.transport import sqlalchemy as sqlalchemy_transport  # noqa: E402
 
@@ -96,5 +96,7 @@ def start_watchdog(sender, **_kwargs) -> None:
              stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,
              max_resumes=settings.max_resumes).start()
     if isinstance(sender.pool, PreforkPool):
-        PoolWatch(lambda: worker_state.reserved_requests, lambda: sender.pool.num_processes,
-                  take_s=settings.pool_take_s).start()
+        watch = PoolWatch(lambda: worker_state.reserved_requests, lambda: sender.pool.num_processes,
+                          take_s=settings.pool_take_s)
+        worker_shutting_down.connect(lambda **_: watch.stop(), weak=False)
+        watch.start()

@@ -54,6 +54,7 @@ class PoolWatch:
         self.restart = restart or restart_worker
         self._waiting_since: dict[str, float] = {}
         self._dead_since: dict[str, float] = {}
+        self._stopped = threading.Event()
 
     def check(self, now: float | None = None) -> str | None:
         """Why the pool is wedged, or None while it is not."""
@@ -82,21 +83,25 @@ class PoolWatch:
         return None
 
     def start(self, every: float = 1.0) -> threading.Thread:
-        """Check on a daemon thread for as long as the process lives."""
+        """Check on a daemon thread until `stop`."""
 
         def loop() -> None:
-            while True:
-                time.sleep(every)
+            while not self._stopped.wait(every):
                 try:
                     reason = self.check()
-                except RuntimeError:  # the set of held tasks changed while it was read: next time
+                except Exception:  # e.g. the set of held tasks changed while it was read: next time
+                    log.debug("pool check failed", exc_info=True)
                     continue
-                if reason:
+                if reason and not self._stopped.is_set():
                     self.restart(reason)
 
         thread = threading.Thread(target=loop, name="facerec-pool-watch", daemon=True)
         thread.start()
         return thread
+
+    def stop(self) -> None:
+        """Stop checking: a worker shutting down lets its pool go, and must not be restarted for it."""
+        self._stopped.set()
 
 
 def restart_worker(reason: str) -> NoReturn:
