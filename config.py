@@ -90,7 +90,8 @@ class Settings:
     def broker_url(self) -> str:
         if self.redis_url:
             return self.redis_url
-        return f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        # kombu's SQLAlchemy transport made safe for forked pools (workers/embedded_broker.py)
+        return f"facerec-sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
 
     @property
     def result_backend(self) -> str:

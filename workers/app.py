@@ -17,9 +17,8 @@ from celery import Celery  # noqa: E402
 from celery.concurrency.prefork import TaskPool as PreforkPool  # noqa: E402
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down  # noqa: E402
 from celery.worker import state as worker_state  # noqa: E402
-from kombu.transport import sqlalchemy as sqlalchemy_transport  # noqa: E402
 
-from workers import runtime  # noqa: E402
+from workers import embedded_broker, runtime  # noqa: E402, F401 - embedded_broker: the SQLite broker's transport
 from workers.pool_watch import PoolWatch  # noqa: E402
 from workers.watchdog import QueueDepth, Watchdog  # noqa: E402
 
@@ -28,10 +27,6 @@ settings = runtime.settings()
 # celery -A workers.app worker -Q interactive,gpu.
 QUEUE_INTERACTIVE = settings.queue_interactive
 settings.data_dir.mkdir(parents=True, exist_ok=True)
-if settings.embedded:
-    # The SQLite broker is polled, by default every second, so each hand-over of a job (plan, chunks,
-    # summary) waited up to a second. Set on the class: this transport passes its options to SQLAlchemy.
-    sqlalchemy_transport.Transport.polling_interval = 0.1
 
 app = Celery("facerec", broker=settings.broker_url, backend=settings.result_backend,
              include=["workers.tasks", "workers.interactive"])
