@@ -165,15 +165,20 @@ def test_the_good_photos_between_the_hostile_ones_get_what_they_get_alone(
     for result in good:
         expected = alone[result.key]
         assert result.error is None and result.faces
-        assert [f.box for f in result.faces] == [f.box for f in expected.faces], result.key
-        np.testing.assert_allclose(result.embeddings, expected.embeddings, atol=1e-5, err_msg=result.key)
+        # The same faces, to float rounding: the networks' sums on a CPU depend a little on the batch a photo
+        # or chip shares (how much differs with the CPU: on some, nothing), so the parity bounds of the backends.
+        assert len(result.faces) == len(expected.faces), result.key
+        np.testing.assert_allclose([f.box for f in result.faces], [f.box for f in expected.faces], atol=0.01,
+                                   err_msg=result.key)
+        for got, want in zip(result.embeddings, expected.embeddings, strict=True):
+            assert cosine(got, want) >= 0.9999, (result.key, cosine(got, want))
 
 
 def test_16_bit_grey_png_is_not_read_as_a_white_photo(streamed) -> None:
     results, _, _ = streamed
     grey16, grey8 = results["grey-16-bit.png"], results["grey.png"]
     assert len(grey16.faces) == len(grey8.faces) >= 1
-    assert [f.box for f in grey16.faces] == [f.box for f in grey8.faces]
+    np.testing.assert_allclose([f.box for f in grey16.faces], [f.box for f in grey8.faces], atol=1e-3)
 
 
 def test_faces_in_a_downscaled_photo_are_in_the_original_photos_coordinates(streamed) -> None:
