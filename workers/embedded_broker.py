@@ -5,7 +5,7 @@ a second) while its pool forks new children (after a child is killed, or replace
 forked in the middle of one of those transactions inherits SQLite's record of a lock that no process
 holds, and every write it then makes to the broker fails with "database is locked": a chunk task could not
 send the job's summary task, and the job failed (SQLite: "do not carry an open database connection across
-a fork", https://sqlite.org/howtocorrupt.html#fork). Here every use of the database and every fork take
+a fork", https://sqlite.org/howtocorrupt.html section 2.6). Here every use of the database and every fork take
 one lock, so that no fork happens mid-transaction, and a child opens connections of its own.
 
 Celery finds this transport by its alias: broker URLs ``facerec-sqla+sqlite:///<file>``.
