@@ -16,6 +16,8 @@ from flask.json.provider import DefaultJSONProvider
 from redis.exceptions import RedisError
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from api.endpoints import endpoint
+from config import Settings, load_settings
 from pipeline.storage import StorageError
 
 # Job requests are a few levels deep; a bound far below Python's recursion limit keeps a hostile body
@@ -55,36 +57,44 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def create_app(api_keys: Iterable[str] | None = None) -> Flask:
-    """Build the app. API-key entries (name:scope:sha256hex, see api.keys) come from FACEREC_API_KEYS
-    unless given here; a malformed entry, such as a plain key, stops the app from starting."""
+def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None = None) -> Flask:
+    """Build the app for the given settings (default: read from the environment now). API-key entries
+    (name:scope:sha256hex, see api.keys) come from the settings unless given here; a malformed entry,
+    such as a plain key, stops the app from starting."""
     from api.auth import authenticate
+    from api.health import health
+    from api.jobs import jobs
     from api.keys import parse_entries
+    from api.models import models
     from api.openapi import openapi_document
-    from api.routes import v1
+    from api.photos import photos
+    from api.schedules import schedules
+    from api.uploads import uploads
     from api.web import configure_sessions, web
-    from workers import runtime
+    from workers.runtime import Runtime
 
+    settings = settings or load_settings()
     app = Flask(__name__)
     app.json = BoundedJSONProvider(app)
-    entries = api_keys if api_keys is not None else runtime.settings().api_keys
+    app.extensions["facerec"] = Runtime(settings)  # api.context.runtime()
+    entries = list(api_keys if api_keys is not None else settings.api_keys)
     app.config["API_KEYS"] = parse_entries(entries)
     # Job requests are small JSON documents; the upload routes raise the bound for their own requests.
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-    configure_sessions(app, list(entries))
-    # On the app, not on the module-level blueprint: a blueprint takes no hooks once registered, so
+    configure_sessions(app, settings, entries)
+    # On the app, not on a module-level blueprint: a blueprint takes no hooks once registered, so
     # create_app could run only once per process.
     app.before_request(authenticate)
-    app.register_blueprint(v1)
-    app.register_blueprint(web)
+    for blueprint in (health, jobs, models, schedules, photos, uploads, web):
+        app.register_blueprint(blueprint)
 
     @app.get("/v1/openapi.json", endpoint="openapi")
+    @endpoint(None)
     def openapi():
         """The OpenAPI 3.1 document of this API (no key needed)."""
         if "openapi" not in app.extensions:
             app.extensions["openapi"] = openapi_document(app)
         return jsonify(app.extensions["openapi"])
-
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         return jsonify(error=err.description or err.name), err.code

@@ -1,57 +1,33 @@
 """API-key authentication and scopes.
 
 Every route but health and the OpenAPI document needs a key in the X-API-Key header, whose SHA-256 is
-configured in FACEREC_API_KEYS (see api.keys), with a scope at least the one the route needs:
-reading needs ``read``, submitting and cancelling jobs ``submit``, and whatever changes which model is
-live or when training runs (promote, roll back, every schedules route) ``admin``.
+configured in FACEREC_API_KEYS (see api.keys), with a scope at least the one the route's view declares
+(api.endpoints): reading needs ``read``, submitting and cancelling jobs ``submit``, and whatever changes
+which model is live or when training runs (promote, roll back, every schedules route) ``admin``.
 """
 
 from __future__ import annotations
 
 import hmac
 
-from flask import current_app, g, request, session
+from flask import Flask, current_app, g, request, session
 from werkzeug.exceptions import Forbidden, Unauthorized
 
+from api.endpoints import declared
 from api.keys import ApiKey, hash_key
 
 HEADER = "X-API-Key"
 # The web pages' scripts call the API with the key kept in the session cookie, which only counts with
 # this header holding the session's token: a page of another site can send the cookie, not the header.
 CSRF_HEADER = "X-CSRF-Token"
-OPEN_ENDPOINTS = {"v1.health", "openapi", "static"}  # static: the pages' script and style
-PAGE_BLUEPRINT = "web."  # api.web: its pages check the session themselves and send to the login form
-READ_METHODS = {"GET", "HEAD", "OPTIONS"}
-# Rules as in app.url_map. Writes that are not listed here need admin, so a new route is safe by
-# default until someone decides it is an ordinary submit.
-SUBMIT_ROUTES = {
-    ("POST", "/v1/jobs/training"),
-    ("POST", "/v1/jobs/recognition"),
-    ("POST", "/v1/jobs/enroll"),
-    ("POST", "/v1/jobs/<job_id>/cancel"),
-    ("POST", "/v1/jobs/<job_id>/resume"),
-    ("POST", "/v1/recognize"),
-    ("POST", "/v1/datasets/<name>"),
-    ("POST", "/v1/inboxes/<name>"),
-}
-ADMIN_ROUTES = {
-    ("POST", "/v1/models/<name>/promote"),
-    ("POST", "/v1/models/<name>/rollback"),
-}
-ADMIN_PREFIXES = ("/v1/schedules",)  # any method: schedules decide what trains and gets promoted
+OPEN_ENDPOINTS = {"static"}  # Flask's own view of the pages' script and style
 
 
-def required_scope(endpoint: str | None, rule: str, method: str) -> str | None:
-    """The scope a request needs, from its endpoint, URL rule and method; None when it needs no key."""
-    if endpoint in OPEN_ENDPOINTS or (endpoint or "").startswith(PAGE_BLUEPRINT):
+def required_scope(app: Flask, endpoint: str | None) -> str | None:
+    """The scope a request to the endpoint needs, as its view declares (api.endpoints); None: no key."""
+    if endpoint in OPEN_ENDPOINTS:
         return None
-    if (method, rule) in ADMIN_ROUTES or rule.startswith(ADMIN_PREFIXES):
-        return "admin"
-    if method in READ_METHODS:
-        return "read"
-    if (method, rule) in SUBMIT_ROUTES:
-        return "submit"
-    return "admin"
+    return declared(app.view_functions.get(endpoint)).scope
 
 
 def find_key(keys: tuple[ApiKey, ...], given: str) -> ApiKey | None:
@@ -77,7 +53,7 @@ def authenticate() -> None:
     """before_request hook of the app: refuse a request without a valid key of the scope it needs."""
     if request.url_rule is None:
         return  # no such route: let routing answer 404 or 405
-    scope = required_scope(request.endpoint, request.url_rule.rule, request.method)
+    scope = required_scope(current_app, request.endpoint)
     if scope is None:
         return
     keys: tuple[ApiKey, ...] = current_app.config["API_KEYS"]

@@ -10,21 +10,35 @@ from __future__ import annotations
 import io
 import uuid
 
-from flask import jsonify, request
+from flask import Blueprint, jsonify, request
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, UnprocessableEntity
 
-from api.routes import _parse, _validation_message, v1
+from api.context import runtime
+from api.endpoints import READ, SUBMIT, endpoint
+from api.validation import parse, parse_body
 from pipeline.decode import MAX_BYTES
-from workers import interactive, runtime
+from workers import interactive
 from workers.jobs import JOB_ID
-from workers.submit import InputNotFound, PhotoRequest, submit_photo
+from workers.schemas import PhotoRequest
+from workers.submit import InputNotFound, submit_photo
+
+photos = Blueprint("photos", __name__, url_prefix="/v1")
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the photo
+_PHOTO_FILE = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+MULTIPART_PHOTO = {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["photo"],
+    "properties": {"photo": {**_PHOTO_FILE, "description": "the photo"},
+                   "model": {"type": "string"}, "model_version": {"type": "string"},
+                   "wait_s": {"type": "number", "minimum": 0, "maximum": 30}},
+}}}
 
 
-@v1.post("/recognize")
+@photos.post("/recognize")
+@endpoint(SUBMIT, body=PhotoRequest, other_bodies=MULTIPART_PHOTO,
+          example={"key": "inboxes/press/photo-0001.jpg", "model": "lfw"},
+          success=("200", "the faces (202 with the request's location if wait_s passed first)"))
 def recognize_photo():
     """Recognise every face in one photo, answering within wait_s seconds (else 202 with the request to poll).
 
@@ -34,20 +48,17 @@ def recognize_photo():
     ``unknown``), score, confidence, best_guess; the model's threshold, the version used and timings.
     """
     request_id = uuid.uuid4().hex
-    storage = runtime.storage()
+    storage = runtime().storage
     if request.mimetype == "multipart/form-data":
         request.max_content_length = MAX_BYTES + MULTIPART_OVERHEAD
-        try:
-            params = PhotoRequest.model_validate(request.form.to_dict())
-        except ValidationError as err:
-            raise BadRequest(_validation_message(err)) from None
+        params = parse(PhotoRequest, request.form.to_dict())
         if params.key is not None:
             raise BadRequest("send either a photo (multipart field 'photo') or a storage key (JSON), not both")
         data = _uploaded_photo()
         key = interactive.photo_key(request_id)
         storage.put(key, data)
     else:
-        params = _parse(PhotoRequest)
+        params = parse_body(PhotoRequest)
         if params.key is None:
             raise BadRequest('send the photo as a multipart file field named "photo", '
                              'or JSON {"key": "<photo in storage>"}')
@@ -56,24 +67,25 @@ def recognize_photo():
             raise NotFound(f"no photo is stored under the key {key!r}")
         storage.put_json(interactive.request_key(request_id), {"key": key})  # so that polling finds the request
     try:
-        submit_photo(params, request_id, key)
+        submit_photo(runtime(), params, request_id, key)
     except InputNotFound as err:
         raise NotFound(str(err)) from None
-    answer = interactive.wait_for_answer(request_id, params.wait_s)
+    answer = interactive.wait_for_answer(runtime(), request_id, params.wait_s)
     if answer is None:
         return _pending(request_id)
     return _answered(answer)
 
 
-@v1.get("/recognize/<request_id>")
+@photos.get("/recognize/<request_id>")
+@endpoint(READ)
 def get_recognition(request_id: str):
     """The answer to a single-photo request that was still pending: 200 with it, or 202 while it is."""
     if not JOB_ID.fullmatch(request_id):
         raise NotFound(f"no recognition request {request_id}")
-    answer = interactive.stored_answer(request_id)
+    storage = runtime().storage
+    answer = interactive.stored_answer(storage, request_id)
     if answer is not None:
         return _answered(answer)
-    storage = runtime.storage()
     if storage.exists(interactive.photo_key(request_id)) or storage.exists(interactive.request_key(request_id)):
         return _pending(request_id)
     raise NotFound(f"no recognition request {request_id}")

@@ -1,4 +1,4 @@
-"""Data in and out without touching the storage folder: upload datasets and inboxes, read a job's results.
+"""Photos in without touching the storage folder: upload labelled datasets and inboxes to recognise.
 
 POST /v1/datasets/<name>: photos labelled by person, into datasets/<name>/<person>/<file>; either a zip
 (Content-Type application/zip) whose entries are <person>/<file> (one common top folder is allowed and
@@ -18,21 +18,18 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flask import Response, jsonify, redirect, request, stream_with_context
-from werkzeug.exceptions import BadRequest, Conflict, NotFound, RequestEntityTooLarge
+from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import BadRequest, Conflict, RequestEntityTooLarge
 
-from api.routes import _job, v1
+from api.context import caller, runtime, settings
+from api.endpoints import SUBMIT, endpoint
 from pipeline.dataset import is_image_key
 from pipeline.decode import MAX_BYTES
-from pipeline.storage import LocalStorage, MissingKey, S3Storage
-from workers import runtime
-from workers.jobs import SUCCEEDED
 
-# One place for the upload bound until config.py has it.
-MAX_UPLOAD_BYTES = runtime.settings().max_upload_mb * 1024 * 1024
+uploads = Blueprint("uploads", __name__, url_prefix="/v1")
+
 MAX_FILES = 100_000
 MAX_FORM_PARTS = 20_000  # multipart files per request (werkzeug's default is 1,000)
 # Names of datasets, inboxes, people and files: letters, digits and . _ - ( ) + and spaces inside,
@@ -40,7 +37,23 @@ MAX_FORM_PARTS = 20_000  # multipart files per request (werkzeug's default is 1,
 NAME = re.compile(r"[^\W_]|[^\W_][\w.() +-]{0,126}[\w)]", re.UNICODE)
 MARKER = ".facerec-upload.json"  # in the uploaded folder: ignored by training and recognition (a dotfile)
 CHUNK = 1024 * 1024
-PRESIGNED_S = 3600
+_PHOTO_FILE = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+_ZIP = {"type": "string", "format": "binary", "contentMediaType": "application/zip"}
+_APPEND = {"name": "append", "in": "query", "description": "add new photos to an existing folder",
+           "schema": {"type": "boolean", "default": False}}
+DATASET_BODIES = {
+    "application/zip": {"schema": {**_ZIP, "description": "entries <person>/<photo> (one common top folder is "
+                                                          "dropped)"}},
+    "multipart/form-data": {"schema": {
+        "type": "object", "description": "one or more photo files; each field's name is the person",
+        "additionalProperties": {"type": "array", "items": _PHOTO_FILE}}},
+}
+INBOX_BODIES = {
+    "application/zip": {"schema": {**_ZIP, "description": "entries <photo> (one common top folder is dropped)"}},
+    "multipart/form-data": {"schema": {
+        "type": "object", "description": "one or more photo files, any field names",
+        "additionalProperties": {"type": "array", "items": _PHOTO_FILE}}},
+}
 
 
 @dataclass
@@ -50,7 +63,9 @@ class Photo:
     open: object  # () -> binary file object
 
 
-@v1.post("/datasets/<name>")
+@uploads.post("/datasets/<name>")
+@endpoint(SUBMIT, other_bodies=DATASET_BODIES, query=(_APPEND,),
+          success=("201", "what was stored: prefix, photos, people, skipped files"))
 def upload_dataset(name: str):
     """Upload a labelled dataset: a zip of <person>/<photo> entries, or multipart files whose field is the person.
 
@@ -60,7 +75,9 @@ def upload_dataset(name: str):
     return _upload("datasets", name, labelled=True)
 
 
-@v1.post("/inboxes/<name>")
+@uploads.post("/inboxes/<name>")
+@endpoint(SUBMIT, other_bodies=INBOX_BODIES, query=(_APPEND,),
+          success=("201", "what was stored: prefix, photos, skipped files"))
 def upload_inbox(name: str):
     """Upload photos to recognise: a zip, or multipart files (any field name), stored under inboxes/<name>/.
 
@@ -70,59 +87,12 @@ def upload_inbox(name: str):
     return _upload("inboxes", name, labelled=False)
 
 
-@v1.get("/jobs/<job_id>/results")
-def get_results(job_id: str):
-    """A finished recognition job's results.jsonl: streamed, or on S3 a redirect to a presigned URL.
-
-    ?redirect=false streams it from S3 too. 409 while the job has not succeeded.
-    """
-    key = _output(job_id, "results")
-    storage = runtime.storage()
-    if isinstance(storage, S3Storage) and request.args.get("redirect", "true").lower() not in ("0", "false", "no"):
-        url = storage.client.generate_presigned_url(
-            "get_object", Params={"Bucket": storage.bucket, "Key": key}, ExpiresIn=PRESIGNED_S)
-        return redirect(url, code=302)
-    return Response(stream_with_context(_stream(storage, key)), mimetype="application/x-ndjson",
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}-results.jsonl"'})
-
-
-@v1.get("/jobs/<job_id>/summary")
-def get_summary(job_id: str):
-    """A finished recognition job's summary: photos, faces, unknowns, errors, identities, stage timings."""
-    key = _output(job_id, "summary")
-    try:
-        return jsonify(runtime.storage().get_json(key))
-    except MissingKey:
-        raise NotFound(f"job {job_id} has no summary in storage any more") from None
-
-
-def _output(job_id: str, what: str) -> str:
-    job = _job(job_id)
-    if job["type"] != "recognition":
-        raise Conflict(f"job {job_id} is a {job['type']} job: only recognition jobs have {what}")
-    if job["state"] != SUCCEEDED:
-        raise Conflict(f"job {job_id} is {job['state']}: its {what} are written when it succeeds")
-    return job["result"][what]
-
-
-def _stream(storage, key: str) -> Iterator[bytes]:
-    if isinstance(storage, LocalStorage):
-        with open(storage.path(key), "rb") as file:
-            while chunk := file.read(CHUNK):
-                yield chunk
-    elif isinstance(storage, S3Storage):
-        body = storage.client.get_object(Bucket=storage.bucket, Key=key)["Body"]
-        yield from body.iter_chunks(CHUNK)
-    else:
-        yield storage.get(key)
-
-
 # -- uploads ---------------------------------------------------------------------------------------
 
 def _upload(top: str, name: str, labelled: bool):
     _check_name(name, "the name")
     append = request.args.get("append", "false").lower() in ("1", "true", "yes")
-    request.max_content_length = MAX_UPLOAD_BYTES
+    request.max_content_length = _max_upload_bytes()
     request.max_form_parts = MAX_FORM_PARTS
     prefix = f"{top}/{name}"
     with tempfile.TemporaryDirectory(prefix="facerec-upload-") as work:
@@ -137,7 +107,7 @@ def _upload(top: str, name: str, labelled: bool):
         if not photos:
             also = f" (skipped: {', '.join(skipped[:5])})" if skipped else ""
             raise BadRequest(f"the upload holds no photos{also}")
-        storage = runtime.storage()
+        storage = runtime().storage
         keys = [f"{prefix}/{photo.relative}" for photo in photos]
         if len(set(keys)) < len(keys):
             twice = next(k for k in keys if keys.count(k) > 1)
@@ -152,7 +122,7 @@ def _upload(top: str, name: str, labelled: bool):
                 raise Conflict(f"{len(taken)} of the photos are already in {prefix}, such as "
                                f"{taken[0].removeprefix(prefix + '/')!r}: nothing was written "
                                "(existing photos are never replaced; rename or leave them out)")
-        elif not storage.put_new(f"{prefix}/{MARKER}", json.dumps({"uploaded_by": _caller()}).encode()):
+        elif not storage.put_new(f"{prefix}/{MARKER}", json.dumps({"uploaded_by": caller()}).encode()):
             raise Conflict(f"{prefix} was created by another upload just now: send ?append=true to add to it")
         written = 0
         for photo, key in zip(photos, keys):
@@ -172,12 +142,6 @@ def _upload(top: str, name: str, labelled: bool):
     return response, 201
 
 
-def _caller() -> str:
-    from flask import g
-
-    return g.get("api_key_name", "")
-
-
 def _check_name(value: str, what: str) -> str:
     if not NAME.fullmatch(value or ""):
         raise BadRequest(f"{what} {value[:100]!r} is not allowed: use letters, digits, '.', '_', '-', '(', ')', "
@@ -193,8 +157,8 @@ def _save_body(work: str) -> str:
     with open(path, "wb") as file:
         while chunk := request.stream.read(CHUNK):
             total += len(chunk)
-            if total > MAX_UPLOAD_BYTES:
-                raise RequestEntityTooLarge(f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+            if total > _max_upload_bytes():
+                raise RequestEntityTooLarge(f"the upload is larger than {settings().max_upload_mb} MB")
             file.write(chunk)
     return path
 
@@ -207,8 +171,8 @@ def _zip_photos(path: str, labelled: bool) -> tuple[list[Photo], list[str]]:
     entries = [info for info in archive.infolist() if not info.is_dir()]
     if len(entries) > MAX_FILES:
         raise BadRequest(f"the zip holds {len(entries)} files: at most {MAX_FILES} per upload")
-    if sum(info.file_size for info in entries) > MAX_UPLOAD_BYTES:  # a zip bomb says so in its directory
-        raise RequestEntityTooLarge(f"the zip's contents are larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+    if sum(info.file_size for info in entries) > _max_upload_bytes():  # a zip bomb says so in its directory
+        raise RequestEntityTooLarge(f"the zip's contents are larger than {settings().max_upload_mb} MB")
     names = [_entry_parts(info.filename) for info in entries]
     kept = [(info, parts) for info, parts in zip(entries, names) if parts is not None]
     skipped = [info.filename for info, parts in zip(entries, names) if parts is None]
@@ -248,7 +212,7 @@ def _multipart_photos(labelled: bool) -> tuple[list[Photo], list[str]]:
     try:
         files = list(request.files.items(multi=True))
     except RequestEntityTooLarge:
-        raise RequestEntityTooLarge(f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB") from None
+        raise RequestEntityTooLarge(f"the upload is larger than {settings().max_upload_mb} MB") from None
     photos, skipped = [], []
     for field, upload in files:
         filename = os.path.basename((upload.filename or "").replace("\\", "/"))
@@ -288,3 +252,6 @@ class _rewound:
     def __exit__(self, *exc) -> None:
         return None
 
+
+def _max_upload_bytes() -> int:
+    return settings().max_upload_mb * 1024 * 1024

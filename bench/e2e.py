@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "e2e.json"
 def use_fresh_data_dir() -> Path:
     """Point this process and the worker it starts at an empty data folder on the embedded default.
 
-    Must run before any workers module is imported: workers.runtime caches the settings it reads.
+    The worker it starts reads its settings from this environment.
     """
     # Converted model weights are one-off set-up, not per-job work: keep using the usual cache.
     os.environ.setdefault("FACEREC_CACHE_DIR", str(load_settings().cache_dir))
@@ -57,59 +55,51 @@ def use_fresh_data_dir() -> Path:
     return data_dir
 
 
-def wait_for(job: dict) -> dict:
+def wait_for(jobs, job: dict) -> dict:
     """Poll a job until it finishes (finer than the demo's one-second poll, since we time it)."""
-    from workers import runtime
     from workers.jobs import TERMINAL
 
-    jobs = runtime.job_store()
     while job["state"] not in TERMINAL:
         time.sleep(POLL_S)
         job = jobs.get(job["id"])
     return job
 
 
-def run_job(submit: Callable[[], tuple[dict, bool]]) -> tuple[dict, float]:
+def run_job(jobs, submit: Callable[[], tuple[dict, bool]]) -> tuple[dict, float]:
     """Submit a job and wait for its success: the finished job and its seconds from submit to success."""
     from workers.jobs import SUCCEEDED
 
     started = time.perf_counter()
-    job = wait_for(submit()[0])
+    job = wait_for(jobs, submit()[0])
     seconds = time.perf_counter() - started
     if job["state"] != SUCCEEDED:
         raise RuntimeError(f"{job['type']} job {job['id']} {job['state']}: {job['error']}")
     return job, seconds
 
 
-def stop(worker: subprocess.Popen) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
 def run_ours(train_items: list[Item], aside: list[Item]) -> dict:
     """Train and bulk-recognise through the job system, as a user of the API would."""
-    from workers import runtime
     from workers.demo import bulk_accuracy, copy_into_storage, start_worker
-    from workers.submit import RecognitionRequest, TrainingRequest, submit_recognition, submit_training
+    from workers.runtime import Runtime
+    from workers.schemas import RecognitionRequest, TrainingRequest
+    from workers.submit import submit_recognition, submit_training
 
-    storage = runtime.storage()
+    runtime = Runtime(load_settings())
+    storage, jobs = runtime.storage, runtime.jobs
     # Start the worker first so that it boots while the photos are copied.
-    worker = start_worker()
+    worker = start_worker(runtime)
     try:
         copy_into_storage(storage, train_items, "datasets/e2e", by_person=True)
         truth = copy_into_storage(storage, aside, "inbox/e2e", by_person=False)
 
         print(f"ours: training job on {len(train_items)} photos ...", flush=True)
-        _, training_s = run_job(lambda: submit_training(TrainingRequest(model="e2e", dataset_prefix="datasets/e2e")))
+        _, training_s = run_job(jobs, lambda: submit_training(
+            runtime, TrainingRequest(model="e2e", dataset_prefix="datasets/e2e")))
         print(f"ours: recognition job on {len(aside)} photos ...", flush=True)
-        job, recognition_s = run_job(
-            lambda: submit_recognition(RecognitionRequest(model="e2e", input_prefix="inbox/e2e")))
+        job, recognition_s = run_job(jobs, lambda: submit_recognition(
+            runtime, RecognitionRequest(model="e2e", input_prefix="inbox/e2e")))
     finally:
-        stop(worker)
+        worker.stop(timeout=60)
 
     result = job["result"]
     summary = storage.get_json(result["summary"])
@@ -161,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_started = time.perf_counter()
     data_dir = use_fresh_data_dir()
-    from workers.demo import lfw_people  # only now: importing workers reads the settings
+    from workers.demo import lfw_people
 
     lfw = load_settings().datasets_dir / "lfw-deepfunneled"
     if not lfw.is_dir():

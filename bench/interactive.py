@@ -2,7 +2,7 @@
 
     python -m bench.interactive [--photos 200] [--concurrency 4] [--bulk-photos 600] [--no-bulk]
 
-Starts the system as processes, as tests/system.py does: the API (gunicorn, gthread), one Celery worker
+Starts the system as processes (infra.processes): the API (gunicorn, gthread), one Celery worker
 for queues interactive,gpu (-c 1) and one for default, on Redis database FACEREC_BENCH_REDIS_DB (default 14,
 flushed at the start) and a fresh SeaweedFS bucket (deleted at the end). Uploads a small dataset through
 the API (6 LFW people x 12 photos), trains an embedding model, warms the worker with a few requests, then
@@ -33,10 +33,10 @@ import numpy as np
 import requests
 
 from bench.machine import machine_info
-from bench.system import S3, BenchSystem, system_env
+from bench.system import API_KEY, S3, BenchSystem, system_env
 from config import REPO_ROOT, load_settings
+from infra.processes import wait_for
 from pipeline.storage import S3Storage
-from tests.system import API_KEY, wait_for
 
 PEOPLE = 6
 TRAIN_PER_PERSON = 12
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     system = BenchSystem(system_env(redis_url, bucket, work / "data"), work, name="interactive")
     result: dict = {}
     try:
-        system.start()
+        system.start_all()
         files = [(person, (p.name, p.read_bytes(), "image/jpeg")) for person, paths in train.items() for p in paths]
         response = system.call("POST", "/datasets/bench", files=files, timeout=120)
         response.raise_for_status()
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print("during bulk", during, flush=True)
             system.wait_for_job(job["id"])
     except Exception:
-        for name in system.processes:
+        for name in system.log_paths:
             print(f"--- {name} ---\n{system.log_tail(name)}")
         raise
     finally:

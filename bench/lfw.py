@@ -7,10 +7,12 @@ PER_FOLD matched pairs ("name n1 n2") followed by PER_FOLD mismatched pairs ("na
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.dataset import Item
+from pipeline.storage import Storage
 
 
 def lfw_items(lfw_dir: Path, min_photos: int) -> list[Item]:
@@ -57,3 +59,16 @@ def read_pairs(path: str | Path) -> list[Pair]:
             kind = "matched" if same else "mismatched"
             raise ValueError(f"{path}: line {index + 2} should be a {kind} pair, got {' '.join(row)!r}")
     return pairs
+
+
+def upload_photos(storage: Storage, lfw_dir: Path, people: Sequence[str], prefix: str, first: int, last: int,
+                  by_person: bool = True) -> dict[str, str]:
+    """Copy each person's LFW photos number first..last-1 into storage, under <prefix>/<person>/<photo>
+    (by_person) or <prefix>/<photo>; returns key -> person."""
+    keys = {}
+    for person in people:
+        for path in sorted((lfw_dir / person).glob("*.jpg"))[first:last]:
+            key = f"{prefix}/{person}/{path.name}" if by_person else f"{prefix}/{path.name}"
+            storage.put(key, path.read_bytes())
+            keys[key] = person
+    return keys

@@ -2,7 +2,7 @@
 
     python -m bench.load [--seconds 30] [--pollers 200] [--submitters 20] [--bulk-photos 300]
 
-Starts the system as processes, as tests/system.py does: the API (gunicorn when installed, else
+Starts the system as processes (infra.processes): the API (gunicorn when installed, else
 `flask run`, threaded), one Celery worker for queue gpu and one for queue default, on Redis database 11
 (flushed at the start and the end) and a fresh SeaweedFS bucket (deleted at the end). Trains a small
 centroid model through the API (3 LFW people x 6 photos), submits a bulk recognition job over
@@ -43,11 +43,12 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from bench.lfw import upload_photos
 from bench.machine import cpu_model, machine_info
-from bench.system import S3, BenchSystem, system_env
+from bench.system import API_KEY, S3, BenchSystem, system_env
 from config import load_settings
+from infra.processes import wait_for
 from pipeline.storage import S3Storage
-from tests.system import API_KEY, upload_photos, wait_for
 from workers.jobs import TERMINAL, timestamp
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"starting the API ({server}) and two workers on {REDIS_URL} and bucket {bucket}; logs in {logs}",
               flush=True)
-        system.start()
+        system.start_all()
         upload_photos(storage, lfw, TRAIN_PEOPLE, "load/people", 0, TRAIN_PHOTOS)
         bulk_keys = put_photos(storage, bulk_paths, "load/inbox")
         prefixes = []
@@ -422,9 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_sigterm)
         system.stop()
         if failed:
-            for name in ("api", "gpu-worker", "default-worker"):
-                print(f"--- {name} log tail ({logs / (name + '.log')}) ---\n{system.log_tail(name, 1500)}",
-                      file=sys.stderr)
+            print(system.all_logs(1500), file=sys.stderr)
         try:
             delete_bucket(storage)
         except Exception as err:  # keep going: the rest must be cleaned up as well

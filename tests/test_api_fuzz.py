@@ -23,7 +23,7 @@ from api.openapi import REF
 from pipeline.storage import LocalStorage
 from tests.api_process import running_api
 from tests.system import API_KEY
-from workers.submit import EnrollRequest, RecognitionRequest, ScheduleRequest, TrainingRequest
+from workers.schemas import EnrollRequest, RecognitionRequest, ScheduleRequest, TrainingRequest
 
 EXAMPLES_PER_ROUTE = 40  # per route and mode: with about 20 routes, under a minute on 2 busy cores
 

@@ -21,6 +21,7 @@ import yaml
 from werkzeug.exceptions import BadRequest
 
 from api import MAX_JSON_DEPTH, create_app
+from api.endpoints import READ, endpoint
 from api.keys import config_entry, hash_key, parse_entries
 from pipeline.storage import LocalStorage
 from tests.api_process import running_api
@@ -88,6 +89,19 @@ def test_a_submit_key_submits_and_cancels_but_only_admin_promotes_rolls_back_and
     # The same requests with an admin key get past the scope check to the route's own answer.
     answers = [send(api, method, path, ADMIN_KEY, json=body).status_code for method, path, body in admin_only]
     assert answers == [404, 409, 200, 201, 404, 404, 404]
+
+
+def test_every_route_declares_the_scope_it_needs_and_an_undeclared_one_needs_admin():
+    app = create_app(api_keys=[config_entry("reader", "read", READ_KEY), config_entry("boss", "admin", ADMIN_KEY)])
+    undeclared = [rule.rule for rule in app.url_map.iter_rules()
+                  if rule.endpoint != "static" and not hasattr(app.view_functions[rule.endpoint], "api_endpoint")]
+    assert undeclared == [], "every view declares its scope with api.endpoints.endpoint or page"
+
+    app.add_url_rule("/v1/forgotten", "forgotten", lambda: "read me")
+    client = app.test_client()
+    refused = client.get("/v1/forgotten", headers={"X-API-Key": READ_KEY})
+    assert refused.status_code == 403 and "needs scope admin" in refused.json["error"]
+    assert client.get("/v1/forgotten", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
 
 
 @pytest.mark.parametrize("key", [None, "", WRONG_KEY, hash_key(READ_KEY)], ids=["none", "empty", "wrong", "hash"])
@@ -190,7 +204,7 @@ def test_unexpected_errors_answer_json_500_with_an_error_id_and_nothing_of_the_s
     def broken():
         raise OSError(f"[Errno 5] Input/output error: '{secret_path}'")
 
-    app.add_url_rule("/v1/broken", "broken", broken)
+    app.add_url_rule("/v1/broken", "broken", endpoint(READ)(broken))
     with caplog.at_level(logging.ERROR):
         response = app.test_client().get("/v1/broken", headers={"X-API-Key": READ_KEY})
 

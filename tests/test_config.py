@@ -9,7 +9,7 @@ from config import load_settings
 
 
 def test_the_worker_pipeline_takes_its_device_and_batch_sizes_from_the_environment(monkeypatch, face_resnet_cache):
-    from workers import runtime
+    from workers.runtime import Runtime
 
     monkeypatch.setenv("FACEREC_CACHE_DIR", str(face_resnet_cache))
     monkeypatch.setenv("FACEREC_DEVICE", "CPU:0")
@@ -17,16 +17,10 @@ def test_the_worker_pipeline_takes_its_device_and_batch_sizes_from_the_environme
     monkeypatch.setenv("FACEREC_DETECT_BATCH", "12")
     monkeypatch.setenv("FACEREC_EMBED_BATCH", "256")
     monkeypatch.setenv("FACEREC_DECODE_PROCESSES", "3")
-    runtime.settings.cache_clear()
-    runtime.face_pipeline.cache_clear()
-    try:
-        pipeline = runtime.face_pipeline()
-        assert (pipeline.batch_size, pipeline.decode_processes) == (48, 3)
-        assert (pipeline.detector.batch_size, pipeline.detector.device) == (12, "cpu:0")
-        assert (pipeline.embedder.batch_size, pipeline.embedder.device) == (256, "cpu:0")
-    finally:
-        runtime.settings.cache_clear()
-        runtime.face_pipeline.cache_clear()
+    pipeline = Runtime(load_settings()).face_pipeline
+    assert (pipeline.batch_size, pipeline.decode_processes) == (48, 3)
+    assert (pipeline.detector.batch_size, pipeline.detector.device) == (12, "cpu:0")
+    assert (pipeline.embedder.batch_size, pipeline.embedder.device) == (256, "cpu:0")
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [

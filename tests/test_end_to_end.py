@@ -39,6 +39,16 @@ def trained(system, photos):
     return job
 
 
+@pytest.fixture(scope="module")
+def recognized(system, photos, trained):
+    """A finished bulk recognition job over the inbox: its records, predictions and summary are written."""
+    response = call(system, "POST", "/jobs/recognition", json={"model": "five", "input_prefix": "inbox"})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(system, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
 def test_health_needs_no_key(system):
     response = call(system, "GET", "/health", key=None)
     assert response.status_code == 200 and response.json()["status"] == "ok"
@@ -151,8 +161,9 @@ def test_a_cancelled_job_stays_cancelled(system, photos, trained):
     assert call(system, "GET", "/models/cancelled").status_code == 404
 
 
-def test_no_api_key_that_was_sent_appears_in_any_log_or_stored_object(system, trained):
-    """Last in this module, so that every job above has written its records, predictions and reports."""
+def test_no_api_key_that_was_sent_appears_in_any_log_or_stored_object(system, trained, recognized):
+    """After a training and a bulk job have written their records, predictions and reports, and every key
+    was sent on reads, submits, cancels and promotes."""
     sent = [API_KEY, ADMIN_KEY, SUBMIT_KEY, READ_KEY, "frk_never-configured-4Hq7Lm2Xc9Vb"]
     for key in sent:
         call(system, "GET", f"/jobs/{trained['id']}", key=key)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +22,9 @@ import pytest
 import redis
 import requests
 
+from infra.processes import Client, Processes, environment, free_port
 from pipeline.storage import LocalStorage, S3Storage, Storage
-from tests.system import API_KEY, API_KEY_ENTRIES, REPO, free_port, upload_photos, wait_for
+from tests.system import API_KEY, API_KEY_ENTRIES, REPO, upload_photos
 from workers.jobs import timestamp
 
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Tony_Blair", "Gerhard_Schroeder"]
@@ -35,42 +34,21 @@ FAST_LIVENESS = {"FACEREC_HEARTBEAT_S": "1", "FACEREC_JOB_STALL_S": "6", "FACERE
                  "FACEREC_POOL_TAKE_S": "30"}
 
 
-class Cluster:
-    """The API and Celery workers as processes of one configuration, to be killed and started again."""
+class Cluster(Processes):
+    """The API and Celery workers of one configuration, to be killed and started again, and a client."""
 
     def __init__(self, env: dict[str, str], storage: Storage, logs: Path) -> None:
-        self.env, self.storage, self.logs = env, storage, logs
+        super().__init__(env, logs)
+        self.storage = storage
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/v1"
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.started = 0
+        self.client = Client(f"http://127.0.0.1:{self.port}", API_KEY)
 
-    def start(self, name: str) -> None:
-        """Start `api`, or a worker named worker-* serving both queues with one child."""
+    def start_node(self, name: str) -> None:
+        """Start `api`, or a worker named worker-* serving every queue with one child."""
         if name == "api":
-            command = ["-m", "flask", "--app", "api:create_app()", "run", "--port", str(self.port)]
+            self.start_api(port=self.port)
         else:
-            command = ["-m", "celery", "-A", "workers.app", "worker", "-Q", "interactive,gpu,default", "-c", "1",
-                       "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]
-        self.started += 1
-        with open(self.logs / f"{name}-{self.started}.log", "wb") as log:
-            # A session of its own: killing its process group kills the worker and its pool child together.
-            self.processes[name] = subprocess.Popen([sys.executable, *command], cwd=REPO, env=self.env,
-                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if name == "api":
-            wait_for(self._api_up, 60, "the API to answer")
-
-    def kill(self, name: str) -> None:
-        """SIGKILL the whole process (worker: main process and its child), as a crash or the OOM killer would."""
-        process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def kill_child(self, name: str) -> None:
-        """SIGKILL only the worker's pool child, the process running the task."""
-        children = subprocess.run(["pgrep", "-P", str(self.processes[name].pid)], capture_output=True, text=True)
-        for pid in children.stdout.split():
-            os.kill(int(pid), signal.SIGKILL)
+            self.start_worker(name, "interactive,gpu,default")
 
     def chunk_in_progress(self, job_id: str) -> bool:
         """Whether a worker holds the lease of one of the job's chunks now (read without touching it:
@@ -84,44 +62,19 @@ class Cluster:
         held = set(re.findall(r" [0-9a-f]+:[0-9a-f]+:(\d+) ", Path("/proc/locks").read_text()))
         return bool(inodes & held)
 
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.kill(name)
-
     def call(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, self.base + path, headers={"X-API-Key": API_KEY}, timeout=30, **kwargs)
+        return self.client.call(method, path, **kwargs)
 
     def job(self, job_id: str) -> dict:
-        return self.call("GET", f"/jobs/{job_id}").json()
+        return self.client.job(job_id)
 
     def wait_until(self, job_id: str, predicate, what: str, timeout: float = JOB_END_S) -> dict:
-        def check():
-            job = self.job(job_id)
-            return job if predicate(job) else None
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                found = check()
-            except requests.ConnectionError:  # the API restarting
-                found = None
-            if found:
-                return found
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; job: {self.job(job_id)}")
-
-    def _api_up(self) -> bool:
-        try:
-            return requests.get(f"{self.base}/health", timeout=2).ok
-        except requests.ConnectionError:
-            return False
+        return self.client.wait_until(job_id, predicate, what, timeout, every=0.2)
 
 
 def base_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "S3_", "FACEREC_"))}
-    return {**env, **FAST_LIVENESS, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2",
-            "FACEREC_DATA_DIR": str(data_dir), "FACEREC_API_KEYS": API_KEY_ENTRIES,
-            "FACEREC_DATASETS": os.environ.get("FACEREC_DATASETS", str(REPO.parent / "shared" / "datasets"))}
+    return environment(**FAST_LIVENESS, FACEREC_DATA_DIR=str(data_dir), FACEREC_API_KEYS=API_KEY_ENTRIES,
+                       FACEREC_DATASETS=os.environ.get("FACEREC_DATASETS", str(REPO.parent / "shared" / "datasets")))
 
 
 @contextmanager
@@ -129,8 +82,8 @@ def cluster(env: dict[str, str], storage: Storage, logs: Path, lfw_dir: Path) ->
     """A running API and one worker, a centroid model trained on 4 people, and an inbox of 160 photos."""
     running = Cluster(env, storage, logs)
     try:
-        running.start("api")
-        running.start("worker")
+        running.start_node("api")
+        running.start_node("worker")
         upload_photos(storage, lfw_dir, PEOPLE, "faults/people", 0, 5)
         upload_photos(storage, lfw_dir, PEOPLE, "faults/inbox", 5, 5 + PHOTOS_PER_PERSON, by_person=False)
         response = running.call("POST", "/jobs/training", json={
@@ -141,9 +94,8 @@ def cluster(env: dict[str, str], storage: Storage, logs: Path, lfw_dir: Path) ->
         assert job["state"] == "succeeded", job
         yield running
     finally:
-        running.stop_all()
-        for log in sorted(logs.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-2500:]}")
+        running.stop(timeout=0)
+        print(running.all_logs(2500))
 
 
 def submit_bulk_job(running: Cluster) -> str:
@@ -173,11 +125,11 @@ def kill_worker_midway_and_recover(running: Cluster, whole: bool) -> dict:
     if whole:
         running.kill("worker")
     else:
-        running.kill_child("worker")
+        running.kill_children("worker")
     before = finished_chunks(running.storage, job_id)
     assert 0 < len(before) < 20, "killed midway"
     if whole:
-        running.start("worker")
+        running.start_node("worker")
     job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), "the job to end")
     assert_every_photo_exactly_once(running, job)
     after = finished_chunks(running.storage, job_id)
@@ -242,7 +194,7 @@ def test_embedded_a_worker_whose_idle_child_was_killed_still_runs_jobs(embedded)
     embedded broker's worker uses billiard's blocking pool). Killed then, as the OOM killer may kill an
     idle child that holds the models, it takes the lock with it and no new child can ever take a task:
     the worker notices that its pool has stopped taking tasks and starts afresh."""
-    embedded.kill_child("worker")  # idle: the training is done and no job runs
+    embedded.kill_children("worker")  # idle: the training is done and no job runs
     job_id = submit_bulk_job(embedded)
     job = embedded.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), "the job to end")
     assert_every_photo_exactly_once(embedded, job)
@@ -256,13 +208,13 @@ def test_embedded_a_job_past_its_restarts_fails_saying_why_and_resumes_through_t
         running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16 and running.chunk_in_progress(job_id),
                            "two chunks done and a third in progress", timeout=120)
         running.kill("worker")
-        running.start("worker")
+        running.start_node("worker")
         failed = running.wait_until(job_id, lambda j: j["state"] != "running", "the job to give up")
         assert failed["state"] == "failed" and "worker lost" in failed["error"]["message"]
         assert "/resume" in failed["error"]["message"]
         # The API restarts while a user polls: nothing is lost, the poll goes on.
         running.kill("api")
-        running.start("api")
+        running.start_node("api")
         resumed = running.call("POST", f"/jobs/{job_id}/resume")
         assert resumed.status_code == 202, resumed.text
         job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed"), "the resumed job")
@@ -336,7 +288,7 @@ def test_a_training_longer_than_the_visibility_timeout_runs_once(tmp_path, lfw_d
            "S3_BUCKET": bucket, "FACEREC_VISIBILITY_TIMEOUT_S": "4"}
     (tmp_path / "logs").mkdir()
     with cluster(env, storage, tmp_path / "logs", lfw_dir) as running:
-        running.start("second-worker")
+        running.start_node("second-worker")
         # Fine-tuning the ResNet's last blocks takes far longer than 4 s on a CPU.
         response = running.call("POST", "/jobs/training", json={
             "model": "long", "dataset_prefix": "faults/people", "model_type": "finetune",

@@ -8,7 +8,6 @@ against a real worker on Redis.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from config import REPO_ROOT
+from infra.processes import Processes, environment
 
 K8S = REPO_ROOT / "infra" / "k8s"
 KEDA_SCHEMA = K8S / "schemas" / "scaledobject-keda-v1alpha1.json"
@@ -156,9 +156,10 @@ def test_cpu_worker_and_beat(objects):
 
 def test_queues_agree_with_the_code(objects):
     """Worker commands, the ConfigMap and KEDA's lists name the queues the app routes tasks to."""
-    from workers.app import app
+    from config import load_settings
+    from workers.celery_config import celery_config
 
-    routes = {task: route["queue"] for task, route in app.conf.task_routes.items()}
+    routes = {task: route["queue"] for task, route in celery_config(load_settings())["task_routes"].items()}
     settings = config_map(objects)
     assert settings["FACEREC_QUEUE_GPU"] == routes["facerec.recognize_chunk"] == routes["facerec.train"]
     assert settings["FACEREC_QUEUE_INTERACTIVE"] == routes["facerec.recognize_photo"]
@@ -240,17 +241,15 @@ def test_worker_probe_answers_for_a_live_worker_only(objects, redis_url, tmp_pat
     worker named celery@$HOSTNAME lives, non-zero for a name no worker has."""
     command = probe_command(objects)
     host = f"probe-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "REDIS_URL": redis_url,
-           "FACEREC_DATA_DIR": str(tmp_path), "FACEREC_QUEUE_DEFAULT": f"k8s-probe-{host}",
-           # This worker's watchdog must never sweep (it would see other tests' jobs): not within an hour.
-           "FACEREC_HEARTBEAT_S": "3600", "FACEREC_JOB_STALL_S": "86400"}
-    env.pop("S3_ENDPOINT_URL", None)
+    env = environment(REDIS_URL=redis_url, FACEREC_DATA_DIR=str(tmp_path), FACEREC_QUEUE_DEFAULT=f"k8s-probe-{host}",
+                      # This worker's watchdog must never sweep (it would see other tests' jobs): not within an hour.
+                      FACEREC_HEARTBEAT_S="3600", FACEREC_JOB_STALL_S="86400")
     celery = str(Path(sys.executable).with_name("celery"))
     probe_env = {**env, "PATH": f"{Path(celery).parent}:{env.get('PATH', '')}"}
-    worker = subprocess.Popen([celery, "-A", "workers.app", "worker", "-Q", env["FACEREC_QUEUE_DEFAULT"],
-                               "-c", "1", "-n", f"celery@{host}", "--loglevel", "WARNING"],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with Processes(env, tmp_path / "logs") as processes:
+        # The worker named as the manifests' probe expects it: celery@$HOSTNAME.
+        worker = processes.start("worker", [celery, "-A", "workers.app", "worker", "-Q", env["FACEREC_QUEUE_DEFAULT"],
+                                            "-c", "1", "-n", f"celery@{host}", "--loglevel", "WARNING"])
         deadline, answered = time.monotonic() + 60, None
         while time.monotonic() < deadline and worker.poll() is None:
             answered = subprocess.run(command, cwd=REPO_ROOT, env={**probe_env, "HOSTNAME": host},
@@ -258,16 +257,13 @@ def test_worker_probe_answers_for_a_live_worker_only(objects, redis_url, tmp_pat
             if answered.returncode == 0:
                 break
             time.sleep(1)
-        assert worker.poll() is None, f"worker exited: {worker.stderr.read().decode()[-2000:]}"
+        assert worker.poll() is None, f"worker exited: {processes.log_tail('worker')}"
         assert answered is not None and answered.returncode == 0, answered and answered.stdout + answered.stderr
         assert f"celery@{host}" in answered.stdout and "pong" in answered.stdout
 
         other = subprocess.run(command, cwd=REPO_ROOT, env={**probe_env, "HOSTNAME": f"{host}-gone"},
                                capture_output=True, text=True, timeout=60)
         assert other.returncode != 0, other.stdout
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
 
 def test_probe_command_is_valid_shell(objects):

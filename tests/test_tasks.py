@@ -13,12 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import json, sys
-from workers import runtime
-from workers.app import app
+from workers.app import app, runtime
 from workers import tasks
 
 app.conf.task_always_eager = True
-jobs, storage = runtime.job_store(), runtime.storage()
+jobs, storage = runtime.jobs, runtime.storage
 
 def recognition_job(**params):
     job, _ = jobs.create("recognition", {"model": "m", **params})

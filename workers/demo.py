@@ -12,18 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from config import load_settings
+from infra.processes import Processes
 from pipeline.dataset import Item, stratified_split
-from workers import runtime
-from workers.jobs import SUCCEEDED, TERMINAL
-from workers.submit import RecognitionRequest, TrainingRequest, submit_recognition, submit_training
+from workers.jobs import SUCCEEDED, TERMINAL, JobStore
+from workers.runtime import Runtime
+from workers.schemas import RecognitionRequest, TrainingRequest
+from workers.submit import submit_recognition, submit_training
 
 LFW_HOME = "http://vis-www.cs.umass.edu/lfw/"
 
@@ -49,43 +50,43 @@ def copy_into_storage(storage, items: list[Item], prefix: str, by_person: bool) 
     return keys
 
 
-def wait(job: dict, description: str) -> dict:
-    """Poll a job until it finishes, showing its progress."""
-    jobs = runtime.job_store()
+# What a stage's progress counts; the others count photos.
+STAGE_UNITS = {"fitting": "epoch"}
+
+
+def wait(jobs: JobStore, job: dict, description: str) -> dict:
+    """Poll a job until it finishes, showing its progress in its stage's unit."""
     with tqdm(desc=description, unit="photo") as bar:
         while True:
             job = jobs.get(job["id"])
-            progress = job["progress"]
-            if progress.get("stage"):
-                bar.set_description(f"{description}: {progress['stage']}")
+            progress, stage = job["progress"], job["progress"].get("stage")
+            if stage and job["state"] not in TERMINAL:
+                bar.set_description(f"{description}: {stage}")
+                bar.unit = STAGE_UNITS.get(stage, "photo")
             if progress["total"]:
                 bar.total = progress["total"]
                 bar.n = progress["done"]
                 bar.refresh()
             if job["state"] in TERMINAL:
+                bar.set_description(f"{description}: {job['state']}")
                 return job
             time.sleep(1)
 
 
-def start_worker() -> subprocess.Popen:
-    settings = runtime.settings()
-    from workers.app import QUEUE_INTERACTIVE
-
+def start_worker(runtime: Runtime) -> Processes:
+    """A worker for every queue, in this process's environment (its settings are the demo's); its log is
+    under the data folder's logs/."""
+    settings = runtime.settings
+    processes = Processes(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), settings.data_dir / "logs")
     # Single photos from the web page first, then training and bulk chunks, then the rest.
-    queues = f"{QUEUE_INTERACTIVE},{settings.queue_gpu},{settings.queue_default}"
-    # The child keeps its own copy of the log's file descriptor once started.
-    with open(settings.data_dir / "demo-worker.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-c", "1",
-             "--loglevel", "INFO", "-n", f"demo-{os.getpid()}@%h"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
+    processes.start_worker("demo-worker", f"{settings.queue_interactive},{settings.queue_gpu},{settings.queue_default}")
+    return processes
 
 
 WEB_HOST, WEB_PORT = "127.0.0.1", 8000
 
 
-def serve_web(no_worker: bool) -> int:
+def serve_web(runtime: Runtime, no_worker: bool) -> int:
     """The API and its web pages on loopback, for the data the demo left, with a fresh admin key."""
     from api import create_app
     from api.keys import config_entry, new_key
@@ -96,13 +97,12 @@ def serve_web(no_worker: bool) -> int:
     print(f"log in at http://{WEB_HOST}:{WEB_PORT}/login with this API key (shown once, valid while this runs):\n"
           f"    {key}\nthe CLI:  FACEREC_API_URL=http://{WEB_HOST}:{WEB_PORT} FACEREC_API_KEY=<the key> facerec --help",
           flush=True)
-    worker = None if no_worker else start_worker()
+    worker = None if no_worker else start_worker(runtime)
     try:
-        create_app(entries).run(host=WEB_HOST, port=WEB_PORT, threaded=True)
+        create_app(runtime.settings, entries).run(host=WEB_HOST, port=WEB_PORT, threaded=True)
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(timeout=60)
+            worker.stop(timeout=60)
     return 0
 
 
@@ -127,16 +127,17 @@ def main() -> int:
                         help=f"serve the web pages and the API on http://{WEB_HOST}:{WEB_PORT}/ with a worker, "
                              "printing a new admin key to log in with (Ctrl-C stops both)")
     args = parser.parse_args()
+    runtime = Runtime(load_settings())
     if args.web:
-        return serve_web(args.no_worker)
+        return serve_web(runtime, args.no_worker)
 
-    settings = runtime.settings()
+    settings = runtime.settings
     lfw = settings.datasets_dir / "lfw-deepfunneled"
     if not lfw.is_dir():
         print(f"LFW not found: looked in {lfw}.\nGet it with `make data` (needs internet; from {LFW_HOME}) "
               "or set FACEREC_DATASETS to the folder that holds lfw-deepfunneled/.", file=sys.stderr)
         return 2
-    storage = runtime.storage()
+    storage, jobs = runtime.storage, runtime.jobs
     print(f"storage: {storage.describe()}   broker: {'embedded (SQLite)' if settings.embedded else 'Redis'}")
 
     items = lfw_people(lfw, args.min_photos)
@@ -147,11 +148,11 @@ def main() -> int:
     copy_into_storage(storage, train_items, dataset_prefix, by_person=True)
     truth = copy_into_storage(storage, aside, inbox_prefix, by_person=False)
 
-    worker = None if args.no_worker else start_worker()
+    worker = None if args.no_worker else start_worker(runtime)
     try:
         started = time.perf_counter()
-        job, _ = submit_training(TrainingRequest(model=args.model, dataset_prefix=dataset_prefix))
-        job = wait(job, "training")
+        job, _ = submit_training(runtime, TrainingRequest(model=args.model, dataset_prefix=dataset_prefix))
+        job = wait(jobs, job, "training")
         if job["state"] != SUCCEEDED:
             print(f"training job {job['id']} {job['state']}: {job['error']}", file=sys.stderr)
             return 1
@@ -166,8 +167,8 @@ def main() -> int:
               f"F1 {metrics['macro_f1']:.4f}")
 
         started = time.perf_counter()
-        job, _ = submit_recognition(RecognitionRequest(model=args.model, input_prefix=inbox_prefix))
-        job = wait(job, "bulk recognition")
+        job, _ = submit_recognition(runtime, RecognitionRequest(model=args.model, input_prefix=inbox_prefix))
+        job = wait(jobs, job, "bulk recognition")
         if job["state"] != SUCCEEDED:
             print(f"recognition job {job['id']} {job['state']}: {job['error']}", file=sys.stderr)
             return 1
@@ -186,8 +187,7 @@ def main() -> int:
         return 0
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(timeout=60)
+            worker.stop(timeout=60)
 
 
 if __name__ == "__main__":

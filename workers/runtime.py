@@ -1,76 +1,95 @@
-"""Per-process singletons: settings, storage, the job store, and the models a worker keeps loaded.
+"""What one process builds from its settings and then reuses: storage, Redis, the job store, the Celery app
+it sends tasks with, and in a worker the face pipeline and the model versions it used recently.
 
-The face pipeline and model versions are loaded once per worker process and reused across tasks.
-TensorFlow is imported only when a model is first needed, so the API can use this module too.
+Nothing here reads the environment: the API builds a Runtime in create_app from the settings it is given,
+a worker at start (workers.app), the demo and the benchmarks for themselves. Each part is built when
+first used, so the API never loads TensorFlow.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import cache
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from config import Settings, load_settings
+from config import Settings
 from pipeline.storage import Storage, storage_from_settings
 from workers.jobs import JobStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from pipeline.faces import FacePipeline
 
 MODELS_KEPT = 4
 REDIS_CONNECTIONS = 64  # per process: more than the API's threads, far more than a worker's
 
 
-@cache
-def settings() -> Settings:
-    return load_settings()
+class Runtime:
+    """The services and models of one process, built from its settings when first used."""
 
+    def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
+        self.settings = settings
+        if celery is not None:
+            self.celery = celery
+        self._models: OrderedDict = OrderedDict()
 
-@cache
-def storage() -> Storage:
-    return storage_from_settings(settings())
+    @cached_property
+    def storage(self) -> Storage:
+        return storage_from_settings(self.settings)
 
+    @cached_property
+    def redis(self):
+        """A Redis client, or None on the embedded default."""
+        if not self.settings.redis_url:
+            return None
+        import redis
 
-@cache
-def redis_client():
-    if not settings().redis_url:
-        return None
-    import redis
+        # A blocking pool: under a burst of requests a thread waits a moment for a connection instead of
+        # failing at once (redis-py's default pool raises "Too many connections" past 100).
+        pool = redis.BlockingConnectionPool.from_url(self.settings.redis_url, max_connections=REDIS_CONNECTIONS,
+                                                     timeout=20)
+        return redis.Redis(connection_pool=pool)
 
-    # A blocking pool: under a burst of requests a thread waits a moment for a connection instead of
-    # failing at once (redis-py's default pool raises "Too many connections" past 100).
-    pool = redis.BlockingConnectionPool.from_url(settings().redis_url, max_connections=REDIS_CONNECTIONS, timeout=20)
-    return redis.Redis(connection_pool=pool)
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.storage, redis=self.redis, lock_dir=self.settings.data_dir / "locks",
+                        lease_s=3 * self.settings.heartbeat_s)
 
+    @cached_property
+    def celery(self) -> Celery:
+        """The Celery app this process sends tasks with (a worker's own app, given at construction)."""
+        from workers.celery_config import create_celery
 
-@cache
-def job_store() -> JobStore:
-    return JobStore(storage(), redis=redis_client(), lock_dir=settings().data_dir / "locks",
-                    lease_s=3 * settings().heartbeat_s)
+        return create_celery(self)
 
+    @cached_property
+    def face_pipeline(self) -> FacePipeline:
+        """The face pipeline configured by the settings (device, batch sizes, decoding processes)."""
+        from pipeline.detect import FaceDetector
+        from pipeline.face_resnet import ACCURATE, PLAIN, FaceResNetEmbedder
+        from pipeline.faces import FacePipeline
 
-@cache
-def face_pipeline():
-    from pipeline.detect import FaceDetector
-    from pipeline.face_resnet import ACCURATE, PLAIN, FaceResNetEmbedder
-    from pipeline.faces import FacePipeline
+        config = self.settings
+        device = config.device or None
+        crops = ACCURATE if config.accurate_faces else PLAIN
+        return FacePipeline(FaceDetector(batch_size=config.detect_batch, device=device),
+                            FaceResNetEmbedder(config.cache_dir, batch_size=config.embed_batch,
+                                               mirror=config.mirror_faces, crops=crops, device=device),
+                            batch_size=config.photo_batch, decode_processes=config.decode_processes)
 
-    config = settings()
-    device = config.device or None
-    crops = ACCURATE if config.accurate_faces else PLAIN
-    return FacePipeline(FaceDetector(batch_size=config.detect_batch, device=device),
-                        FaceResNetEmbedder(config.cache_dir, batch_size=config.embed_batch, mirror=config.mirror_faces,
-                                           crops=crops, device=device),
-                        batch_size=config.photo_batch, decode_processes=config.decode_processes)
+    def model(self, name: str, version: str):
+        """A published model version, loaded once and kept while recently used."""
+        from pipeline.recognize import load_model
 
+        key = (name, version)
+        if key not in self._models:
+            self._models[key] = load_model(self.storage, name, version)
+            while len(self._models) > MODELS_KEPT:
+                self._models.popitem(last=False)
+        self._models.move_to_end(key)
+        return self._models[key]
 
-_models: OrderedDict = OrderedDict()
-
-
-def model(name: str, version: str):
-    """A published model version, loaded once and kept while recently used."""
-    from pipeline.recognize import load_model
-
-    key = (name, version)
-    if key not in _models:
-        _models[key] = load_model(storage(), name, version)
-        while len(_models) > MODELS_KEPT:
-            _models.popitem(last=False)
-    _models.move_to_end(key)
-    return _models[key]
+    def send(self, task: str, args: list, queue: str | None = None) -> None:
+        """Send a task by name (routed by workers.app unless a queue is given): never imports the task."""
+        self.celery.send_task(task, args=args, **({"queue": queue} if queue else {}))

@@ -17,13 +17,12 @@ import uuid
 from celery.schedules import crontab
 
 from pipeline.dataset import Item, manifest_hash
-from pipeline.storage import MissingKey
-from workers import runtime
-from workers.app import app
+from pipeline.storage import MissingKey, Storage
 from workers.jobs import now
-from workers.submit import ScheduleRequest, TrainingRequest, submit_training
-
-TASK = "facerec.scheduled_training"
+from workers.runtime import Runtime
+from workers.schemas import ScheduleRequest, TrainingRequest
+from workers.submit import submit_training
+from workers.task_names import SCHEDULED_TRAINING
 
 
 class ScheduleNotFound(LookupError):
@@ -89,80 +88,79 @@ def _cron_field_problem(text: str, low: int, high: int, names: tuple[str, ...]) 
     return None
 
 
-def _require_redis() -> None:
-    if not runtime.settings().redis_url:
+def _require_redis(runtime: Runtime) -> None:
+    if not runtime.settings.redis_url:
         raise RuntimeError("scheduled retraining needs Redis: set REDIS_URL (celery-redbeat keeps schedules there)")
 
 
-def _entry(schedule: dict):
+def _entry(runtime: Runtime, schedule: dict):
     from redbeat import RedBeatSchedulerEntry
 
-    return RedBeatSchedulerEntry(f"facerec-schedule-{schedule['id']}", TASK, parse_cron(schedule["cron"]),
-                                 args=[schedule["id"]], options={"queue": runtime.settings().queue_default},
-                                 app=app)
+    return RedBeatSchedulerEntry(f"facerec-schedule-{schedule['id']}", SCHEDULED_TRAINING,
+                                 parse_cron(schedule["cron"]), args=[schedule["id"]],
+                                 options={"queue": runtime.settings.queue_default}, app=runtime.celery)
 
 
-def create_schedule(request: ScheduleRequest) -> dict:
-    _require_redis()
+def create_schedule(runtime: Runtime, request: ScheduleRequest) -> dict:
+    _require_redis(runtime)
     parse_cron(request.cron)
     schedule = {"id": uuid.uuid4().hex, **request.model_dump(exclude_none=True), "created_at": now()}
-    runtime.storage().put_json(f"schedules/{schedule['id']}.json", schedule)
-    _entry(schedule).save()
+    runtime.storage.put_json(f"schedules/{schedule['id']}.json", schedule)
+    _entry(runtime, schedule).save()
     return schedule
 
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # ids are uuid4().hex; anything else is no schedule
 
 
-def get_schedule(schedule_id: str) -> dict:
+def get_schedule(storage: Storage, schedule_id: str) -> dict:
     if not ID_PATTERN.fullmatch(schedule_id):
         raise ScheduleNotFound(schedule_id)
     try:
-        return runtime.storage().get_json(f"schedules/{schedule_id}.json")
+        return storage.get_json(f"schedules/{schedule_id}.json")
     except MissingKey:
         raise ScheduleNotFound(schedule_id) from None
 
 
-def list_schedules() -> list[dict]:
-    storage = runtime.storage()
+def list_schedules(storage: Storage) -> list[dict]:
     # Only the definitions, not what each schedule remembers under schedules/<id>/.
     definitions = [key for key in storage.list("schedules/")
                    if ID_PATTERN.fullmatch(key.removeprefix("schedules/").removesuffix(".json"))]
     return sorted((storage.get_json(key) for key in definitions), key=lambda s: s["created_at"])
 
 
-def delete_schedule(schedule_id: str) -> None:
-    schedule = get_schedule(schedule_id)
-    _require_redis()
-    _entry(schedule).delete()
-    runtime.storage().delete(f"schedules/{schedule_id}.json")
-    runtime.storage().delete(_last_training_key(schedule_id))
+def delete_schedule(runtime: Runtime, schedule_id: str) -> None:
+    schedule = get_schedule(runtime.storage, schedule_id)
+    _require_redis(runtime)
+    _entry(runtime, schedule).delete()
+    runtime.storage.delete(f"schedules/{schedule_id}.json")
+    runtime.storage.delete(_last_training_key(schedule_id))
 
 
 def _last_training_key(schedule_id: str) -> str:
     return f"schedules/{schedule_id}/last-training.json"
 
 
-def remember_training(schedule_id: str, job_id: str, record: dict) -> None:
+def remember_training(storage: Storage, schedule_id: str, job_id: str, record: dict) -> None:
     """Remember what a schedule's run trained on and what became of the version, promoted or not."""
     promotion = record["promotion"]
-    runtime.storage().put_json(_last_training_key(schedule_id), {
+    storage.put_json(_last_training_key(schedule_id), {
         "dataset_manifest_hash": record["dataset_manifest_hash"], "version": record["version"], "job": job_id,
         "promoted": promotion["promote"], "reason": promotion["reason"], "trained_at": now()})
 
 
-def last_training(schedule_id: str) -> dict | None:
+def last_training(storage: Storage, schedule_id: str) -> dict | None:
     """What the schedule last trained on (remember_training's record); None if it has not trained yet."""
     try:
-        return runtime.storage().get_json(_last_training_key(schedule_id))
+        return storage.get_json(_last_training_key(schedule_id))
     except MissingKey:
         return None
 
 
-def unchanged_since_last_training(schedule_id: str | None, items: list[Item]) -> str | None:
+def unchanged_since_last_training(storage: Storage, schedule_id: str | None, items: list[Item]) -> str | None:
     """Why a run of the schedule should train nothing, when the schedule last trained on exactly these
     photos and labels; None when it should train (no schedule, never trained, or the data changed)."""
-    last = last_training(schedule_id) if schedule_id else None
+    last = last_training(storage, schedule_id) if schedule_id else None
     if last is None or last["dataset_manifest_hash"] != manifest_hash(items):
         return None
     outcome = "made current" if last["promoted"] else f"not made current ({last['reason']})"
@@ -170,13 +168,13 @@ def unchanged_since_last_training(schedule_id: str | None, items: list[Item]) ->
             f"{outcome}; nothing trained")
 
 
-def submit_scheduled_run(schedule_id: str, run_id: str) -> tuple[dict, bool]:
+def submit_scheduled_run(runtime: Runtime, schedule_id: str, run_id: str) -> tuple[dict, bool]:
     """Submit the training job of one scheduled run; run_id makes a redelivered run submit nothing new."""
-    schedule = get_schedule(schedule_id)
+    schedule = get_schedule(runtime.storage, schedule_id)
     request = TrainingRequest(
         model=schedule["model"], model_type=schedule["model_type"],
         dataset_prefix=schedule.get("dataset_prefix"), dataset_manifest=schedule.get("dataset_manifest"),
         validation_manifest=schedule.get("validation_manifest"), promotion_margin=schedule["promotion_margin"],
         skip_if_unchanged=True, schedule_id=schedule_id,
     )
-    return submit_training(request, idempotency_key=f"schedule-{schedule_id}-{run_id}")
+    return submit_training(runtime, request, idempotency_key=f"schedule-{schedule_id}-{run_id}")

@@ -25,14 +25,16 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config import Settings
 from pipeline import registry
 from pipeline.dataset import load_items, read_key_list
 from pipeline.enroll import enroll_people
 from pipeline.storage import MissingKey, StorageError, check_key
 from pipeline.train import TrainingParams, dataset_unchanged, train_model
-from workers import runtime
+from workers import interactive, task_names
 from workers.app import app
 from workers.jobs import CANCELLED, PUBLISHING, TERMINAL, JobCancelled, JobNotFound, JobStore
+from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,9 @@ PERMANENT_ERRORS = (ValueError, LookupError, MissingKey)
 MAX_DELIVERIES = 3
 
 
-def public_message(err: BaseException | str) -> str:
+def public_message(err: BaseException | str, settings: Settings) -> str:
     """An error message fit for a job record: the server's own folders replaced by what they hold."""
     message = str(err)
-    settings = runtime.settings()
     for folder, name in ((settings.data_dir / "storage", "<storage>"), (settings.data_dir, "<data>"),
                          (settings.cache_dir, "<cache>")):
         message = message.replace(str(folder), name)
@@ -63,11 +64,14 @@ class JobTask(Task):
     dont_autoretry_for = (MissingKey,)
     retry_backoff = 2
     retry_backoff_max = 120
-    retry_jitter = True
-    max_retries = runtime.settings().task_max_retries
+    retry_jitter = True  # max_retries comes from the settings (workers.app's task_annotations)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.runtime
 
     def __call__(self, job_id: str, *args, **kwargs):
-        jobs = runtime.job_store()
+        jobs = self.runtime.jobs
         try:
             job = jobs.get(job_id)
         except JobNotFound:
@@ -85,21 +89,21 @@ class JobTask(Task):
             if renew is None:
                 log.info("%s for job %s is running elsewhere: this delivery skips it", work, job_id)
                 return None
-            with _beating(jobs, job_id, renew, runtime.settings().heartbeat_s):
+            with _beating(jobs, job_id, renew, self.runtime.settings.heartbeat_s):
                 try:
                     return self.run(job_id, *args, **kwargs)
                 except JobCancelled:
                     return None
                 except PERMANENT_ERRORS as err:
-                    jobs.fail(job_id, public_message(err))
+                    jobs.fail(job_id, public_message(err, self.runtime.settings))
                     return None
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         if isinstance(exc, SoftTimeLimitExceeded):
             message = f"{self.name} ran past its time limit of {self.soft_time_limit} s"
         else:
-            message = f"{type(exc).__name__}: {public_message(exc)}"
-        runtime.job_store().fail(args[0], message, {"task": self.name})
+            message = f"{type(exc).__name__}: {public_message(exc, self.runtime.settings)}"
+        self.runtime.jobs.fail(args[0], message, {"task": self.name})
 
 
 @contextlib.contextmanager
@@ -140,18 +144,18 @@ def _progress_or_stop(jobs: JobStore, job_id: str):
     return on_progress
 
 
-@app.task(bind=True, base=JobTask, name="facerec.train", soft_time_limit=runtime.settings().training_time_limit_s,
-          time_limit=runtime.settings().training_time_limit_s + 60)
+@app.task(bind=True, base=JobTask, name=task_names.TRAIN)  # time limits: workers.app's task_annotations
 def train(self: JobTask, job_id: str) -> None:
     from workers import schedules  # imported where used, as scheduled_training does
 
-    jobs, storage = runtime.job_store(), runtime.storage()
+    runtime = self.runtime
+    jobs, storage = runtime.jobs, runtime.storage
     params = jobs.start(job_id)["params"]
     items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
     if params.get("skip_if_unchanged"):
         reason = ("dataset unchanged since the current version: nothing trained"
                   if dataset_unchanged(storage, params["model"], items)
-                  else schedules.unchanged_since_last_training(params.get("schedule_id"), items))
+                  else schedules.unchanged_since_last_training(storage, params.get("schedule_id"), items))
         if reason:
             jobs.succeed(job_id, {"model": params["model"], "trained": False, "decision": reason})
             return
@@ -163,32 +167,32 @@ def train(self: JobTask, job_id: str) -> None:
                               validation_fraction=params.get("validation_fraction", 0.2),
                               test_fraction=params.get("test_fraction", 0.2),
                               stranger_fraction=params.get("stranger_fraction", 0.0))
-    record = train_model(storage, runtime.face_pipeline(), items, params["model"], training,
+    record = train_model(storage, runtime.face_pipeline, items, params["model"], training,
                          _progress_or_stop(jobs, job_id), promotion_items=held_out,
                          promotion_margin=params.get("promotion_margin"))
     if params.get("schedule_id"):
-        schedules.remember_training(params["schedule_id"], job_id, record)
+        schedules.remember_training(storage, params["schedule_id"], job_id, record)
     jobs.succeed(job_id, _version_result(record, trained=True, promotion=record["promotion"]))
 
 
-@app.task(bind=True, base=JobTask, name="facerec.enroll", soft_time_limit=runtime.settings().training_time_limit_s,
-          time_limit=runtime.settings().training_time_limit_s + 60)
+@app.task(bind=True, base=JobTask, name=task_names.ENROLL)
 def enroll(self: JobTask, job_id: str) -> None:
     """Add or update people in a centroid model: a new version, no one else retrained."""
-    jobs, storage = runtime.job_store(), runtime.storage()
+    runtime = self.runtime
+    jobs, storage = runtime.jobs, runtime.storage
     params = jobs.start(job_id)["params"]
     items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
-    record = enroll_people(storage, runtime.face_pipeline(), items, params["model"],
+    record = enroll_people(storage, runtime.face_pipeline, items, params["model"],
                            on_progress=_progress_or_stop(jobs, job_id))
     jobs.succeed(job_id, _version_result(record, enrolled=record["enrolled"]))
 
 
-@app.task(bind=True, name="facerec.scheduled_training", acks_late=True)
+@app.task(bind=True, name=task_names.SCHEDULED_TRAINING, acks_late=True)
 def scheduled_training(self: Task, schedule_id: str) -> None:
     """Run by celery beat: submit the schedule's training job (once per schedule and minute)."""
     from workers.schedules import submit_scheduled_run
 
-    submit_scheduled_run(schedule_id, self.request.id)
+    submit_scheduled_run(self.app.runtime, schedule_id, self.request.id)
 
 
 def _version_result(record: dict, **extra) -> dict:
@@ -209,9 +213,9 @@ def output_prefix(job: dict) -> str:
     return job["params"].get("output_prefix", "").rstrip("/") or f"jobs/{job['id']}/output"
 
 
-def _input_keys(job: dict) -> list[str]:
+def _input_keys(storage, job: dict) -> list[str]:
     """The job's photos, each once, in input order; never those under its own output prefix."""
-    storage, params = runtime.storage(), job["params"]
+    params = job["params"]
     if params.get("input_manifest"):
         keys = read_key_list(storage, params["input_manifest"])
     else:
@@ -221,12 +225,12 @@ def _input_keys(job: dict) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-@app.task(bind=True, base=JobTask, name="facerec.plan_recognition")
+@app.task(bind=True, base=JobTask, name=task_names.PLAN_RECOGNITION)
 def plan_recognition(self: JobTask, job_id: str) -> None:
     """Split the input into chunks and send a task for each chunk not yet done (all of them the
     first time; the missing ones when the job is resumed). The chunk that completes the set sends
     the summary task."""
-    jobs, storage = runtime.job_store(), runtime.storage()
+    jobs, storage = self.runtime.jobs, self.runtime.storage
     job = jobs.get(job_id)
     plan_key = f"jobs/{job_id}/plan.json"
     if storage.exists(plan_key):  # resumed or redelivered: keep the plan already made
@@ -234,10 +238,10 @@ def plan_recognition(self: JobTask, job_id: str) -> None:
     else:
         params = job["params"]
         version = registry.resolve_version(storage, params["model"], params.get("model_version"))
-        keys = _input_keys(job)
+        keys = _input_keys(storage, job)
         if not keys:
             raise ValueError("the input holds no photos")
-        size = runtime.settings().chunk_size
+        size = self.runtime.settings.chunk_size
         plan = {"model": params["model"], "model_version": version, "images": len(keys),
                 "chunks": (len(keys) + size - 1) // size, "chunk_size": size}
         for index in range(plan["chunks"]):
@@ -252,32 +256,33 @@ def plan_recognition(self: JobTask, job_id: str) -> None:
         finish_recognition.delay(job_id)
 
 
-@app.task(bind=True, base=JobTask, name="facerec.recognize_chunk")
+@app.task(bind=True, base=JobTask, name=task_names.RECOGNIZE_CHUNK)
 def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
     """Recognise one chunk's photos and write its predictions file, unless it already exists."""
     from pipeline.recognize import recognize
 
-    storage = runtime.storage()
+    runtime = self.runtime
+    storage = runtime.storage
     plan = storage.get_json(f"jobs/{job_id}/plan.json")
     keys = storage.get_json(_chunk_key(job_id, index))
     predictions_key = f"jobs/{job_id}/predictions/{index:05d}.jsonl"
     if not storage.exists(predictions_key):
         model = runtime.model(plan["model"], plan["model_version"])
-        faces = runtime.face_pipeline()
+        faces = runtime.face_pipeline
         errors = {key: problem for key in keys if (problem := _key_problem(key))}
         readable = [key for key in keys if key not in errors]
 
         def photos():
             for key, data in storage.get_many(readable):
                 if isinstance(data, Exception):
-                    errors[key] = public_message(data)
+                    errors[key] = public_message(data, runtime.settings)
                 else:
                     yield key, data
 
         started = time.perf_counter()
         found = {result["key"]: result for result in recognize(faces, model, photos())}
         timings = dict(faces.timings_ms)
-        job = runtime.job_store().get(job_id)
+        job = runtime.jobs.get(job_id)
         if job["params"].get("annotate"):
             _write_annotated(storage, output_prefix(job), found)
         lines = [json.dumps(found.get(key) or {"key": key, "model": plan["model"],
@@ -286,7 +291,7 @@ def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
         timings["total"] = (time.perf_counter() - started) * 1000
         storage.put_json(f"jobs/{job_id}/stats/{index:05d}.json", {"images": len(keys), "timings_ms": timings})
         storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
-    if runtime.job_store().chunk_done(job_id, index, len(keys), plan["chunks"]):
+    if runtime.jobs.chunk_done(job_id, index, len(keys), plan["chunks"]):
         finish_recognition.delay(job_id)
 
 
@@ -312,10 +317,10 @@ def _chunk_key(job_id: str, index: int) -> str:
     return f"jobs/{job_id}/chunks/{index:05d}.json"
 
 
-@app.task(bind=True, base=JobTask, name="facerec.finish_recognition")
+@app.task(bind=True, base=JobTask, name=task_names.FINISH_RECOGNITION)
 def finish_recognition(self: JobTask, job_id: str) -> None:
     """Join the chunks' predictions into the results manifest and write the summary."""
-    jobs, storage = runtime.job_store(), runtime.storage()
+    jobs, storage = self.runtime.jobs, self.runtime.storage
     job = jobs.get(job_id)
     output = output_prefix(job)
     plan = storage.get_json(f"jobs/{job_id}/plan.json")
@@ -350,3 +355,32 @@ def finish_recognition(self: JobTask, job_id: str) -> None:
         "model": plan["model"], "model_version": plan["model_version"],
         **{k: summary[k] for k in ("images", "faces", "unknown_faces", "errors")},
     })
+
+
+# -- single photos -----------------------------------------------------------------------------
+
+@app.task(bind=True, name=task_names.RECOGNIZE_PHOTO, acks_late=True, ignore_result=True)
+def recognize_photo(self: Task, request_id: str, key: str, model: str, version: str) -> None:
+    """Recognise every face of one photo and publish the answer (workers.interactive): the result line of a
+    bulk job (faces with box, landmarks, identity, score, confidence) plus timings, or {"error": ...}."""
+    from pipeline.recognize import recognize
+
+    runtime: Runtime = self.app.runtime
+    started = time.perf_counter()
+    try:
+        data = runtime.storage.get(key)
+        faces = runtime.face_pipeline
+        loaded = runtime.model(model, version)
+        result = next(recognize(faces, loaded, [(key, data)], batch_size=1))
+        # What a face's score is compared with: a page can re-label the faces at another threshold.
+        result["threshold"] = round(float(loaded.model.threshold_), 4)
+        result["timings_ms"] = {stage: round(ms, 1) for stage, ms in faces.timings_ms.items()}
+        result["timings_ms"]["worker_total"] = round((time.perf_counter() - started) * 1000, 1)
+    except MissingKey:
+        result = {"key": key, "error": f"the photo {key!r} is no longer in storage"}
+    except (StorageError, LookupError, ValueError) as err:
+        # Storage unreachable or the version unreadable: the asker gets a reason, the log the details.
+        log.warning("recognize_photo %s: %s", request_id, err)
+        result = {"key": key, "error": f"could not recognise the photo ({type(err).__name__}); try again"}
+    result.update(id=request_id, model=model, model_version=version)
+    interactive.publish_answer(runtime, request_id, result)

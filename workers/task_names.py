@@ -1,0 +1,12 @@
+"""The Celery task names: the one place they are spelled (routing, the tasks, and whatever sends them)."""
+
+TRAIN = "facerec.train"
+ENROLL = "facerec.enroll"
+SCHEDULED_TRAINING = "facerec.scheduled_training"
+PLAN_RECOGNITION = "facerec.plan_recognition"
+RECOGNIZE_CHUNK = "facerec.recognize_chunk"
+FINISH_RECOGNITION = "facerec.finish_recognition"
+RECOGNIZE_PHOTO = "facerec.recognize_photo"
+
+# The task that starts a job of each type, and starts it again when it is resumed.
+ENTRY_TASKS = {"training": TRAIN, "enroll": ENROLL, "recognition": PLAN_RECOGNITION}
