@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo web test lint browser data services-up services-down clean
+.PHONY: demo web test test-fast lint browser data services-up services-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ web: $(VENV)/.installed
 
 test: $(VENV)/.installed lint browser
 	$(BIN)/python -m pytest -q tests
+
+# The fast tier while you work: every test that runs in this one process (no service, worker or child
+# interpreter; see tests/conftest.py). make test runs all of them, as CI does.
+test-fast: $(VENV)/.installed lint
+	$(BIN)/python -m pytest -q -m "not system" tests
 
 # Headless Chromium and its driver for the browser test (Debian packages; installed only if missing).
 browser:

@@ -3,6 +3,10 @@ one face pipeline (loading TensorFlow and the models is slow, so it is built onc
 
 No mocks: services that are not running are started with the scripts in infra/scripts/ and
 stopped again at the end, but only when these fixtures started them.
+
+Two tiers: a test that uses a service (Redis, S3, the running system) is marked `system` here; one that
+starts a worker, the API or another interpreter says so itself (@pytest.mark.system). `make test-fast`
+runs the rest (-m "not system"): everything in this one process.
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ REDIS_TEST_DB = int(os.environ.get("FACEREC_TEST_REDIS_DB", "15"))
 
 # Seconds the test process may take to exit after the last test.
 EXIT_WITHIN_S = 120
+
+
+# Fixtures that need a service: a test using any of them, directly or through another fixture, is a system test.
+SERVICE_FIXTURES = {"system", "seaweedfs", "s3_storage", "redis_url"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.hookimpl(trylast=True)

@@ -117,6 +117,7 @@ def test_health_and_the_openapi_document_need_no_key(api):
     assert send(api, "GET", "/openapi.json", None).json()["openapi"].startswith("3.")
 
 
+@pytest.mark.system
 def test_a_plain_key_in_the_config_stops_the_app_from_starting_without_printing_the_key(tmp_path):
     plain = "my-plain-secret-key-123"
     with pytest.raises(ValueError, match="entry 2 is not name:scope:sha256hex: it looks like a plain key") as err:
@@ -141,6 +142,7 @@ def test_malformed_key_entries_are_refused_naming_the_problem(entry, problem):
         parse_entries([entry])
 
 
+@pytest.mark.system
 def test_the_keys_command_prints_a_new_key_once_with_a_config_entry_holding_only_its_hash():
     def new(name: str, scope: str) -> tuple[str, str]:
         done = subprocess.run([sys.executable, "-m", "api.keys", "new", name, "--scope", scope], cwd=REPO,

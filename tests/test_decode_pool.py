@@ -18,6 +18,8 @@ from PIL import Image
 from pipeline.decode import DecodePool, Photo, decode_photo
 from pipeline.faces import FacePipeline
 
+pytestmark = pytest.mark.system  # decoding processes
+
 PHOTOS = 60
 
 

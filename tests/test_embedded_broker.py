@@ -10,10 +10,13 @@ import signal
 import threading
 import time
 
+import pytest
 from kombu import Connection
 
 from config import Settings
 from workers import embedded_broker  # noqa: F401 - the transport the embedded broker's URL names
+
+pytestmark = pytest.mark.system  # forked children
 
 CHILDREN = 10
 

@@ -29,6 +29,8 @@ from workers.jobs import timestamp
 
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Tony_Blair", "Gerhard_Schroeder"]
 PHOTOS_PER_PERSON = 40  # 160 photos in chunks of 8: 20 chunk tasks, time to kill a worker among them
+pytestmark = pytest.mark.system  # the API and workers as processes
+
 JOB_END_S = 300  # a job must end within this, faults included
 FAST_LIVENESS = {"FACEREC_HEARTBEAT_S": "1", "FACEREC_JOB_STALL_S": "6", "FACEREC_CHUNK_SIZE": "8",
                  "FACEREC_POOL_TAKE_S": "30"}

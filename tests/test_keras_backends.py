@@ -283,6 +283,7 @@ def jax_run(photos, lfw_dir, face_resnet_cache, tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.system
 def test_jax_stages_match_tensorflow_stages(jax_run):
     """The same MTCNNNetworks under JAX (TensorFlow unimportable) and under TensorFlow."""
     jax_stages = np.load(jax_run / "jax_stages.npz")
@@ -298,12 +299,14 @@ def test_jax_stages_match_tensorflow_stages(jax_run):
             assert np.abs(jax_stages[key] - array).max() <= BACKEND_TOLERANCE, key
 
 
+@pytest.mark.system
 def test_jax_detector_finds_the_same_faces_as_tensorflow(jax_run, photos):
     expected = faces_as_json(keras_face_detector().detect(list(photos)))
     found = json.loads((jax_run / "jax_faces.json").read_text())
     assert_same_faces(found, expected, BACKEND_TOLERANCE)
 
 
+@pytest.mark.system
 def test_face_resnet_under_jax_matches_tensorflow(jax_run, face_resnet_cache):
     from pipeline.face_resnet import FaceResNetEmbedder
 

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from api.keys import config_entry
+
+pytestmark = pytest.mark.system  # fresh interpreters
 
 REPO = Path(__file__).resolve().parents[1]
 

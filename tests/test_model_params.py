@@ -85,6 +85,7 @@ def test_the_resnet_block_bound_is_the_networks_number_of_blocks():
     assert len(RESIDUAL_BLOCKS) == RESNET_BLOCKS
 
 
+@pytest.mark.system
 def test_validating_parameters_loads_neither_tensorflow_nor_keras():
     code = ("import sys\nfrom pipeline.models.params import validate_model_params\n"
             "validate_model_params('cnn', {'epochs': 3})\n"

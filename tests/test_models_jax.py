@@ -31,6 +31,8 @@ from pipeline.models import FaceSet, IdentityModel, create_model, load_model_fil
 from pipeline.storage import LocalStorage
 from tests.test_models import subject_faces
 
+pytestmark = pytest.mark.system  # a JAX interpreter
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Eight people with at least 13 LFW photos each: the first 6 of a person's photos (by name) train,

@@ -26,6 +26,8 @@ from PIL import Image
 from pipeline.decode import WORKING_SIDE
 from pipeline.storage import LocalStorage
 
+pytestmark = pytest.mark.system  # child interpreters measure peak memory
+
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
 

@@ -12,10 +12,12 @@ import pytest
 from pipeline import registry
 from pipeline.storage import LocalStorage, Storage
 
+S3 = pytest.param("s3", marks=pytest.mark.system)  # a real SeaweedFS: the system tier
+
 MODEL = "faces"
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", S3])
 def storage(request, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "store")

@@ -15,10 +15,12 @@ import pytest
 from pipeline.decode import MAX_BYTES as DECODER_MAX_BYTES
 from pipeline.storage import InvalidKey, LocalStorage, MissingKey, ObjectTooLarge, S3Storage, Storage, StorageError
 
+S3 = pytest.param("s3", marks=pytest.mark.system)  # a real SeaweedFS: the system tier
+
 MB = 1024 * 1024
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", S3])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "store")
@@ -242,7 +244,7 @@ def test_put_new_writes_once_and_refuses_the_second_time(storage: Storage) -> No
     assert list(storage.list()) == ["models/m/versions/1/version.json"]
 
 
-@pytest.mark.parametrize("storage", ["local", "s3"], indirect=True)
+@pytest.mark.parametrize("storage", ["local", S3], indirect=True)
 def test_put_new_from_concurrent_writers_lets_exactly_one_win(storage: Storage,
                                                               request: pytest.FixtureRequest) -> None:
     writers = 8

@@ -26,6 +26,8 @@ from pipeline.models.centroid import CentroidModel
 from pipeline.storage import LocalStorage, Storage
 from pipeline.train import GUARD_MARGIN, TrainingParams, decide_promotion, extract_faces, train_model
 
+S3 = pytest.param("s3", marks=pytest.mark.system)  # a real SeaweedFS: the system tier
+
 PEOPLE = ["Ariel_Sharon", "Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder"]
 PHOTOS = 10  # each: 5 to train on, 2 to validate (tune) on, 3 to test on
 NEWCOMERS = ["Hugo_Chavez", "Serena_Williams"]
@@ -297,7 +299,7 @@ def test_any_error_in_place_of_a_photos_data_counts_it_unreadable(tmp_path, lfw_
 
 # -- enrolment ---------------------------------------------------------------------------------
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", S3])
 def gallery(request, tmp_path, lfw_dir, face_pipeline) -> tuple[Storage, dict[str, list[Item]]]:
     """A centroid model `gallery` of two people made current, and each newcomer's photos, in storage."""
     storage = LocalStorage(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_storage")
