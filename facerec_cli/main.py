@@ -407,7 +407,7 @@ def _show_answer(client: Client, args, response: requests.Response, deadline: fl
     for i, face in enumerate(answer["faces"]):
         main_face = " (main face)" if i == answer.get("main_face") else ""
         x, y, w, h = face["box"]
-        lines.append(f"  {_named(face):<30} confidence {face['confidence']:.2f}  box {x:.0f},{y:.0f} "
+        lines.append(f"  {_named(face):<30}  confidence {face['confidence']:.2f}  box {x:.0f},{y:.0f} "
                      f"{w:.0f}x{h:.0f}{main_face}")
     return _print(args, answer, "\n".join(lines))
 
