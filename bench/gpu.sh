@@ -36,9 +36,13 @@ if [[ "${1:-}" == "prepare" ]]; then
         keras==3.15.1 namex==0.1.0 optree==0.20.0 lz4==4.4.5 mtcnn==1.0.0
     "$PY" -c "from pipeline.face_resnet import load_face_resnet; load_face_resnet('$GPU_DIR/cache')"
     # One photo per person first, so that the sample holds many faces rather than many of one person.
+    # Globs and a count, not `ls | head`: head closing its pipe early fails the pipeline under pipefail (141).
     LFW=${FACEREC_DATASETS:-../shared/datasets}/lfw-deepfunneled
-    (cd "$LFW" && ls -d */ | sed 's|/$||' | while read -r person; do ls "$person"/*.jpg | head -n 1; done \
-        | head -n "$SAMPLE_PHOTOS" | tar -cf - -T -) > "$GPU_DIR/lfw-sample.tar"
+    (cd "$LFW" && sample=() && for person in */; do
+        photos=("$person"*.jpg)
+        [[ -e "${photos[0]}" ]] && sample+=("${photos[0]}")
+        (( ${#sample[@]} < SAMPLE_PHOTOS )) || break
+    done && tar -cf - "${sample[@]}") > "$GPU_DIR/lfw-sample.tar"
     du -sh "$GPU_DIR"/*
     echo "carry: $GPU_DIR ($(du -sm "$GPU_DIR" | cut -f1) MiB; the working tree must stay under 64 MiB with it)"
     exit 0

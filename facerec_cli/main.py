@@ -2,7 +2,8 @@
 
 Reads the API's URL from FACEREC_API_URL (default http://127.0.0.1:8000) and the key from FACEREC_API_KEY.
 Every command prints a readable answer, or with --json the API's JSON; it exits 0 on success, 1 when the
-API refused or failed the request, 2 on bad usage, 3 when the API cannot be reached.
+API refused or failed the request, 2 on bad usage, 3 when the API cannot be reached, and 141 when the
+reader of its output stopped reading (`| head`), as other commands do.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_MODEL = "default"  # the model POST /v1/recognize uses when none is named
+MAX_SERVER_WAIT_S = 30  # the longest the API waits for a single photo's answer (wait_s)
+# The unit of each progress stage that does not count photos (a training's fitting counts epochs).
+STAGE_UNITS = {"fitting": "epoch"}
 TERMINAL = ("succeeded", "failed", "cancelled")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -30,6 +36,14 @@ class CliError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ApiError(CliError):
+    """The API answered with an error status."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class Client:
@@ -51,6 +65,8 @@ class Client:
                            "(set FACEREC_API_URL to its address)", 3) from None
         except requests.Timeout:
             raise CliError(f"the facerec API at {self.url} did not answer in time", 3) from None
+        except requests.RequestException as err:
+            raise CliError(f"the request to the facerec API at {self.url} failed: {err}", 3) from None
         if response.status_code in ok:
             return response
         try:
@@ -59,8 +75,8 @@ class Client:
             message = response.text.strip()[:300] or response.reason
         if response.status_code == 401:
             hint = "set FACEREC_API_KEY to your API key" if not self.has_key else "check FACEREC_API_KEY"
-            raise CliError(f"the API refused the key: {message} ({hint})")
-        raise CliError(f"{method} /v1{path} failed with {response.status_code}: {message}")
+            raise ApiError(f"the API refused the key: {message} ({hint})", response.status_code)
+        raise ApiError(f"{method} /v1{path} failed with {response.status_code}: {message}", response.status_code)
 
     def json(self, method: str, path: str, **kwargs) -> Any:
         return self.call(method, path, **kwargs).json()
@@ -72,20 +88,42 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    client = Client(os.environ.get("FACEREC_API_URL", DEFAULT_URL), os.environ.get("FACEREC_API_KEY", ""))
     try:
-        return args.run(client, args) or 0
+        url = api_url(os.environ.get("FACEREC_API_URL", DEFAULT_URL))
+        client = Client(url, os.environ.get("FACEREC_API_KEY", ""))
+        status = args.run(client, args) or 0
+        sys.stdout.flush()  # a closed pipe shows here rather than as a warning when Python exits
+        return status
     except CliError as err:
         print(f"facerec: {err}", file=sys.stderr)
         return err.status
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`) and has what it wanted. Output still buffered goes
+        # nowhere, so that Python's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
+
+
+def api_url(url: str) -> str:
+    """The API's address from FACEREC_API_URL: an http(s) URL, with or without the /v1 the paths add."""
+    parts = urlsplit(url.strip())
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        valid = False
+    if not valid:
+        example = "http://" + url.strip() if "://" not in url else DEFAULT_URL
+        raise CliError(f"FACEREC_API_URL {url!r} is not an http:// or https:// address of the API, "
+                       f"such as {example}", 2)
+    return url.strip().rstrip("/").removesuffix("/v1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facerec", description="Face recognition jobs from the command line (FACEREC_API_URL, FACEREC_API_KEY).",
-        epilog="Exit status: 0 done, 1 refused or failed, 2 bad usage, 3 API unreachable.")
+        epilog="Exit status: 0 done, 1 refused or failed, 2 bad usage, 3 API unreachable, 141 output closed.")
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
@@ -128,9 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("recognize", recognize, "recognise the faces in one photo and print them")
     sub.add_argument("photo", type=Path)
-    sub.add_argument("--model", default="default")
+    sub.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"the model (default: the model named '{DEFAULT_MODEL}'; facerec models lists them)")
     sub.add_argument("--version", help="the model version (default: current)")
-    sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer")
+    _wait(sub, 30.0)
+
+    sub = command("recognition", recognition, "show the answer to an earlier `facerec recognize` that had none yet")
+    sub.add_argument("request_id")
+    _wait(sub, 0.0)
 
     sub = command("job", show_job, "show a job; --watch follows it with a progress bar until it ends")
     sub.add_argument("job_id")
@@ -165,6 +208,22 @@ def _source(sub: argparse.ArgumentParser, kind: str) -> None:
     group = sub.add_mutually_exclusive_group(required=True)
     group.add_argument(f"--{kind}", help=f"an uploaded {kind}'s name")
     group.add_argument("--prefix", help="a storage prefix instead")
+
+
+def _wait(sub: argparse.ArgumentParser, default: float) -> None:
+    sub.add_argument("--wait", type=_seconds, default=default, metavar="SECONDS",
+                     help=f"how long to wait for the answer in all (default {default:g}); then say how to "
+                          "fetch it later")
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 seconds or more")
+    return seconds
 
 
 def _watch(sub: argparse.ArgumentParser) -> None:
@@ -238,26 +297,25 @@ def recognize_job(client: Client, args) -> int:
 def recognize(client: Client, args) -> int:
     if not args.photo.is_file():
         raise CliError(f"{args.photo} is not a file", 2)
-    fields = {"model": args.model, "wait_s": str(min(args.wait, 30))}
+    deadline = time.monotonic() + args.wait
+    fields = {"model": args.model, "wait_s": str(min(args.wait, MAX_SERVER_WAIT_S))}
     if args.version:
         fields["model_version"] = args.version
-    with open(args.photo, "rb") as file:
-        response = client.call("POST", "/recognize", files={"photo": (args.photo.name, file)}, data=fields)
-    answer = response.json()
-    deadline = time.monotonic() + max(args.wait, 1) * 10
-    while response.status_code == 202 and time.monotonic() < deadline:  # the workers are busy: poll
-        time.sleep(1)
-        response = client.call("GET", f"/recognize/{answer['id']}")
-        answer = response.json()
-    if response.status_code == 202:
-        raise CliError(f"no answer yet; ask again later: GET /v1/recognize/{answer['id']}")
-    lines = [f"{args.photo.name}: {len(answer['faces'])} face(s), model {answer['model']} {answer['model_version']}"]
-    for i, face in enumerate(answer["faces"]):
-        main_face = " (main face)" if i == answer.get("main_face") else ""
-        x, y, w, h = face["box"]
-        lines.append(f"  {face['identity']:<30} confidence {face['confidence']:.2f}  box {x:.0f},{y:.0f} "
-                     f"{w:.0f}x{h:.0f}{main_face}")
-    return _print(args, answer, "\n".join(lines))
+    try:
+        with open(args.photo, "rb") as file:
+            response = client.call("POST", "/recognize", files={"photo": (args.photo.name, file)}, data=fields)
+    except ApiError as err:
+        if err.http_status == 404 and args.model == DEFAULT_MODEL:
+            raise CliError(f"{err} (without --model the model named '{DEFAULT_MODEL}' is used: name one with "
+                           "--model; facerec models lists them)") from None
+        raise
+    return _show_answer(client, args, response, deadline, args.photo.name)
+
+
+def recognition(client: Client, args) -> int:
+    deadline = time.monotonic() + args.wait
+    response = client.call("GET", f"/recognize/{args.request_id}")
+    return _show_answer(client, args, response, deadline, f"request {args.request_id}")
 
 
 def show_job(client: Client, args) -> int:
@@ -333,6 +391,35 @@ def rollback(client: Client, args) -> int:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+def _show_answer(client: Client, args, response: requests.Response, deadline: float, name: str) -> int:
+    """Print a single photo's answer, asking again until the deadline while it is pending (202)."""
+    answer = response.json()
+    while response.status_code == 202 and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(1.0, left))
+        response = client.call("GET", f"/recognize/{answer['id']}")
+        answer = response.json()
+    if response.status_code == 202:
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        raise CliError(f"no answer within {args.wait:g} s (are the workers running?); "
+                       f"fetch it later with: facerec recognition {answer['id']}")
+    lines = [f"{name}: {len(answer['faces'])} face(s), model {answer['model']} {answer['model_version']}"]
+    for i, face in enumerate(answer["faces"]):
+        main_face = " (main face)" if i == answer.get("main_face") else ""
+        x, y, w, h = face["box"]
+        lines.append(f"  {_named(face):<30}  confidence {face['confidence']:.2f}  box {x:.0f},{y:.0f} "
+                     f"{w:.0f}x{h:.0f}{main_face}")
+    return _print(args, answer, "\n".join(lines))
+
+
+def _named(face: dict) -> str:
+    """A face's name, and for an unknown face the person it resembles most, with its score."""
+    guess = face.get("best_guess")
+    if guess and guess != face["identity"]:
+        return f"{face['identity']} (best guess: {guess}, score {face['score']:.2f})"
+    return face["identity"]
+
+
 def _submit(client: Client, args, path: str, body: dict) -> int:
     job = client.json("POST", path, json=body)
     if args.watch:
@@ -346,11 +433,16 @@ def _follow(client: Client, args, job_id: str) -> int:
     from tqdm import tqdm
 
     job = client.json("GET", f"/jobs/{job_id}")
-    bar = tqdm(total=job["progress"].get("total") or 0, desc=f"{job['type']} {job_id[:8]}", unit="photo",
-               file=sys.stderr, dynamic_ncols=True)
+    stage = job["progress"].get("stage")
+    bar = tqdm(total=job["progress"].get("total") or 0, desc=f"{job['type']} {job_id[:8]}",
+               unit=STAGE_UNITS.get(stage, "photo"), file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
             progress = job["progress"]
+            if progress.get("stage") != stage:  # a new stage counts afresh, perhaps in another unit
+                stage = progress.get("stage")
+                bar.reset(progress.get("total") or 0)
+                bar.unit = STAGE_UNITS.get(stage, "photo")
             if progress.get("total") and bar.total != progress["total"]:
                 bar.total = progress["total"]
             bar.n = progress.get("done") or 0
@@ -364,7 +456,7 @@ def _follow(client: Client, args, job_id: str) -> int:
         bar.close()
     _print(args, job, _describe(job))
     if job["state"] != "succeeded":
-        raise CliError(f"job {job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+        raise CliError(f"job {job_id} {job['state']}" + (f": {_error(job)}" if job.get("error") else ""))
     return 0
 
 
@@ -372,15 +464,29 @@ def _describe(job: dict) -> str:
     lines = [f"job {job['id']}: {job['type']}, {job['state']}, {_progress(job)}",
              f"  created {job['created_at']}  started {job['started_at'] or '-'}  finished {job['finished_at'] or '-'}"]
     if job.get("error"):
-        lines.append(f"  error: {job['error']}")
+        lines.append(f"  error: {_error(job)}")
     result = job.get("result") or {}
     if job["type"] == "recognition" and result:
         lines.append(f"  {result.get('images')} photos, {result.get('faces')} faces, {result.get('unknown_faces')} "
                      f"unknown, {result.get('errors')} errors; download: facerec results {job['id']} -o results.jsonl")
+    elif result.get("trained") is False:  # a scheduled run that found nothing new to train on
+        lines.append(f"  nothing trained: {result.get('decision')}")
     elif result.get("version"):
-        lines.append(f"  version {result['version']} of {result['model']}, accuracy {_metric(result, 'accuracy')}"
-                     + (", current" if result.get("promoted") or result.get("current") else ""))
+        lines.append(f"  version {result['version']} of {result['model']}, accuracy {_metric(result, 'accuracy')}")
+        promotion = result.get("promotion")
+        if promotion is not None:
+            lines.append(f"  made current: {promotion['reason']}" if promotion["promote"] else
+                         f"  not made current: {promotion['reason']}\n"
+                         f"  make it current with: facerec promote {result['model']} {result['version']}")
+        elif "enrolled" in result:
+            lines.append("  made current (an enrolment always is)")
     return "\n".join(lines)
+
+
+def _error(job: dict) -> str:
+    """A job's error in words: the record holds {"message": ..., and details}."""
+    error = job["error"]
+    return error.get("message", json.dumps(error)) if isinstance(error, dict) else str(error)
 
 
 def _progress(job: dict) -> str:

@@ -14,7 +14,6 @@ reference and always renders with Agg, so no display or backend setting is neede
 from __future__ import annotations
 
 import io
-import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -109,10 +108,16 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def display_name(label: str, width: int | None = None) -> str:
-    """A person's folder name as people write it (LFW uses underscores), optionally wrapped to width."""
-    name = label.replace("_", " ")
-    return textwrap.fill(name, width) if width else name
+def display_name(label: str) -> str:
+    """A person's folder name as people write it (LFW uses underscores)."""
+    return label.replace("_", " ")
+
+
+def plot_text(text: str) -> str:
+    """Text that matplotlib draws as written. It reads what lies between two `$` as mathematics (`$x$`
+    in italics; `$$` or a malformed formula stops the figure with an error), and a label may hold any
+    character, so each `$` is escaped."""
+    return text.replace("$", r"\$")
 
 
 def confusion_matrix_png(confusion: dict) -> bytes:
@@ -148,8 +153,9 @@ def confusion_matrix_png(confusion: dict) -> bytes:
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="equal")
-    ax.set_xticks(range(table.shape[1]), [display_name(c) for c in order + rejected], rotation=90, fontsize=font)
-    ax.set_yticks(range(len(order)), [f"{display_name(r)} ({int(n)})" for r, n in zip(order, support)],
+    ax.set_xticks(range(table.shape[1]), [plot_text(display_name(c)) for c in order + rejected], rotation=90,
+                  fontsize=font)
+    ax.set_yticks(range(len(order)), [plot_text(f"{display_name(r)} ({int(n)})") for r, n in zip(order, support)],
                   fontsize=font)
     ax.axvline(len(order) - 0.5, color="black", linewidth=1)  # separates people from rejections
     if len(order) <= ANNOTATE_UP_TO_PEOPLE:

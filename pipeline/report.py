@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 from collections import Counter
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
 
 from pipeline.dataset import Item
-from pipeline.evaluate import INTERVAL_METHOD, display_name, figure_png
+from pipeline.evaluate import INTERVAL_METHOD, display_name, figure_png, plot_text
 
 GRID_COLUMNS = 8
+CHIP_INCHES = 1.4  # a grid's chip; its column is as wide, or as its widest caption line and a gap
+CAPTION_POINTS = 9
+# A caption's line wraps after this many characters: names of about that length fit a chip's width.
+CAPTION_CHARS = 16
 LIST_TITLES = {"no_face": "Photos with no face found", "several_faces": "Photos with several faces",
                "errors": "Photos that could not be read"}
 # Lists longer than this are folded into <details> so they do not push the figures off the page.
@@ -50,7 +57,7 @@ def explore(items: list[Item], no_face: list[str], several_faces: list[str], err
     figures = {"photos_per_person": _photos_per_person_png(counts)}
     if sample_chips:
         figures["sample_faces"] = _chip_grid_png([chip for _, chip in sample_chips],
-                                                 [display_name(person, 18) for person, _ in sample_chips],
+                                                 [_caption(display_name(person)) for person, _ in sample_chips],
                                                  "Sample aligned faces")
     return stats, figures
 
@@ -78,15 +85,26 @@ def misclassified_png(examples: list[tuple[np.ndarray, str, str]]) -> bytes:
     """A grid of misclassified faces: (aligned chip, true person, predicted person or unknown)."""
     if not examples:
         raise ValueError("no misclassified faces to show")
-    captions = [f"{display_name(truth, 18)}\nsaid: {display_name(predicted, 18)}" for _, truth, predicted in examples]
+    captions = [_caption(display_name(truth), f"said: {display_name(predicted)}") for _, truth, predicted in examples]
     return _chip_grid_png([chip for chip, _, _ in examples], captions, "Misclassified faces (true person, then answer)")
+
+
+def _caption(*lines: str) -> str:
+    """A chip's caption: each line wrapped to CAPTION_CHARS (a longer word is broken)."""
+    return "\n".join(textwrap.fill(line, CAPTION_CHARS) for line in lines)
 
 
 def _chip_grid_png(chips: list[np.ndarray], captions: list[str], title: str) -> bytes:
     columns = min(GRID_COLUMNS, len(chips))
     rows = -(-len(chips) // columns)
     lines = max(caption.count("\n") + 1 for caption in captions)
-    fig = Figure(figsize=(1.4 * columns, (1.4 + 0.19 * lines) * rows + 0.4), layout="constrained")
+    # Columns widen to the widest caption line and a gap: a wider line would run into its neighbour's, or be
+    # cut off at the figure's edge.
+    font = FontProperties(size=CAPTION_POINTS)
+    widest = max(text_to_path.get_text_width_height_descent(line, font, ismath=False)[0] / 72
+                 for caption in captions for line in caption.split("\n"))
+    column = max(CHIP_INCHES, widest + 0.15)
+    fig = Figure(figsize=(column * columns, (CHIP_INCHES + 0.19 * lines) * rows + 0.4), layout="constrained")
     fig.suptitle(title)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
@@ -96,7 +114,7 @@ def _chip_grid_png(chips: list[np.ndarray], captions: list[str], title: str) -> 
         ax.imshow(chip, cmap="gray" if chip.ndim == 2 else None)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel(caption, fontsize=9)
+        ax.set_xlabel(plot_text(caption), fontsize=CAPTION_POINTS)
     return figure_png(fig)
 
 

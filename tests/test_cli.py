@@ -20,8 +20,8 @@ from tests.system import API_KEY, READ_KEY, REPO
 
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder"]
 STRANGER = "Jennifer_Aniston"
-COMMANDS = ["upload-dataset", "upload-inbox", "train", "enroll", "recognize-job", "recognize", "job", "jobs",
-            "cancel", "results", "models", "promote", "rollback"]
+COMMANDS = ["upload-dataset", "upload-inbox", "train", "enroll", "recognize-job", "recognize", "recognition", "job",
+            "jobs", "cancel", "results", "models", "promote", "rollback"]
 
 
 def facerec(system, *args: str, key: str | None = API_KEY, url: str | None = None) -> subprocess.CompletedProcess:
@@ -90,6 +90,11 @@ def test_the_whole_flow_from_the_command_line(system, folders, lfw_dir, tmp_path
     assert "Gerhard_Schroeder" in done.stdout and "(main face)" in done.stdout
     answer = json.loads(facerec(system, "recognize", str(photo), "--model", "trio", "--json").stdout)
     assert answer["faces"][answer["main_face"]]["identity"] == "Gerhard_Schroeder"
+    # Not waiting at all: the command names the request, and `facerec recognition` fetches its answer.
+    done = facerec(system, "--json", "recognize", str(photo), "--model", "trio", "--wait", "0")
+    assert done.returncode == 1 and "fetch it later with: facerec recognition" in done.stderr, done.stderr
+    done = facerec(system, "recognition", json.loads(done.stdout)["id"], "--wait", "120")
+    assert done.returncode == 0 and "Gerhard_Schroeder" in done.stdout, done.stderr
 
     listing = facerec(system, "jobs", "--type", "recognition", "--limit", "5")
     assert listing.returncode == 0 and job_id in listing.stdout
@@ -97,7 +102,7 @@ def test_the_whole_flow_from_the_command_line(system, folders, lfw_dir, tmp_path
     assert models.returncode == 0 and f"* {job['result']['version']}" in models.stdout
 
 
-def test_failures_say_what_is_wrong_and_exit_non_zero(system, folders):
+def test_failures_say_what_is_wrong_and_exit_non_zero(system, folders, lfw_dir):
     down = facerec(system, "jobs", url="http://127.0.0.1:9")
     assert down.returncode == 3 and "cannot reach the facerec API at http://127.0.0.1:9" in down.stderr
 
@@ -115,3 +120,7 @@ def test_failures_say_what_is_wrong_and_exit_non_zero(system, folders):
     assert again.returncode == 1 and "datasets/twice already exists" in again.stderr
     usage = facerec(system, "train")
     assert usage.returncode == 2
+    no_model = facerec(system, "recognize", str(sorted((lfw_dir / PEOPLE[0]).glob("*.jpg"))[0]))
+    assert no_model.returncode == 1 and "model named 'default'" in no_model.stderr and "--model" in no_model.stderr
+    scheme = facerec(system, "jobs", url="127.0.0.1:8000")
+    assert scheme.returncode == 2 and "FACEREC_API_URL '127.0.0.1:8000' is not an http://" in scheme.stderr

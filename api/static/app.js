@@ -53,6 +53,7 @@ function recognizePage() {
   const boxes = document.getElementById("boxes");
   const list = document.getElementById("faces");
   let answer = null;
+  let sent = 0;  // the photos sent: only the latest one's answer is shown
 
   async function loadVersions() {
     version.replaceChildren(el("option", { value: "" }, "current"));
@@ -93,6 +94,10 @@ function recognizePage() {
   async function send(file) {
     if (!file) return;
     if (!model.value) { status.textContent = "Train a model first."; return; }
+    const ticket = ++sent;
+    // Nothing of the previous photo's answer may stay: a resize or the slider would draw it again.
+    answer = null;
+    slider.disabled = true;
     status.textContent = "Recognising…";
     preview.src = URL.createObjectURL(file);
     document.getElementById("result").hidden = false;
@@ -104,11 +109,12 @@ function recognizePage() {
     const started = performance.now();
     try {
       let { status: code, data } = await api("POST", "/v1/recognize", form);
-      while (code === 202) {  // the workers are busy: poll until the answer is there
+      while (code === 202 && ticket === sent) {  // the workers are busy: poll until the answer is there
         status.textContent = "Queued behind other work…";
         await new Promise((r) => setTimeout(r, 1000));
         ({ status: code, data } = await api("GET", data.location));
       }
+      if (ticket !== sent) return;  // another photo was sent meanwhile
       answer = data;
       slider.disabled = false;
       slider.value = data.threshold;
@@ -116,7 +122,7 @@ function recognizePage() {
         `${Math.round(performance.now() - started)} ms`;
       if (preview.complete) draw(); else preview.onload = draw;
     } catch (e) {
-      status.textContent = "Could not recognise the photo: " + e.message;
+      if (ticket === sent) status.textContent = "Could not recognise the photo: " + e.message;
     }
   }
 
@@ -203,6 +209,7 @@ function jobPage(section) {
 function modelsPage() {
   const status = document.getElementById("models-status");
   document.querySelectorAll("button.promote").forEach((button) => button.addEventListener("click", async () => {
+    if (!confirm(`Make ${button.dataset.version} the current version of ${button.dataset.model}?`)) return;
     try {
       await api("POST", `/v1/models/${encodeURIComponent(button.dataset.model)}/promote`, { version: button.dataset.version });
       location.reload();
