@@ -11,7 +11,7 @@ from functools import cache
 
 from config import Settings, load_settings
 from pipeline.storage import Storage, storage_from_settings
-from workers.jobs import JobStore
+from workers.jobs import JobStore, open_job_store
 
 MODELS_KEPT = 4
 REDIS_CONNECTIONS = 64  # per process: more than the API's threads, far more than a worker's
@@ -41,8 +41,8 @@ def redis_client():
 
 @cache
 def job_store() -> JobStore:
-    return JobStore(storage(), redis=redis_client(), lock_dir=settings().data_dir / "locks",
-                    lease_s=3 * settings().heartbeat_s)
+    return open_job_store(storage(), redis=redis_client(), lock_dir=settings().data_dir / "locks",
+                          lease_s=3 * settings().heartbeat_s)
 
 
 @cache
