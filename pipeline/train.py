@@ -268,6 +268,39 @@ def _split_report(split: Split, params: TrainingParams, strangers: list[Item], p
             "people_not_in_validation": split.not_in_validation}
 
 
+@dataclass
+class PromotionPhotos:
+    """The photos a new version is compared with the current one on, and what was left out of them."""
+
+    current: str | None  # the version current when the training began: the one compared with and replaced
+    photos: list[Item]  # the offered photos that neither version was fitted or tuned on
+    source: str  # where the offered photos came from, in words
+    offered: int  # how many photos were offered, before any was left out
+    left_out: dict[str, int]  # offered photos left out, by which version was fitted or tuned on them
+
+
+@dataclass
+class TrainingRun:
+    """One training's inputs and the photos it gave to each use: what its stages share."""
+
+    storage: Storage
+    pipeline: FacePipeline
+    model_name: str
+    params: TrainingParams
+    model: IdentityModel  # not fitted until fit_model
+    items: list[Item]  # the whole dataset, as asked
+    split: Split  # the known people's photos: training, validation, test
+    strangers: list[Item]  # photos of the people held out of training, for the open-set figures
+    promotion: PromotionPhotos
+    started: float  # time.perf_counter() when the training began
+
+    @property
+    def photos(self) -> list[Item]:
+        """Every photo the training reads, once each."""
+        return list({item.key: item for item in self.split.training + self.split.validation + self.split.test
+                     + self.strangers + self.promotion.photos}.values())
+
+
 def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], model_name: str,
                 params: TrainingParams | None = None, on_progress: Progress = lambda stage, done, total: None,
                 promotion_items: list[Item] | None = None, promotion_margin: float | None = None) -> dict:
@@ -286,12 +319,46 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     to storage. It may raise to stop the training: up to the "publishing" call nothing has been
     written; after it nothing calls it again.
     """
-    params = params or TrainingParams()
     registry.check_model_name(model_name)
-    # Checked here as well as at submit: a bad parameter must never reach a model's constructor.
-    params = replace(params, model_params=validate_model_params(params.model_type, params.model_params))
+    params = checked_params(params or TrainingParams())
     model = create_model(params.model_type, **params.model_params)
     started = time.perf_counter()
+    split, strangers = split_dataset(items, params)
+    promotion = choose_promotion_photos(storage, model_name, split, promotion_items)
+    run = TrainingRun(storage, pipeline, model_name, params, model, items, split, strangers, promotion, started)
+    photo_count = len(run.photos)
+
+    def reached(stage: str) -> None:  # the stages after extraction count every photo as done
+        on_progress(stage, photo_count, photo_count)
+
+    extracted = extract_training_faces(run, lambda done: on_progress("extracting faces", done, photo_count))
+    extract_seconds = time.perf_counter() - started
+    fit_model(run, extracted, lambda done, total: on_progress("fitting", done, total))
+    reached("evaluating")
+    evaluation = evaluate_test_split(run, extracted)
+    reached("comparing with the current version")
+    version = registry.new_version_id()
+    decision = compare_with_current(run, extracted, version, promotion_margin)
+    reached("writing the report")
+    report, figures = build_report(run, extracted, evaluation, version, decision, extract_seconds)
+    add_open_set(run, extracted, evaluation, report, figures)
+    files, record = version_files(run, report, figures), version_record(run, report, version)
+    # The last moment to stop: the caller may raise here (a cancelled job); from here on the version
+    # is written and, as decided, made current, with nothing checking for a cancel in between.
+    reached("publishing")
+    published = registry.publish_version(storage, model_name, version, files, record)
+    return {**published, "promotion": make_current_as_decided(run, version, decision)}
+
+
+def checked_params(params: TrainingParams) -> TrainingParams:
+    """params with their model_params checked against their model type's bounds."""
+    # Checked here as well as at submit: a bad parameter must never reach a model's constructor.
+    return replace(params, model_params=validate_model_params(params.model_type, params.model_params))
+
+
+def split_dataset(items: list[Item], params: TrainingParams) -> tuple[Split, list[Item]]:
+    """The known people's photos split three ways, and the strangers' photos held out; raise
+    ValueError when there is not enough to train, tune and measure on."""
     known, strangers = hold_out_strangers(items, params.stranger_fraction, params.seed)
     split = three_way_split(known, params.validation_fraction, params.test_fraction, params.seed)
     if len({i.label for i in split.training}) < 2:
@@ -299,52 +366,74 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     if not split.validation:
         raise ValueError("no person has three photos or more, so there is nothing to validate on: training "
                          "needs some photos to stop early and calibrate on, and others to measure on")
+    return split, strangers
 
-    # The photos the decision is made on: never one this version or the current one was fitted or tuned on.
+
+def choose_promotion_photos(storage: Storage, model_name: str, split: Split,
+                            promotion_items: list[Item] | None) -> PromotionPhotos:
+    """The photos the promotion is decided on: promotion_items, else the test split, less every photo
+    this version or the current one was fitted or tuned on."""
     current = registry.current_version(storage, model_name)
     seen_by_current = fitted_or_tuned(storage, model_name, current) if current else set()
     seen_by_candidate = {item.key for item in split.training + split.validation}
     offered = split.test if promotion_items is None else promotion_items
-    promotion = [item for item in offered if item.key not in seen_by_current | seen_by_candidate]
+    return PromotionPhotos(
+        current=current,
+        photos=[item for item in offered if item.key not in seen_by_current | seen_by_candidate],
+        source="the validation manifest" if promotion_items is not None else "this version's test split",
+        offered=len(offered),
+        left_out={"fitted_or_tuned_by_current": sum(i.key in seen_by_current for i in offered),
+                  "fitted_or_tuned_by_this_version": sum(i.key in seen_by_candidate for i in offered)})
 
-    ordered = list({item.key: item for item in split.training + split.validation + split.test + strangers
-                    + promotion}.values())
-    extracted = extract_faces(storage, pipeline, ordered, params.batch_size,
-                              on_progress=lambda done: on_progress("extracting faces", done, len(ordered)))
+
+def extract_training_faces(run: TrainingRun, on_progress: Callable[[int], None]) -> ExtractedFaces:
+    """The faces in every photo the training reads; raise ValueError when most photos are missing or unreadable."""
+    extracted = extract_faces(run.storage, run.pipeline, run.photos, run.params.batch_size, on_progress)
     extracted.check_mostly_readable()
-    extract_seconds = time.perf_counter() - started
-    _, train_faces = extracted.of(split.training)
-    val_found, val_faces = extracted.of(split.validation)
+    return extracted
+
+
+def fit_model(run: TrainingRun, extracted: ExtractedFaces, on_progress: Callable[[int, int], None]) -> None:
+    """Fit the model on the training split's faces, stopping early and calibrating on the validation
+    split's; on_progress(0, photos) before the first epoch, then (epochs done, epochs at most) after each."""
+    _, train_faces = extracted.of(run.split.training)
+    val_found, val_faces = extracted.of(run.split.validation)
     if not val_found:
         raise ValueError("no face was found in any validation photo")
+    on_progress(0, len(run.photos))
+    run.model.fit(train_faces, val_faces, on_epoch=on_progress)
 
-    on_progress("fitting", 0, len(ordered))
-    model.fit(train_faces, val_faces, on_epoch=lambda epoch, epochs: on_progress("fitting", epoch, epochs))
-    on_progress("evaluating", len(ordered), len(ordered))
-    evaluation = evaluate_on(model, split.test, *extracted.of(split.test))
-    metrics = {**evaluation.metrics, "split": "test"}
 
-    on_progress("comparing with the current version", len(ordered), len(ordered))
-    version = registry.new_version_id()
-    prefix = registry.version_prefix(model_name, version)
+def evaluate_test_split(run: TrainingRun, extracted: ExtractedFaces) -> Evaluation:
+    """The fitted model measured on the test split: every figure the version reports."""
+    evaluation = evaluate_on(run.model, run.split.test, *extracted.of(run.split.test))
+    return replace(evaluation, metrics={**evaluation.metrics, "split": "test"})
+
+
+def compare_with_current(run: TrainingRun, extracted: ExtractedFaces, version: str, margin: float | None) -> dict:
+    """The promotion decision (decide_promotion), with the photos it was made on and where they are kept."""
+    promotion, current = run.promotion.photos, run.promotion.current
     candidate_accuracy = current_accuracy = None
     if promotion:
-        candidate_accuracy = evaluate_on(model, promotion, *extracted.of(promotion)).metrics["accuracy"]
+        candidate_accuracy = evaluate_on(run.model, promotion, *extracted.of(promotion)).metrics["accuracy"]
         if current is not None:
-            incumbent = load_model_files(storage, registry.version_prefix(model_name, current))
+            incumbent = load_model_files(run.storage, registry.version_prefix(run.model_name, current))
             current_accuracy = evaluate_on(incumbent, promotion, *extracted.of(promotion)).metrics["accuracy"]
-    decision = {
-        **decide_promotion(candidate_accuracy, current, current_accuracy, len(promotion), promotion_margin,
-                           people=len(model.labels_)),
-        "photos_source": "the validation manifest" if promotion_items is not None else "this version's test split",
-        "photos_offered": len(offered),
-        "photos_left_out": {"fitted_or_tuned_by_current": sum(i.key in seen_by_current for i in offered),
-                            "fitted_or_tuned_by_this_version": sum(i.key in seen_by_candidate for i in offered)},
-        "photos_key": f"{prefix}/promotion.jsonl",
+    return {
+        **decide_promotion(candidate_accuracy, current, current_accuracy, len(promotion), margin,
+                           people=len(run.model.labels_)),
+        "photos_source": run.promotion.source,
+        "photos_offered": run.promotion.offered,
+        "photos_left_out": run.promotion.left_out,
+        "photos_key": f"{registry.version_prefix(run.model_name, version)}/promotion.jsonl",
     }
 
-    on_progress("writing the report", len(ordered), len(ordered))
-    dataset, figures = explore(items, extracted.no_face, extracted.several_faces, extracted.errors,
+
+def build_report(run: TrainingRun, extracted: ExtractedFaces, evaluation: Evaluation, version: str, decision: dict,
+                 extract_seconds: float) -> tuple[dict, dict[str, bytes]]:
+    """The version's report (report.json) and its figures (PNG by name), but for the open-set figures."""
+    split, model, metrics = run.split, run.model, evaluation.metrics
+    dataset, figures = explore(run.items, extracted.no_face, extracted.several_faces, extracted.errors,
                                sample_faces(extracted))
     figures["confusion_matrix"] = confusion_matrix_png(metrics["confusion_matrix"])
     curves = training_curves_png(model.history_)
@@ -352,69 +441,87 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
         figures["training_curves"] = curves
     if evaluation.misclassified:
         figures["misclassified"] = misclassified_png(evaluation.misclassified[:MISCLASSIFIED_SHOWN])
-    photos = extracted.photo_counts()
     tested_people = len({item.label for item in split.test})
     report = {
-        "model": {"name": model_name, "type": model.model_type, "version": version},
+        "model": {"name": run.model_name, "type": model.model_type, "version": version},
         "evaluated_on": f"the test split: {len(split.test)} photos of {tested_people} people that nothing was "
                         "fitted or tuned on",
-        "split": _split_report(split, params, strangers, tested_people),
+        "split": _split_report(split, run.params, run.strangers, tested_people),
         "dataset": dataset,
-        "photos": photos,
+        "photos": extracted.photo_counts(),
         "evaluation": metrics,
         "unknown_threshold": model.threshold_,
         "training_curves": model.history_,
         "promotion": decision,
-        "params": asdict(params),
+        "params": asdict(run.params),
         "timings_s": {"extracting_faces": round(extract_seconds, 1),
-                      "total": round(time.perf_counter() - started, 1)},
+                      "total": round(time.perf_counter() - run.started, 1)},
     }
-    stranger_found, stranger_faces = extracted.of(strangers)
+    return report, figures
+
+
+def add_open_set(run: TrainingRun, extracted: ExtractedFaces, evaluation: Evaluation, report: dict,
+                 figures: dict[str, bytes]) -> None:
+    """Add the open-set figures (known people named, strangers rejected) to the report, when a
+    stranger's face was found."""
+    stranger_found, stranger_faces = extracted.of(run.strangers)
     if stranger_found:
-        stranger_scores = np.array([p.score for p in model.predict(stranger_faces)])
-        report["open_set"] = open_set(evaluation.scores, evaluation.correct, stranger_scores, model.threshold_)
+        stranger_scores = np.array([p.score for p in run.model.predict(stranger_faces)])
+        report["open_set"] = open_set(evaluation.scores, evaluation.correct, stranger_scores, run.model.threshold_)
         figures["open_set"] = open_set_png(report["open_set"])
-    files = {
-        **model_files(model),
+
+
+def version_files(run: TrainingRun, report: dict, figures: dict[str, bytes]) -> dict[str, bytes]:
+    """Every file of the version but version.json: the model, the reports, figures and manifests."""
+    return {
+        **model_files(run.model),
         "report.json": json.dumps(report, indent=2).encode(),
         "report.html": render_html(report, figures).encode(),
         **{f"figures/{name}.png": png for name, png in figures.items()},
-        "manifest.jsonl": manifest_jsonl(items),
-        "training.jsonl": manifest_jsonl(split.training),
-        "validation.jsonl": manifest_jsonl(split.validation),
-        "test.jsonl": manifest_jsonl(split.test),
-        "promotion.jsonl": manifest_jsonl(promotion),
+        "manifest.jsonl": manifest_jsonl(run.items),
+        "training.jsonl": manifest_jsonl(run.split.training),
+        "validation.jsonl": manifest_jsonl(run.split.validation),
+        "test.jsonl": manifest_jsonl(run.split.test),
+        "promotion.jsonl": manifest_jsonl(run.promotion.photos),
     }
+
+
+def version_record(run: TrainingRun, report: dict, version: str) -> dict:
+    """The version's record (version.json): how it was made, and the figures it is chosen by."""
+    metrics = report["evaluation"]
     summary = {"evaluated_on": "test split", **{k: metrics[k] for k in SUMMARY_METRICS}}
     if "open_set" in report:
         summary.update({k: report["open_set"][k] for k in OPEN_SET_SUMMARY})
-    record = {
-        "model_type": model.model_type,
-        "embedder": pipeline.embedder_name,
+    prefix = registry.version_prefix(run.model_name, version)
+    return {
+        "model_type": run.model.model_type,
+        "embedder": run.pipeline.embedder_name,
         "code_version": CODE_VERSION,
-        "dataset_manifest_hash": manifest_hash(items),
-        "params": asdict(params),
+        "dataset_manifest_hash": manifest_hash(run.items),
+        "params": asdict(run.params),
         "metrics": summary,
-        "people": len(model.labels_),
-        "photos": photos,
+        "people": len(run.model.labels_),
+        "photos": report["photos"],
         "report_key": f"{prefix}/report.json",
         "report_html_key": f"{prefix}/report.html",
     }
 
-    # The last moment to stop: the caller may raise here (a cancelled job); from here on the version
-    # is written and, as decided, made current, with nothing checking for a cancel in between.
-    on_progress("publishing", len(ordered), len(ordered))
-    published = registry.publish_version(storage, model_name, version, files, record)
-    if decision["promote"]:
-        try:
-            # Only over the version the decision compared with: one promoted meanwhile was not compared.
-            registry.set_current(storage, model_name, version, expected=current)
-        except registry.PointerMoved:
-            now = registry.current_version(storage, model_name)
-            decision = {**decision, "promote": False,
-                        "reason": f"the current version changed from {current} to {now} while this version was "
-                                  "trained, so it was not compared with it: promote it explicitly if wanted"}
-    return {**published, "promotion": decision}
+
+def make_current_as_decided(run: TrainingRun, version: str, decision: dict) -> dict:
+    """Make the published version current if the decision says so; the decision, changed to say why
+    not if another version became current meanwhile."""
+    if not decision["promote"]:
+        return decision
+    current = run.promotion.current
+    try:
+        # Only over the version the decision compared with: one promoted meanwhile was not compared.
+        registry.set_current(run.storage, run.model_name, version, expected=current)
+    except registry.PointerMoved:
+        now = registry.current_version(run.storage, run.model_name)
+        return {**decision, "promote": False,
+                "reason": f"the current version changed from {current} to {now} while this version was "
+                          "trained, so it was not compared with it: promote it explicitly if wanted"}
+    return decision
 
 
 # The figures of a version's record (version.json), each accuracy with its interval.

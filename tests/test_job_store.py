@@ -8,7 +8,7 @@ import redis
 
 from pipeline.storage import LocalStorage
 from tests.system import free_port
-from workers.jobs import JobStore
+from workers.jobs import FileJobStore, RedisJobStore, open_job_store
 
 
 def test_a_submit_that_cannot_reach_redis_leaves_no_job_behind(tmp_path):
@@ -17,14 +17,14 @@ def test_a_submit_that_cannot_reach_redis_leaves_no_job_behind(tmp_path):
     unreachable = redis.Redis(port=free_port(), socket_connect_timeout=1)
     storage = LocalStorage(tmp_path)
     with pytest.raises(redis.ConnectionError):
-        JobStore(storage, redis=unreachable).create("recognition", {"model": "m", "input_prefix": "inbox"})
+        open_job_store(storage, redis=unreachable).create("recognition", {"model": "m", "input_prefix": "inbox"})
     assert list(storage.list("jobs/")) == []
 
 
 @pytest.mark.parametrize("backend", ["redis", "files"])
 def test_a_lease_is_held_by_one_execution_at_a_time(tmp_path, redis_url, backend):
     client = redis.Redis.from_url(redis_url) if backend == "redis" else None
-    jobs = JobStore(LocalStorage(tmp_path / "storage"), redis=client, lock_dir=tmp_path / "locks", lease_s=30)
+    jobs = open_job_store(LocalStorage(tmp_path / "storage"), redis=client, lock_dir=tmp_path / "locks", lease_s=30)
     with jobs.lease("a" * 32, "facerec.train") as first:
         assert first is not None
         with jobs.lease("a" * 32, "facerec.train") as second:
@@ -33,3 +33,11 @@ def test_a_lease_is_held_by_one_execution_at_a_time(tmp_path, redis_url, backend
             assert other is not None, "other work of the same job is free"
     with jobs.lease("a" * 32, "facerec.train") as again:
         assert again is not None, "released when the first execution ended"
+
+
+def test_the_store_kind_follows_what_is_configured(tmp_path, redis_url):
+    storage = LocalStorage(tmp_path / "storage")
+    assert isinstance(open_job_store(storage, redis=redis.Redis.from_url(redis_url), lock_dir=tmp_path), RedisJobStore)
+    assert isinstance(open_job_store(storage, lock_dir=tmp_path / "locks"), FileJobStore)
+    with pytest.raises(ValueError, match="Redis or a lock directory"):
+        open_job_store(storage)

@@ -1,14 +1,18 @@
 """Job records: what was asked, its state and progress, where its results are; and the liveness of
 the tasks working on them.
 
-Storage holds the source of truth (``jobs/<id>/job.json``); with Redis configured, each record is
-mirrored there for fast reads and listing. Every change is a locked read-modify-write, so concurrent
-chunk tasks and a cancel never overwrite each other.
+Storage holds the source of truth (``jobs/<id>/job.json``). Every change is a locked
+read-modify-write, so concurrent chunk tasks and a cancel never overwrite each other.
 
 A task working on a job beats (``beat``) every few seconds and holds a lease on its piece of work
 (``lease``), so that a second delivery of the same message skips it and the watchdog can tell a job
-whose worker vanished from one that is merely waiting. Beats and leases live in Redis, or on the
-embedded default in files under the lock directory (flock: a dead process releases its lease at once).
+whose worker vanished from one that is merely waiting.
+
+``JobStore`` holds what every deployment shares: the records, idempotency and the jobs' state
+machine. Where the locks, beats, leases and the set of unfinished jobs live is up to its two kinds,
+chosen by ``open_job_store``: ``RedisJobStore`` keeps them in Redis and mirrors each record there for
+fast reads and listing; ``FileJobStore``, the embedded default, keeps them in files under a lock
+directory (flock: a dead process releases its lease at once).
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ import os
 import re
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from itertools import takewhile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.storage import MissingKey, Storage
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -36,6 +45,9 @@ TYPES = ("training", "recognition", "enroll")
 PUBLISHING = "publishing"  # the progress stage after which a job can no longer be cancelled
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 REDIS_PREFIX = "facerec:"
+
+# A lease renewer, or None when another live execution holds the lease.
+Lease = Callable[[], None] | None
 
 
 class JobNotFound(LookupError):
@@ -64,57 +76,65 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class JobStore:
-    """Create, read, update and list job records."""
+class JobStore(ABC):
+    """Create, read, update and list job records (open one with open_job_store)."""
 
-    def __init__(self, storage: Storage, redis=None, lock_dir: str | Path | None = None,
-                 lease_s: float = 30) -> None:
+    def __init__(self, storage: Storage, lease_s: float = 30) -> None:
         self.storage = storage
-        self.redis = redis
-        self.lock_dir = Path(lock_dir) if lock_dir else None
         self.lease_s = lease_s
-        if self.redis is None and self.lock_dir is None:
-            raise ValueError("JobStore needs Redis or a lock directory to serialise updates")
 
-    # -- locking -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        if self.redis is not None:
-            with self.redis.lock(f"{REDIS_PREFIX}lock:{name}", timeout=30, blocking_timeout=30):
-                yield
-            return
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_dir / f"{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+    # -- what each kind of store does its own way -----------------------------------------------
+    @abstractmethod
+    def _lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the lock called name, against every process sharing the store."""
+
+    @abstractmethod
+    def _newest_first(self) -> list[dict]:
+        """Every job record, newest first."""
+
+    @abstractmethod
+    def _unfinished_ids(self) -> list[str]:
+        """The ids of the jobs last written queued or running (maybe finished since)."""
+
+    @abstractmethod
+    def _written(self, job: dict) -> None:
+        """Bring what the store keeps beside storage (a mirror, the unfinished set) up to date with a
+        record just written; it may raise, and the write then counts as failed."""
+
+    @abstractmethod
+    def beat(self, job_id: str) -> None:
+        """Say that a task is working on the job now."""
+
+    @abstractmethod
+    def last_beat(self, job_id: str) -> float | None:
+        """When a task last said it worked on the job (seconds since the epoch), or None."""
+
+    @abstractmethod
+    def lease(self, job_id: str, work: str) -> contextlib.AbstractContextManager[Lease]:
+        """Hold the lease on one piece of a job's work while it runs: yields a function that renews
+        it (call it more often than lease_s), or None when another live execution holds it."""
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, job_id: str) -> dict:
-        if self.redis is not None:
-            cached = self.redis.get(f"{REDIS_PREFIX}job:{job_id}")
-            if cached:
-                return json.loads(cached)
         try:
-            job = self.storage.get_json(_job_key(job_id))
+            return self.storage.get_json(_job_key(job_id))
         except (MissingKey, ValueError):
             raise JobNotFound(job_id) from None
-        self._mirror(job)
-        return job
 
     def list(self, job_type: str | None = None, state: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
         """Jobs newest first, filtered by type and state; returns (page, total matching)."""
-        if self.redis is not None:
-            self._ensure_mirror()
-            ids = self.redis.zrevrange(f"{REDIS_PREFIX}jobs", 0, -1)
-            raw = self.redis.mget([f"{REDIS_PREFIX}job:{i.decode()}" for i in ids]) if ids else []
-            jobs = [json.loads(r) for r in raw if r]
-        else:
-            jobs = [self.storage.get_json(k) for k in self.storage.list("jobs/")
-                    if k.endswith("/job.json") and k.count("/") == 2]
-            jobs.sort(key=lambda j: (j["created_at"], j["id"]), reverse=True)
-        matching = [j for j in jobs if (not job_type or j["type"] == job_type) and (not state or j["state"] == state)]
+        matching = [j for j in self._newest_first()
+                    if (not job_type or j["type"] == job_type) and (not state or j["state"] == state)]
         return matching[offset:offset + limit], len(matching)
+
+    def unfinished(self) -> list[dict]:
+        """The jobs queued or running, read without listing every job there ever was."""
+        jobs = []
+        for job_id in self._unfinished_ids():
+            with contextlib.suppress(JobNotFound):
+                jobs.append(self.get(job_id))
+        return [job for job in jobs if job["state"] not in TERMINAL]
 
     # -- writing -----------------------------------------------------------------------------
     def create(self, job_type: str, params: dict, idempotency_key: str | None = None, scope: str = "",
@@ -174,16 +194,6 @@ class JobStore:
             job["progress"]["done"] += done
 
         return self._change(job_id, advance)
-
-    def _change(self, job_id: str, change: Callable[[dict], None]) -> dict:
-        """Read the record under its lock, change it in place and write it; a job in a final state stays as it is."""
-        with self._lock(f"job-{job_id}"):
-            job = self._read_fresh(job_id)
-            if job["state"] in TERMINAL:
-                return job
-            change(job)
-            self._write(job)
-            return job
 
     def set_progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> dict:
         return self.update(job_id, progress={"done": done, "total": total, **({"stage": stage} if stage else {})})
@@ -253,47 +263,6 @@ class JobStore:
             self._write(job)
             return job, True
 
-    # -- liveness -------------------------------------------------------------------------------
-    def beat(self, job_id: str) -> None:
-        """Say that a task is working on the job now."""
-        if self.redis is not None:
-            self.redis.set(f"{REDIS_PREFIX}beat:{job_id}", time.time(), ex=7 * 24 * 3600)
-            return
-        path = self._state_file("beats", job_id)
-        path.touch()
-        os.utime(path)
-
-    def last_beat(self, job_id: str) -> float | None:
-        """When a task last said it worked on the job (seconds since the epoch), or None."""
-        if self.redis is not None:
-            value = self.redis.get(f"{REDIS_PREFIX}beat:{job_id}")
-            return float(value) if value else None
-        path = self._state_file("beats", job_id)
-        return path.stat().st_mtime if path.exists() else None
-
-    @contextlib.contextmanager
-    def lease(self, job_id: str, work: str) -> Iterator[Callable[[], None] | None]:
-        """Hold the lease on one piece of a job's work while it runs: yields a function that renews
-        it (call it more often than lease_s), or None when another live execution holds it."""
-        if self.redis is not None:
-            key, owner = f"{REDIS_PREFIX}lease:{job_id}:{work}", uuid.uuid4().hex
-            if not self.redis.set(key, owner, nx=True, px=int(self.lease_s * 1000)):
-                yield None
-                return
-            try:
-                yield lambda: self.redis.pexpire(key, int(self.lease_s * 1000))
-            finally:
-                if self.redis.get(key) == owner.encode():
-                    self.redis.delete(key)
-            return
-        with open(self._state_file("leases", f"{job_id}-{work}"), "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield None
-                return
-            yield lambda: None  # a flock lives exactly as long as its process: nothing to renew
-
     def count_delivery(self, job_id: str, delivery: str) -> int:
         """Count how often one task message has started, to bound redeliveries of lost tasks."""
         key = f"jobs/{job_id}/deliveries/{hashlib.sha256(delivery.encode()).hexdigest()[:16]}"
@@ -306,10 +275,15 @@ class JobStore:
         return count
 
     # -- internals ---------------------------------------------------------------------------
-    def _state_file(self, kind: str, name: str) -> Path:
-        folder = self.lock_dir / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / name
+    def _change(self, job_id: str, change: Callable[[dict], None]) -> dict:
+        """Read the record under its lock, change it in place and write it; a job in a final state stays as it is."""
+        with self._lock(f"job-{job_id}"):
+            job = self._read_fresh(job_id)
+            if job["state"] in TERMINAL:
+                return job
+            change(job)
+            self._write(job)
+            return job
 
     def _read_fresh(self, job_id: str) -> dict:
         try:
@@ -319,17 +293,71 @@ class JobStore:
 
     def _write(self, job: dict) -> None:
         self.storage.put_json(_job_key(job["id"]), job)
+        self._written(job)
+
+    def _job_for_key(self, record_key: str) -> tuple[dict, str] | None:
+        """The job an idempotency record names and the fingerprint of its request, if recorded."""
+        try:
+            record = self.storage.get_json(record_key)
+        except MissingKey:
+            return None
+        return self.get(record["job_id"]), record.get("request", "")
+
+
+class RedisJobStore(JobStore):
+    """Locks, beats, leases and the unfinished set in Redis, and each record mirrored there too."""
+
+    def __init__(self, storage: Storage, redis: Redis, lease_s: float = 30) -> None:
+        super().__init__(storage, lease_s)
+        self.redis = redis
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        with self.redis.lock(f"{REDIS_PREFIX}lock:{name}", timeout=30, blocking_timeout=30):
+            yield
+
+    def get(self, job_id: str) -> dict:
+        cached = self.redis.get(f"{REDIS_PREFIX}job:{job_id}")
+        if cached:
+            return json.loads(cached)
+        job = super().get(job_id)
         self._mirror(job)
-        if self.redis is None:  # the unfinished jobs, for the watchdog (Redis keeps them as a set)
-            marker = self._state_file("unfinished", job["id"])
-            if job["state"] in TERMINAL:
-                marker.unlink(missing_ok=True)
-            else:
-                marker.touch()
+        return job
+
+    def _newest_first(self) -> list[dict]:
+        self._ensure_mirror()
+        ids = self.redis.zrevrange(f"{REDIS_PREFIX}jobs", 0, -1)
+        raw = self.redis.mget([f"{REDIS_PREFIX}job:{i.decode()}" for i in ids]) if ids else []
+        return [json.loads(r) for r in raw if r]
+
+    def _unfinished_ids(self) -> list[str]:
+        self._ensure_mirror()
+        return [i.decode() for i in self.redis.smembers(f"{REDIS_PREFIX}unfinished")]
+
+    def _written(self, job: dict) -> None:
+        self._mirror(job)
+
+    def beat(self, job_id: str) -> None:
+        self.redis.set(f"{REDIS_PREFIX}beat:{job_id}", time.time(), ex=7 * 24 * 3600)
+
+    def last_beat(self, job_id: str) -> float | None:
+        value = self.redis.get(f"{REDIS_PREFIX}beat:{job_id}")
+        return float(value) if value else None
+
+    @contextlib.contextmanager
+    def lease(self, job_id: str, work: str) -> Iterator[Lease]:
+        key, owner = f"{REDIS_PREFIX}lease:{job_id}:{work}", uuid.uuid4().hex
+        if not self.redis.set(key, owner, nx=True, px=int(self.lease_s * 1000)):
+            yield None
+            return
+        try:
+            yield lambda: self.redis.pexpire(key, int(self.lease_s * 1000))
+        finally:
+            # Only our own: past lease_s without a renewal another execution may hold it now.
+            if self.redis.get(key) == owner.encode():
+                self.redis.delete(key)
 
     def _mirror(self, job: dict) -> None:
-        if self.redis is None:
-            return
         pipe = self.redis.pipeline()
         pipe.set(f"{REDIS_PREFIX}job:{job['id']}", json.dumps(job))
         pipe.zadd(f"{REDIS_PREFIX}jobs", {job["id"]: timestamp(job["created_at"])})
@@ -338,19 +366,6 @@ class JobStore:
         else:
             pipe.sadd(f"{REDIS_PREFIX}unfinished", job["id"])
         pipe.execute()
-
-    def unfinished(self) -> list[dict]:
-        """The jobs queued or running, read without listing every job there ever was."""
-        if self.redis is not None:
-            self._ensure_mirror()
-            ids = [i.decode() for i in self.redis.smembers(f"{REDIS_PREFIX}unfinished")]
-        else:
-            ids = [path.name for path in (self.lock_dir / "unfinished").glob("*")]
-        jobs = []
-        for job_id in ids:
-            with contextlib.suppress(JobNotFound):
-                jobs.append(self.get(job_id))
-        return [job for job in jobs if job["state"] not in TERMINAL]
 
     def _ensure_mirror(self) -> None:
         """Mirror every record from storage into Redis if Redis lost them (a restart: it keeps nothing)."""
@@ -365,13 +380,74 @@ class JobStore:
                     self._mirror(self.storage.get_json(key))
             self.redis.set(marker, now())
 
-    def _job_for_key(self, record_key: str) -> tuple[dict, str] | None:
-        """The job an idempotency record names and the fingerprint of its request, if recorded."""
-        try:
-            record = self.storage.get_json(record_key)
-        except MissingKey:
-            return None
-        return self.get(record["job_id"]), record.get("request", "")
+
+class FileJobStore(JobStore):
+    """Locks, beats, leases and the unfinished set in files under lock_dir: for one host, the
+    embedded default."""
+
+    def __init__(self, storage: Storage, lock_dir: str | Path, lease_s: float = 30) -> None:
+        super().__init__(storage, lease_s)
+        self.lock_dir = Path(lock_dir)
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_dir / f"{name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _newest_first(self) -> list[dict]:
+        jobs = [self.storage.get_json(k) for k in self.storage.list("jobs/")
+                if k.endswith("/job.json") and k.count("/") == 2]
+        jobs.sort(key=lambda j: (j["created_at"], j["id"]), reverse=True)
+        return jobs
+
+    def _unfinished_ids(self) -> list[str]:
+        return [path.name for path in (self.lock_dir / "unfinished").glob("*")]
+
+    def _written(self, job: dict) -> None:
+        # A marker per unfinished job, for the watchdog: it never lists every job there ever was.
+        marker = self._state_file("unfinished", job["id"])
+        if job["state"] in TERMINAL:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.touch()
+
+    def beat(self, job_id: str) -> None:
+        path = self._state_file("beats", job_id)
+        path.touch()
+        os.utime(path)
+
+    def last_beat(self, job_id: str) -> float | None:
+        path = self._state_file("beats", job_id)
+        return path.stat().st_mtime if path.exists() else None
+
+    @contextlib.contextmanager
+    def lease(self, job_id: str, work: str) -> Iterator[Lease]:
+        with open(self._state_file("leases", f"{job_id}-{work}"), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            yield lambda: None  # a flock lives exactly as long as its process: nothing to renew
+
+    def _state_file(self, kind: str, name: str) -> Path:
+        folder = self.lock_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+
+def open_job_store(storage: Storage, redis: Redis | None = None, lock_dir: str | Path | None = None,
+                   lease_s: float = 30) -> JobStore:
+    """The job store over storage: on Redis when a client is given (lock_dir is then unused), else
+    on files under lock_dir. A Redis lease lapses lease_s after its last renewal (a file lease when
+    its process ends)."""
+    if redis is not None:
+        return RedisJobStore(storage, redis, lease_s)
+    if not lock_dir:
+        raise ValueError("JobStore needs Redis or a lock directory to serialise updates")
+    return FileJobStore(storage, lock_dir, lease_s)
 
 
 def _job_key(job_id: str) -> str:

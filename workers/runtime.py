@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from pipeline.storage import Storage, storage_from_settings
-from workers.jobs import JobStore
+from workers.jobs import JobStore, open_job_store
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -53,8 +53,8 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.storage, redis=self.redis, lock_dir=self.settings.data_dir / "locks",
-                        lease_s=3 * self.settings.heartbeat_s)
+        return open_job_store(self.storage, redis=self.redis, lock_dir=self.settings.data_dir / "locks",
+                              lease_s=3 * self.settings.heartbeat_s)
 
     @cached_property
     def celery(self) -> Celery:
