@@ -24,13 +24,23 @@ demo: $(VENV)/.installed
 web: $(VENV)/.installed
 	$(BIN)/python -m workers.demo --web
 
-test: $(VENV)/.installed lint browser
-	$(BIN)/python -m pytest -q tests
+# Two test processes (pytest-xdist), a module in each at a time: each has its own Redis database and
+# system. Redis and SeaweedFS are started first if none answers, and only those are stopped after.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+TEST_SERVICES := var/test-services
 
-# The fast tier while you work: every test that runs in this one process (no service, worker or child
-# interpreter; see tests/conftest.py). make test runs all of them, as CI does.
+test: $(VENV)/.installed lint browser
+	bash infra/scripts/start-redis.sh $(TEST_SERVICES)/redis
+	bash infra/scripts/start-seaweedfs.sh $(TEST_SERVICES)/seaweedfs
+	$(PYTEST) tests; status=$$?; \
+	bash infra/scripts/stop-seaweedfs.sh $(TEST_SERVICES)/seaweedfs; \
+	bash infra/scripts/stop-redis.sh $(TEST_SERVICES)/redis; \
+	exit $$status
+
+# The fast tier while you work: every test that runs in the test process alone (no service, worker or
+# other interpreter; see tests/conftest.py). make test runs all of them, as CI does.
 test-fast: $(VENV)/.installed lint
-	$(BIN)/python -m pytest -q -m "not system" tests
+	$(PYTEST) -m "not system" tests
 
 # Headless Chromium and its driver for the browser test (Debian packages; installed only if missing).
 browser:

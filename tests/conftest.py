@@ -35,8 +35,11 @@ S3_ENDPOINT = "http://127.0.0.1:8333"
 S3_ACCESS_KEY_ID = "facerec-dev"
 S3_SECRET_ACCESS_KEY = "facerec-dev-secret"
 
-# Separate databases let several test sessions run at once (each flushes its own at the start).
-REDIS_TEST_DB = int(os.environ.get("FACEREC_TEST_REDIS_DB", "15"))
+# Separate databases let several test sessions run at once (each flushes its own at the start): under
+# pytest-xdist, worker gwN takes the database N below FACEREC_TEST_REDIS_DB, so that no worker's processes
+# take another's tasks.
+REDIS_TEST_DB = int(os.environ.get("FACEREC_TEST_REDIS_DB", "15")) - int(
+    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 # Seconds the test process may take to exit after the last test.
 EXIT_WITHIN_S = 120
