@@ -76,6 +76,8 @@ class Settings:
     max_upload_mb: int = 2048
     secret_key: str = ""
     session_cookie_secure: bool = True
+    session_idle_s: int = 2 * 3600
+    session_max_s: int = 12 * 3600
 
     @property
     def embedded(self) -> bool:
@@ -136,4 +138,6 @@ def load_settings() -> Settings:
         max_upload_mb=_env_int("FACEREC_MAX_UPLOAD_MB", 2048),
         secret_key=_env("FACEREC_SECRET_KEY"),
         session_cookie_secure=_env("FACEREC_SESSION_COOKIE_SECURE", "1") not in ("0", "false", "no"),
+        session_idle_s=_env_int("FACEREC_SESSION_IDLE_S", 2 * 3600, minimum=1),
+        session_max_s=_env_int("FACEREC_SESSION_MAX_S", 12 * 3600, minimum=1),
     )

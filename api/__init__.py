@@ -69,19 +69,20 @@ def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None 
     from api.openapi import openapi_document
     from api.photos import photos
     from api.schedules import schedules
+    from api.sessions import configure_sessions
     from api.uploads import uploads
-    from api.web import configure_sessions, web
+    from api.web import web
     from workers.runtime import Runtime
 
     settings = settings or load_settings()
     app = Flask(__name__)
     app.json = BoundedJSONProvider(app)
-    app.extensions["facerec"] = Runtime(settings)  # api.context.runtime()
+    runtime = app.extensions["facerec"] = Runtime(settings)  # api.context.runtime()
     entries = list(api_keys if api_keys is not None else settings.api_keys)
     app.config["API_KEYS"] = parse_entries(entries)
     # Job requests are small JSON documents; the upload routes raise the bound for their own requests.
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-    configure_sessions(app, settings, entries)
+    configure_sessions(app, runtime, entries)
     # On the app, not on a module-level blueprint: a blueprint takes no hooks once registered, so
     # create_app could run only once per process.
     app.before_request(authenticate)

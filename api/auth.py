@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, current_app, g, request, session
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 from api.endpoints import declared
 from api.keys import ApiKey, hash_key
+from api.sessions import script_session_key
 
 HEADER = "X-API-Key"
-# The web pages' scripts call the API with the key kept in the session cookie, which only counts with
-# this header holding the session's token: a page of another site can send the cookie, not the header.
-CSRF_HEADER = "X-CSRF-Token"
 OPEN_ENDPOINTS = {"static"}  # Flask's own view of the pages' script and style
 
 
@@ -40,15 +38,6 @@ def find_key(keys: tuple[ApiKey, ...], given: str) -> ApiKey | None:
     return found
 
 
-def session_key() -> str:
-    """The key a logged-in page holds in its session, when the request carries the session's CSRF token."""
-    token = request.headers.get(CSRF_HEADER, "")
-    expected = session.get("csrf", "")
-    if token and expected and hmac.compare_digest(token, expected):
-        return session.get("api_key", "")
-    return ""
-
-
 def authenticate() -> None:
     """before_request hook of the app: refuse a request without a valid key of the scope it needs."""
     if request.url_rule is None:
@@ -57,14 +46,12 @@ def authenticate() -> None:
     if scope is None:
         return
     keys: tuple[ApiKey, ...] = current_app.config["API_KEYS"]
-    given = request.headers.get(HEADER, "") or session_key()
     if not keys:
         raise Unauthorized("no API keys are configured on the server (set FACEREC_API_KEYS)")
-    if not given:
-        raise Unauthorized(f"missing API key: send it in the {HEADER} header")
-    key = find_key(keys, given)
+    given = request.headers.get(HEADER, "")
+    key = find_key(keys, given) if given else script_session_key()
     if key is None:
-        raise Unauthorized("invalid API key")
+        raise Unauthorized("invalid API key" if given else f"missing API key: send it in the {HEADER} header")
     if not key.allows(scope):
         raise Forbidden(f"this API key has scope {key.scope}; {request.method} {request.url_rule.rule} "
                         f"needs scope {scope}")

@@ -1,28 +1,26 @@
 """The web pages: log in, recognise a photo, follow jobs, manage model versions, read the API's document.
 
 Pages are rendered on the server (templates/) with a little JavaScript (static/app.js) that calls the
-/v1 API. The API key a person logs in with is kept in the session cookie (signed, HTTP-only, Secure,
-SameSite=Strict) and never appears in a URL or a page; the scripts send the session's CSRF token in a
-header, and the API accepts the session's key only with it (api.auth.session_key).
+/v1 API. Logging in with an API key starts a session kept on the server (api.sessions): the cookie holds
+an opaque id, never the key, which appears in no URL or page either; the scripts send the session's CSRF
+token in a header, and the API accepts the session only with it (api.sessions.script_session_key).
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import Forbidden, NotFound
 
 from api.auth import find_key
 from api.context import runtime
 from api.endpoints import page
 from api.jobs import get_results
-from api.keys import ApiKey
 from api.models import get_report
 from api.openapi import openapi_document
-from config import Settings
+from api.sessions import csrf_token, end_session, session_key, start_session
 from pipeline import registry
 from workers.jobs import STATES, TYPES, JobNotFound
 
@@ -30,23 +28,6 @@ web = Blueprint("web", __name__)
 PAGE_SIZE = 50
 CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-
-
-def configure_sessions(app: Flask, settings: Settings, entries: list[str] | tuple[str, ...]) -> None:
-    """Sign session cookies with FACEREC_SECRET_KEY, or else with a secret derived from the configured key
-    entries, the same in every API process (a session holds a key that is checked again on every request,
-    so a forged cookie gets nothing that its key would not)."""
-    secret = settings.secret_key
-    app.secret_key = secret or hashlib.sha256(("facerec-session\n" + "\n".join(entries)).encode()).hexdigest()
-    app.config.update(
-        SESSION_COOKIE_NAME="facerec_session",
-        SESSION_COOKIE_HTTPONLY=True,
-        # Browsers keep Secure cookies over plain http on localhost only; set 0 to serve pages over plain
-        # http elsewhere (better: put TLS in front).
-        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
-        SESSION_COOKIE_SAMESITE="Strict",
-        PERMANENT_SESSION_LIFETIME=12 * 3600,
-    )
 
 
 @web.after_request
@@ -58,17 +39,12 @@ def page_headers(response):
     return response
 
 
-def _current_key() -> ApiKey | None:
-    key = session.get("api_key")
-    return find_key(current_app.config["API_KEYS"], key) if key else None
-
-
 def _page(template: str, **context):
     """Render a page for the logged-in person, or send them to the login form (and back here after)."""
-    key = _current_key()
+    key = session_key()
     if key is None:
         return redirect(url_for("web.login", next=request.path))
-    return render_template(template, user=key, csrf=session["csrf"], **context)
+    return render_template(template, user=key, csrf=csrf_token(), **context)
 
 
 @web.get("/")
@@ -88,26 +64,24 @@ def login():
 @web.post("/login")
 @page
 def login_submit():
-    """Log in with an API key (form field api_key)."""
+    """Log in with an API key (form field api_key): a new session on the server stands for it."""
     given = request.form.get("api_key", "").strip()
     next_page = _safe_next(request.form.get("next"))
     key = find_key(current_app.config["API_KEYS"], given) if given else None
     if key is None:
         message = "That API key is not valid." if given else "Enter your API key."
         return render_template("login.html", error=message, next=next_page), 401
-    session.clear()
-    session.permanent = True
-    session.update(api_key=given, csrf=secrets.token_urlsafe(32))
+    start_session(key)
     return redirect(next_page)
 
 
 @web.post("/logout")
 @page
 def logout():
-    """Log out: forget the key."""
-    if session.get("csrf") and not secrets.compare_digest(request.form.get("csrf", ""), session["csrf"]):
+    """Log out: the session ends on the server, so its cookie is worthless from now on."""
+    if csrf_token() and not secrets.compare_digest(request.form.get("csrf", ""), csrf_token()):
         raise Forbidden("the form was not sent by this site's page")
-    session.clear()
+    end_session()
     return redirect(url_for("web.login"))
 
 
@@ -147,7 +121,7 @@ def job_page(job_id: str):
 @page
 def job_results_download(job_id: str):
     """Download a finished recognition job's results (the page's link; the session stands for the key)."""
-    if _current_key() is None:
+    if session_key() is None:
         return redirect(url_for("web.login", next=request.path))
     return get_results(job_id)
 
@@ -169,7 +143,7 @@ def models_page():
 @page
 def report_page(name: str, version: str):
     """A version's evaluation report and dataset exploration (self-contained HTML)."""
-    if _current_key() is None:
+    if session_key() is None:
         return redirect(url_for("web.login", next=request.path))
     return get_report(name, version)
 
@@ -181,7 +155,7 @@ def docs_page():
     if "openapi" not in current_app.extensions:
         current_app.extensions["openapi"] = openapi_document(current_app)
     document = current_app.extensions["openapi"]
-    return render_template("docs.html", document=document, user=_current_key(), csrf=session.get("csrf"),
+    return render_template("docs.html", document=document, user=session_key(), csrf=csrf_token(),
                            active="docs")
 
 
