@@ -1,7 +1,7 @@
 """All configuration, read from environment variables.
 
-With no REDIS_URL the system runs on its embedded default: a SQLite-backed Celery broker and
-result backend under FACEREC_DATA_DIR, so several processes share one queue without any server.
+With no REDIS_URL the system runs on its embedded default: a SQLite-backed Celery broker under
+FACEREC_DATA_DIR, so several processes share one queue without any server.
 With no S3_ENDPOINT_URL (and no S3_BUCKET) storage is a local directory under FACEREC_DATA_DIR.
 """
 
@@ -94,12 +94,6 @@ class Settings:
             return self.redis_url
         # kombu's SQLAlchemy transport made safe for forked pools (workers/embedded_broker.py)
         return f"facerec-sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
-
-    @property
-    def result_backend(self) -> str:
-        if self.redis_url:
-            return self.redis_url
-        return f"db+sqlite:///{self.data_dir / 'results.sqlite'}"
 
 
 def load_settings() -> Settings:

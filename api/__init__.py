@@ -5,6 +5,7 @@ It never loads TensorFlow or runs a model; the Celery workers do that.
 
 from __future__ import annotations
 
+import errno
 import json
 import uuid
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from api.endpoints import endpoint
 from config import Settings, load_settings
-from pipeline.storage import StorageError
+from pipeline.storage import InvalidKey, StorageError, StorageFull
 
 # Job requests are a few levels deep; a bound far below Python's recursion limit keeps a hostile body
 # (100,000 '[') from reaching json's recursion limit, and keeps deep values out of job records.
@@ -99,6 +100,26 @@ def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         return jsonify(error=err.description or err.name), err.code
+
+    @app.errorhandler(InvalidKey)
+    def invalid_key(err: InvalidKey):
+        # A key no object can have, or whose folder is an object: the request's fault, never worth a retry.
+        return jsonify(error=str(err)), 400
+
+    @app.errorhandler(StorageFull)
+    def storage_full(err: Exception):
+        app.logger.error("%s on %s %s: %s", type(err).__name__, request.method, request.path, err)
+        return jsonify(error="the server's storage is full, so nothing of this request was recorded: try again "
+                             "once space has been freed (tell its administrator)"), 507
+
+    @app.errorhandler(OSError)
+    def file_system_error(err: OSError):
+        # What storage did not name already: a full disk is 507, a name too long 400, the rest the store failing.
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return storage_full(err)
+        if err.errno == errno.ENAMETOOLONG:
+            return jsonify(error="a name in the request is longer than the file system allows"), 400
+        return store_unavailable(err)
 
     @app.errorhandler(StorageError)
     @app.errorhandler(BotoCoreError)

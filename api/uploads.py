@@ -27,6 +27,7 @@ from api.context import caller, runtime, settings
 from api.endpoints import SUBMIT, endpoint
 from pipeline.dataset import is_image_key
 from pipeline.decode import MAX_BYTES
+from pipeline.storage import check_key
 
 uploads = Blueprint("uploads", __name__, url_prefix="/v1")
 
@@ -108,7 +109,7 @@ def _upload(top: str, name: str, labelled: bool):
             also = f" (skipped: {', '.join(skipped[:5])})" if skipped else ""
             raise BadRequest(f"the upload holds no photos{also}")
         storage = runtime().storage
-        keys = [f"{prefix}/{photo.relative}" for photo in photos]
+        keys = [check_key(f"{prefix}/{photo.relative}") for photo in photos]  # every key valid before any write
         if len(set(keys)) < len(keys):
             twice = next(k for k in keys if keys.count(k) > 1)
             raise BadRequest(f"the upload holds {twice.removeprefix(prefix + '/')!r} more than once")

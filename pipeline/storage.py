@@ -5,6 +5,8 @@ Keys are '/'-separated relative paths such as ``jobs/abc/summary.json``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -42,18 +44,52 @@ class ObjectTooLarge(StorageError):
 
 
 class InvalidKey(StorageError, ValueError):
-    """A key no object can have (see check_key), met among keys to read; the message names the problem."""
+    """A key no object can have (see check_key), or one whose folder is an object: the caller's mistake,
+    never worth retrying. The message names the problem."""
+
+
+class StorageFull(StorageError):
+    """The disk under local storage (or the embedded broker) is full: nothing more can be written until
+    space is freed."""
+
+
+# Every backend takes the strictest bounds of them all, so a key valid on one is valid on every other:
+# a file system's name length (255 bytes a segment, ext4 and most others) and S3's key length.
+MAX_SEGMENT_BYTES = 255
+MAX_KEY_BYTES = 1024
 
 
 def check_key(key: str) -> str:
-    """Return key if it is a safe relative object key, else raise ValueError naming the problem."""
+    """Return key if it is a safe relative object key, else raise InvalidKey (a ValueError) naming the problem."""
+    shown = key if len(key) <= 80 else key[:77] + "..."
     if not key or key.startswith("/") or "\\" in key:
-        raise ValueError(f"invalid storage key {key!r}: must be a non-empty relative path")
+        raise InvalidKey(f"invalid storage key {shown!r}: must be a non-empty relative path")
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise ValueError(f"invalid storage key {key!r}: empty, '.' or '..' path segment")
+        raise InvalidKey(f"invalid storage key {shown!r}: empty, '.' or '..' path segment")
     if any(ord(c) < 32 or c == "\x7f" for c in key):
-        raise ValueError(f"invalid storage key {key!r}: control characters are not allowed")
+        raise InvalidKey(f"invalid storage key {shown!r}: control characters are not allowed")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidKey(f"invalid storage key {shown!r}: {len(key.encode())} bytes long, at most {MAX_KEY_BYTES}")
+    long = next((part for part in key.split("/") if len(part.encode()) > MAX_SEGMENT_BYTES), None)
+    if long is not None:
+        raise InvalidKey(f"invalid storage key {shown!r}: the name {long[:40] + '...'!r} is {len(long.encode())} "
+                         f"bytes long, at most {MAX_SEGMENT_BYTES} between two '/'")
     return key
+
+
+@contextlib.contextmanager
+def _os_errors(key: str) -> Iterator[None]:
+    """What the file system refuses, as storage errors: a full disk, or a key whose folder is an object."""
+    try:
+        yield
+    except (NotADirectoryError, FileExistsError):
+        raise InvalidKey(f"cannot write {key}: part of its path is an object on local storage") from None
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"cannot write {key}: the disk under local storage is full") from None
+        if err.errno == errno.ENAMETOOLONG:
+            raise InvalidKey(f"cannot write {key}: the file system refuses a name this long") from None
+        raise
 
 
 class Storage(ABC):
@@ -165,34 +201,42 @@ class LocalStorage(Storage):
 
     def _make_parent(self, key: str) -> Path:
         path = self.path(key)
-        try:
+        with _os_errors(key):
             path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise StorageError(f"cannot write {key}: part of its path is an object on local storage") from None
         return path
 
-    def put(self, key: str, data: bytes) -> None:
+    def _temporary(self, key: str, data: bytes) -> str:
+        """The data in a temporary file beside where key goes (removed again if it cannot be written whole)."""
         path = self._make_parent(key)
+        with _os_errors(key):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
         # Write to a temporary file then rename, so readers never see half an object.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        tmp = self._temporary(key, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            with _os_errors(key):
+                os.replace(tmp, self.path(key))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
     def put_new(self, key: str, data: bytes) -> bool:
-        path = self._make_parent(key)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        tmp = self._temporary(key, data)
         try:
-            os.link(tmp, path)  # atomic create-if-absent
+            with _os_errors(key):
+                try:
+                    os.link(tmp, self.path(key))  # atomic create-if-absent
+                except FileExistsError:
+                    return False
             return True
-        except FileExistsError:
-            return False
         finally:
             os.unlink(tmp)
 
@@ -248,7 +292,8 @@ class LocalStorage(Storage):
         yield from sorted(keys)
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # nothing there: nothing to delete
+            self.path(key).unlink()
 
     def describe(self) -> str:
         return str(self.root)

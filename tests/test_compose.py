@@ -57,3 +57,9 @@ def test_gpu_image_is_the_cpu_image_plus_tensorflow_cuda():
 def test_gpu_image_runs_the_gpu_worker():
     command = [a for i, a in instructions("Dockerfile.gpu") if i == "CMD"]
     assert len(command) == 1 and json.loads(command[0]) == GPU_WORKER
+
+
+def test_every_service_comes_back_when_its_process_exits():
+    """A worker that exits (a crash, the OOM killer, a full disk) is started again, as Kubernetes does."""
+    for name, service in compose()["services"].items():
+        assert service.get("restart") == "unless-stopped", name

@@ -24,6 +24,7 @@ import requests
 
 from infra.processes import Client, Processes, environment, free_port
 from pipeline.storage import LocalStorage, S3Storage, Storage
+from tests.disk import fill, small_disk
 from tests.system import API_KEY, API_KEY_ENTRIES, REPO, upload_photos
 from workers.jobs import timestamp
 
@@ -221,6 +222,29 @@ def test_embedded_a_job_past_its_restarts_fails_saying_why_and_resumes_through_t
         assert resumed.status_code == 202, resumed.text
         job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed"), "the resumed job")
         assert_every_photo_exactly_once(running, job)
+
+
+def test_embedded_a_disk_that_fills_mid_job_and_frees_again_leaves_the_worker_up_and_every_photo_once(tmp_path,
+                                                                                                     lfw_dir):
+    """The data disk fills while chunks run: the worker can write neither predictions nor the broker's
+    bookkeeping. It stays up, takes nothing while the disk is full, and the job ends once space is freed
+    (the chunk whose retry could not be queued is restarted by the watchdog)."""
+    with small_disk(tmp_path / "disk", megabytes=48) as disk:
+        # The converted weights (about 100 MB) live elsewhere: only the data fills up.
+        env = {**base_env(disk / "data"), "FACEREC_CACHE_DIR": str(tmp_path / "cache")}
+        (tmp_path / "logs").mkdir()
+        with cluster(env, LocalStorage(disk / "data" / "storage"), tmp_path / "logs", lfw_dir) as running:
+            job_id = submit_bulk_job(running)
+            running.wait_until(job_id, lambda j: j["progress"]["done"] >= 16, "two chunks done", timeout=120)
+            filler = fill(disk)
+            time.sleep(15)
+            assert running.running["worker"].poll() is None, "the worker survives a full disk"
+            assert running.job(job_id)["state"] == "running", "the disk filled while the job ran"
+            filler.unlink()
+            job = running.wait_until(job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"),
+                                     "the job to end")
+            assert_every_photo_exactly_once(running, job)
+            assert running.running["worker"].poll() is None
 
 
 def test_redis_a_worker_killed_whole_midway_is_replaced_and_the_job_resumes(on_redis):

@@ -1,7 +1,7 @@
 """The worker's Celery app: ``celery -A workers.app worker`` imports this module when the worker starts.
 
 Run a GPU worker with ``celery -A workers.app worker -Q gpu -c 1`` (one process per GPU) and a CPU
-worker with ``-Q default``. With no REDIS_URL the broker and result backend are SQLite files under
+worker with ``-Q default``. With no REDIS_URL the broker is a SQLite file under
 FACEREC_DATA_DIR, shared by every process on the machine.
 
 Importing this module is starting a worker: it reads the settings from the environment, makes the

@@ -54,9 +54,9 @@ def celery_config(settings: Settings) -> dict:
         },
         broker_connection_retry_on_startup=True,
         task_serializer="json",
-        result_serializer="json",
         accept_content=["json"],
-        result_expires=7 * 24 * 3600,
+        # Job records in storage say how every task went: no result backend to write (or fill a disk).
+        task_ignore_result=True,
         worker_hijack_root_logger=False,
         # Scheduled retraining keeps its schedules in Redis; one beat holds the lock.
         beat_scheduler="redbeat.RedBeatScheduler",
@@ -69,8 +69,7 @@ def create_celery(runtime: Runtime) -> Celery:
     settings = runtime.settings
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker's folder
-    celery = Celery("facerec", broker=settings.broker_url, backend=settings.result_backend,
-                    include=["workers.tasks"])
+    celery = Celery("facerec", broker=settings.broker_url, include=["workers.tasks"])
     celery.conf.update(celery_config(settings))
     celery.runtime = runtime
     return celery

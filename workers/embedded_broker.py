@@ -13,38 +13,90 @@ Celery finds this transport by its alias: broker URLs ``facerec-sqla+sqlite:///<
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable, Iterator
+from queue import Empty
 
 from kombu.transport import TRANSPORT_ALIASES, sqlalchemy
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from pipeline.storage import StorageFull
 
 ALIAS = "facerec-sqla"
+log = logging.getLogger(__name__)
 
 _no_fork_now = threading.Lock()
 
 
 class Channel(sqlalchemy.Channel):
-    """kombu's channel, each of whose reads and writes holds off forks until its transaction ends."""
+    """kombu's channel, each of whose reads and writes holds off forks until its transaction ends, and
+    leaves its session clean when the database refuses one (kombu's would stay in a failed transaction)."""
 
     def _get(self, queue):
-        with _no_fork_now:
+        # Taking a message is a write too: on a full disk take nothing and look again at the next poll,
+        # rather than let kombu reconnect (a new session each time, until its pool runs out).
+        with _no_fork_now, _when_disk_full(_nothing_to_take), self._session_rolled_back_on_error():
             return super()._get(queue)
 
     def _put(self, queue, payload, **kwargs):
-        with _no_fork_now:
+        # The caller's to report (a submit answers 507), not a broken connection for kombu to retry.
+        with _no_fork_now, _when_disk_full(_cannot_take_the_message), self._session_rolled_back_on_error():
             return super()._put(queue, payload, **kwargs)
 
     def _size(self, queue):
-        with _no_fork_now:
+        with _no_fork_now, self._session_rolled_back_on_error():
             return super()._size(queue)
 
     def _purge(self, queue):
-        with _no_fork_now:
+        with _no_fork_now, self._session_rolled_back_on_error():
             return super()._purge(queue)
 
     def _new_queue(self, queue, **kwargs):
-        with _no_fork_now:
+        with _no_fork_now, _when_disk_full(_cannot_take_the_message), self._session_rolled_back_on_error():
             return super()._new_queue(queue, **kwargs)
+
+    @contextlib.contextmanager
+    def _session_rolled_back_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError:
+            with contextlib.suppress(SQLAlchemyError):
+                self.session.rollback()
+            raise
+
+
+@contextlib.contextmanager
+def _when_disk_full(instead: Callable[[], Exception]) -> Iterator[None]:
+    """SQLite's "database or disk is full" raised as instead() says."""
+    try:
+        yield
+    except OperationalError as err:
+        if "database or disk is full" not in str(err):
+            raise
+        raise instead() from None
+
+
+def _cannot_take_the_message() -> Exception:
+    return StorageFull("the embedded broker cannot take the message: its disk is full")
+
+
+def _nothing_to_take() -> Exception:
+    _log_disk_full()
+    return Empty()
+
+
+_last_disk_full_log = 0.0
+
+
+def _log_disk_full() -> None:
+    global _last_disk_full_log
+    if time.monotonic() - _last_disk_full_log > 60:
+        _last_disk_full_log = time.monotonic()
+        log.error("the embedded broker's disk is full: no task can be taken until space is freed")
 
 
 class Transport(sqlalchemy.Transport):

@@ -102,6 +102,10 @@ class JobStore(ABC):
         record just written; it may raise, and the write then counts as failed."""
 
     @abstractmethod
+    def _forgotten(self, job_id: str) -> None:
+        """Remove what the store keeps beside storage of a job whose record was removed."""
+
+    @abstractmethod
     def beat(self, job_id: str) -> None:
         """Say that a task is working on the job now."""
 
@@ -138,11 +142,16 @@ class JobStore(ABC):
 
     # -- writing -----------------------------------------------------------------------------
     def create(self, job_type: str, params: dict, idempotency_key: str | None = None, scope: str = "",
-               prepare: Callable[[dict], None] = lambda job: None) -> tuple[dict, bool]:
-        """Record a new queued job; with an idempotency key seen before in the same scope (the route and
-        the client), return that job instead, or raise IdempotencyConflict if the request differs.
+               prepare: Callable[[dict], Callable[[], None] | None] = lambda job: None,
+               enqueue: Callable[[dict], None] = lambda job: None) -> tuple[dict, bool]:
+        """Record a new queued job and enqueue it; with an idempotency key seen before in the same scope
+        (the route and the client), return that job instead, or raise IdempotencyConflict if the request
+        differs.
 
-        `prepare` runs on the new job before it is recorded (it may raise to refuse it).
+        `prepare` runs on the new job before it is recorded: it may raise to refuse it, and may return a
+        function that undoes what it did. `enqueue` sends the job's first task once it is recorded. If
+        recording or enqueueing fails (Redis down, a full disk), everything written for the job is removed
+        again and prepare undone: a failed submit leaves no record and no message behind.
         Returns (job, created)."""
         if job_type not in TYPES:
             raise ValueError(f"unknown job type {job_type!r}")
@@ -162,17 +171,28 @@ class JobStore(ABC):
                 "progress": {"done": 0, "total": None}, "created_at": now(), "started_at": None,
                 "finished_at": None, "result": None, "error": None,
             }
-            prepare(job)
+            undo = prepare(job)
             try:
                 self._write(job)
-            except Exception:
-                # Not mirrored (Redis down or overloaded): a record only in storage would never be
-                # enqueued nor seen by the watchdog, so the submit fails whole.
-                self.storage.delete(_job_key(job["id"]))
+                if record_key:
+                    self.storage.put_json(record_key, {"job_id": job["id"], "request": fingerprint})
+                enqueue(job)
+            except BaseException:
+                self._discard(job["id"], record_key)
+                if undo is not None:
+                    undo()
                 raise
-            if record_key:
-                self.storage.put_json(record_key, {"job_id": job["id"], "request": fingerprint})
             return job, True
+
+    def _discard(self, job_id: str, record_key: str | None) -> None:
+        """Remove a job that was never enqueued: each part on its own, as far as it goes (a record only in
+        storage, never enqueued nor seen by the watchdog, must not stay)."""
+        parts = [lambda: self.storage.delete(_job_key(job_id)), lambda: self._forgotten(job_id)]
+        if record_key:
+            parts.insert(0, lambda: self.storage.delete(record_key))
+        for remove in parts:
+            with contextlib.suppress(Exception):
+                remove()
 
     def update(self, job_id: str, **changes) -> dict:
         """Apply changes to the record. A job in a final state is never changed again."""
@@ -337,6 +357,13 @@ class RedisJobStore(JobStore):
     def _written(self, job: dict) -> None:
         self._mirror(job)
 
+    def _forgotten(self, job_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(f"{REDIS_PREFIX}job:{job_id}")
+        pipe.zrem(f"{REDIS_PREFIX}jobs", job_id)
+        pipe.srem(f"{REDIS_PREFIX}unfinished", job_id)
+        pipe.execute()
+
     def beat(self, job_id: str) -> None:
         self.redis.set(f"{REDIS_PREFIX}beat:{job_id}", time.time(), ex=7 * 24 * 3600)
 
@@ -412,6 +439,9 @@ class FileJobStore(JobStore):
             marker.unlink(missing_ok=True)
         else:
             marker.touch()
+
+    def _forgotten(self, job_id: str) -> None:
+        self._state_file("unfinished", job_id).unlink(missing_ok=True)
 
     def beat(self, job_id: str) -> None:
         path = self._state_file("beats", job_id)

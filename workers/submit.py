@@ -7,6 +7,7 @@ job runs through Celery. Tasks are sent by name: submitting never imports the pi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
@@ -54,14 +55,19 @@ def submit_recognition(runtime: Runtime, request: RecognitionRequest, idempotenc
     _check_dataset(storage, request.input_prefix, request.input_manifest)
     _check_model_version(storage, request.model, request.model_version)
 
-    def claim_output(job: dict) -> None:
+    def claim_output(job: dict) -> Callable[[], None] | None:
         if not request.output_prefix:
-            return
+            return None
         prefix = request.output_prefix.rstrip("/")
+        if storage.exists(prefix):
+            raise OutputPrefixTaken(f"output_prefix {prefix!r} is an object already (a photo?), not a folder: "
+                                    "choose another prefix, or leave it out to write under the job's folder")
+        claim = f"{prefix}/{CLAIM}"
         if next(iter(storage.list(prefix + "/")), None) is not None or \
-                not storage.put_new(f"{prefix}/{CLAIM}", json.dumps({"job_id": job["id"]}).encode()):
+                not storage.put_new(claim, json.dumps({"job_id": job["id"]}).encode()):
             raise OutputPrefixTaken(f"output_prefix {prefix!r} already holds objects (another job's output?): "
                                     "choose an empty prefix, or leave it out to write under the job's folder")
+        return lambda: storage.delete(claim)
 
     return _submit(runtime, "recognition", request, idempotency_key, client, claim_output)
 
@@ -83,16 +89,9 @@ def resume_job(runtime: Runtime, job_id: str) -> dict:
 
 def _submit(runtime: Runtime, job_type: str, request: BaseModel, idempotency_key: str | None, client: str,
             prepare=lambda job: None) -> tuple[dict, bool]:
-    jobs = runtime.jobs
-    job, created = jobs.create(job_type, request.model_dump(exclude_none=True), idempotency_key,
-                               scope=client, prepare=prepare)
-    if created:
-        try:
-            runtime.send(ENTRY_TASKS[job_type], [job["id"]])
-        except Exception as err:
-            jobs.fail(job["id"], f"could not enqueue the job: {err}")
-            raise
-    return job, created
+    # Recorded and enqueued as one step: if either fails, nothing of the job is left behind.
+    return runtime.jobs.create(job_type, request.model_dump(exclude_none=True), idempotency_key, scope=client,
+                               prepare=prepare, enqueue=lambda job: runtime.send(ENTRY_TASKS[job_type], [job["id"]]))
 
 
 def _check_dataset(storage, prefix: str | None, manifest: str | None) -> None:

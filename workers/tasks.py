@@ -29,7 +29,7 @@ from config import Settings
 from pipeline import registry
 from pipeline.dataset import load_items, read_key_list
 from pipeline.enroll import enroll_people
-from pipeline.storage import MissingKey, StorageError, check_key
+from pipeline.storage import InvalidKey, MissingKey, StorageError, check_key
 from pipeline.train import TrainingParams, dataset_unchanged, train_model
 from workers import interactive, task_names
 from workers.app import app
@@ -61,7 +61,7 @@ class JobTask(Task):
 
     acks_late = True
     autoretry_for = TRANSIENT_ERRORS
-    dont_autoretry_for = (MissingKey,)
+    dont_autoretry_for = (MissingKey, InvalidKey)  # the object is not there, or cannot be: retrying cannot help
     retry_backoff = 2
     retry_backoff_max = 120
     retry_jitter = True  # max_retries comes from the settings (workers.app's task_annotations)
