@@ -13,14 +13,17 @@ every conflict found before the first photo is written, so a refused upload writ
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 from flask import Blueprint, jsonify, request
+from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import BadRequest, Conflict, RequestEntityTooLarge
 
 from api.context import caller, runtime, settings
@@ -62,6 +65,7 @@ class Photo:
     relative: str  # person/file or file, checked
     size: int
     open: object  # () -> binary file object
+    sent_as: str  # its name in the request (a zip entry's path, or the file's name), for messages
 
 
 @uploads.post("/datasets/<name>")
@@ -108,6 +112,7 @@ def _upload(top: str, name: str, labelled: bool):
         if not photos:
             also = f" (skipped: {', '.join(skipped[:5])})" if skipped else ""
             raise BadRequest(f"the upload holds no photos{also}")
+        _check_photos(photos)
         storage = runtime().storage
         keys = [check_key(f"{prefix}/{photo.relative}") for photo in photos]  # every key valid before any write
         if len(set(keys)) < len(keys):
@@ -136,11 +141,35 @@ def _upload(top: str, name: str, labelled: bool):
     people = sorted({photo.relative.split("/")[0] for photo in photos}) if labelled else None
     body = {"name": name, "prefix": prefix, "photos": written, "bytes": sum(p.size for p in photos),
             "skipped": skipped, "appended": exists}
+    if skipped:
+        body["skipped_because"] = ("not photos by their names: a photo's name ends in a suffix of a format "
+                                   "Pillow reads (.jpg, .png, .webp, .tif and 57 more)")
     if people is not None:
         body["people"] = len(people)
     response = jsonify(body)
     response.headers["Location"] = f"/v1/{top}/{name}"
     return response, 201
+
+
+def _check_photos(photos: list[Photo]) -> None:
+    """Read every photo once before the first write: an entry the zip cannot give back whole (a bad CRC,
+    data cut short) or a file that is not a photo Pillow can read refuses the whole upload, naming them."""
+    refused = []
+    for photo in photos:
+        try:
+            with photo.open() as file:
+                data = file.read(MAX_BYTES + 1)
+        except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
+            refused.append(f"{photo.sent_as!r} cannot be read from the upload ({err})")
+            continue
+        try:
+            Image.open(io.BytesIO(data))  # the header only
+        except (UnidentifiedImageError, OSError, ValueError):
+            refused.append(f"{photo.sent_as!r} is not a photo Pillow can read")
+    if refused:
+        more = f"; and {len(refused) - 5} more" if len(refused) > 5 else ""
+        raise BadRequest(f"{len(refused)} of the {len(photos)} photos were refused, so nothing was written: "
+                         f"{'; '.join(refused[:5])}{more}")
 
 
 def _check_name(value: str, what: str) -> str:
@@ -194,7 +223,7 @@ def _zip_photos(path: str, labelled: bool) -> tuple[list[Photo], list[str]]:
         if not is_image_key(parts[-1]):
             skipped.append(info.filename)
             continue
-        photos.append(Photo("/".join(parts), info.file_size, lambda info=info: archive.open(info)))
+        photos.append(Photo("/".join(parts), info.file_size, lambda info=info: archive.open(info), info.filename))
     return photos, skipped
 
 
@@ -229,7 +258,7 @@ def _multipart_photos(labelled: bool) -> tuple[list[Photo], list[str]]:
         if size > MAX_BYTES:
             raise RequestEntityTooLarge(f"{filename!r} is larger than {MAX_BYTES // (1024 * 1024)} MB")
         relative = f"{field}/{filename}" if labelled else filename
-        photos.append(Photo(relative, size, lambda upload=upload: _rewound(upload.stream)))
+        photos.append(Photo(relative, size, lambda upload=upload: _rewound(upload.stream), filename))
     return photos, skipped
 
 
