@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("rollback", rollback, "make the previous version current again")
     sub.add_argument("model")
+
+    command("status", status, "is the API up, which workers serve which queue, how many tasks wait")
     return parser
 
 
@@ -249,7 +251,7 @@ def upload_dataset(client: Client, args) -> int:
         answer = client.json("POST", f"/datasets/{args.name}", params=_append(args), data=_zip(
             (f"{person}/{photo.name}", photo) for person, photo in photos), headers={"Content-Type": "application/zip"})
     return _print(args, answer, f"uploaded {answer['photos']} photos of {answer.get('people')} people "
-                                f"to {answer['prefix']}")
+                                f"to {answer['prefix']}" + _skipped(answer))
 
 
 def upload_inbox(client: Client, args) -> int:
@@ -268,7 +270,7 @@ def upload_inbox(client: Client, args) -> int:
     with body:
         answer = client.json("POST", f"/inboxes/{args.name}", params=_append(args), data=body,
                              headers={"Content-Type": "application/zip"})
-    return _print(args, answer, f"uploaded {answer['photos']} photos to {answer['prefix']}")
+    return _print(args, answer, f"uploaded {answer['photos']} photos to {answer['prefix']}" + _skipped(answer))
 
 
 def train(client: Client, args) -> int:
@@ -401,7 +403,8 @@ def _show_answer(client: Client, args, response: requests.Response, deadline: fl
     if response.status_code == 202:
         if args.json:
             print(json.dumps(answer, indent=2))
-        raise CliError(f"no answer within {args.wait:g} s (are the workers running?); "
+        why = "; ".join(_worker_warnings(client)) or "the workers are busy"
+        raise CliError(f"no answer within {args.wait:g} s ({why}); "
                        f"fetch it later with: facerec recognition {answer['id']}")
     lines = [f"{name}: {len(answer['faces'])} face(s), model {answer['model']} {answer['model_version']}"]
     for i, face in enumerate(answer["faces"]):
@@ -424,8 +427,39 @@ def _submit(client: Client, args, path: str, body: dict) -> int:
     job = client.json("POST", path, json=body)
     if args.watch:
         return _follow(client, args, job["id"])
+    _warn(_worker_warnings(client))
     return _print(args, job, f"submitted {job['type']} job {job['id']} ({job['state']}); "
                              f"follow it with: facerec job {job['id']} --watch")
+
+
+def status(client: Client, args) -> int:
+    health = client.json("GET", "/health")
+    lines = [f"API {client.url}: {health['status']}, broker {health['broker']}, storage {health['storage']}"]
+    for queue, workers in (health.get("workers") or {}).items():
+        waiting = (health.get("queues") or {}).get(queue)
+        lines.append(f"  queue {queue:<12} {workers} worker(s)" + (f", {waiting} task(s) waiting" if waiting else ""))
+    lines += [f"  warning: {warning}" for warning in health.get("warnings", [])]
+    return _print(args, health, "\n".join(lines))
+
+
+def _worker_warnings(client: Client) -> list[str]:
+    """What the API says about queues no worker serves (nothing if it cannot say)."""
+    try:
+        return client.json("GET", "/health").get("warnings", [])
+    except CliError:
+        return []
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"facerec: warning: {warning}", file=sys.stderr)
+
+
+def _skipped(answer: dict) -> str:
+    if not answer.get("skipped"):
+        return ""
+    shown = ", ".join(answer["skipped"][:5]) + (", ..." if len(answer["skipped"]) > 5 else "")
+    return f"\nskipped {len(answer['skipped'])} file(s), {answer.get('skipped_because', 'not photos')}: {shown}"
 
 
 def _follow(client: Client, args, job_id: str) -> int:
@@ -436,8 +470,14 @@ def _follow(client: Client, args, job_id: str) -> int:
     stage = job["progress"].get("stage")
     bar = tqdm(total=job["progress"].get("total") or 0, desc=f"{job['type']} {job_id[:8]}",
                unit=STAGE_UNITS.get(stage, "photo"), file=sys.stderr, dynamic_ncols=True)
+    warned_at = time.monotonic() + 3  # a job still queued after a few seconds: is anyone serving its queue?
     try:
         while True:
+            if job["state"] == "queued" and warned_at and time.monotonic() > warned_at:
+                warnings, warned_at = _worker_warnings(client), None
+                if warnings:
+                    bar.clear()
+                    _warn(warnings)
             progress = job["progress"]
             if progress.get("stage") != stage:  # a new stage counts afresh, perhaps in another unit
                 stage = progress.get("stage")

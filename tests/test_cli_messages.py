@@ -235,3 +235,48 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(api: CannedApi) ->
 
     assert stderr == "", stderr
     assert command.returncode == 141  # as any command whose output pipe was closed (128 + SIGPIPE)
+
+
+# no worker serving a queue
+
+NO_GPU_WORKER = {"status": "ok", "broker": "redis", "storage": "s3",
+                 "workers": {"gpu": 0, "default": 1, "interactive": 0},
+                 "queues": {"gpu": 3, "default": 0, "interactive": 1},
+                 "warnings": ["no worker is serving queue gpu (3 waiting): training, enrolment and bulk-recognition "
+                              "chunks wait until one starts",
+                              "no worker is serving queue interactive (1 waiting): single photos from the web page and "
+                              "`facerec recognize` wait until one starts"]}
+
+
+def test_status_says_which_queues_no_worker_serves(api: CannedApi) -> None:
+    api.on("GET", "/v1/health", (200, NO_GPU_WORKER))
+    done = facerec(api.url, "status")
+    assert done.returncode == 0, done.stderr
+    assert "queue gpu          0 worker(s), 3 task(s) waiting" in done.stdout
+    assert "warning: no worker is serving queue gpu (3 waiting)" in done.stdout
+
+
+def test_a_job_submitted_while_no_worker_serves_its_queue_says_so(api: CannedApi) -> None:
+    api.on("GET", "/v1/health", (200, NO_GPU_WORKER))
+    api.on("POST", "/v1/jobs/training", (202, {"id": JOB_ID, "type": "training", "state": "queued"}))
+    done = facerec(api.url, "train", "lfw", "--dataset", "lfw")
+    assert done.returncode == 0, done.stderr
+    assert "facerec: warning: no worker is serving queue gpu" in done.stderr
+
+
+def test_a_photo_not_answered_in_time_says_no_worker_serves_single_photos(api: CannedApi, photo: Path) -> None:
+    api.on("GET", "/v1/health", (200, NO_GPU_WORKER))
+    api.on("POST", "/v1/recognize", (202, PENDING))
+    api.on("GET", f"/v1/recognize/{REQUEST_ID}", (202, PENDING))
+    done = facerec(api.url, "recognize", str(photo), "--wait", "1")
+    assert done.returncode == 1
+    assert "no worker is serving queue interactive" in done.stderr and "facerec recognition" in done.stderr
+
+
+def test_an_upload_says_which_files_it_skipped_and_why(api: CannedApi, tmp_path: Path, photo: Path) -> None:
+    api.on("POST", "/v1/inboxes/press", (201, {"name": "press", "prefix": "inboxes/press", "photos": 1, "bytes": 10,
+                                               "skipped": ["readme.txt"], "appended": False,
+                                               "skipped_because": "not photos by their names"}))
+    done = facerec(api.url, "upload-inbox", "press", str(photo))
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 file(s), not photos by their names: readme.txt" in done.stdout

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.system import ADMIN_KEY, API_KEY, READ_KEY, SUBMIT_KEY, call, upload_photos, wait_for_job
+from tests.system import ADMIN_KEY, API_KEY, READ_KEY, SUBMIT_KEY, call, upload_photos, wait_for, wait_for_job
 
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Gerhard_Schroeder", "Tony_Blair"]
 STRANGER = "Jennifer_Aniston"
@@ -49,9 +49,14 @@ def recognized(system, photos, trained):
     return job
 
 
-def test_health_needs_no_key(system):
+def test_health_needs_no_key_and_sees_the_workers_serving_every_queue(system):
     response = call(system, "GET", "/health", key=None)
     assert response.status_code == 200 and response.json()["status"] == "ok"
+    # The workers announce themselves once their models are loaded.
+    answer = wait_for(lambda: (lambda h: h if not h["warnings"] else None)(call(system, "GET", "/health").json()),
+                      120, "every queue to be served")
+    assert answer["workers"] == {"gpu": 1, "default": 1, "interactive": 1}
+    assert set(answer["queues"]) == {"gpu", "default", "interactive"}
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key", ""])

@@ -24,8 +24,9 @@ from celery.worker import state as worker_state  # noqa: E402
 from config import load_settings  # noqa: E402
 from workers import task_names  # noqa: E402
 from workers.pool_watch import PoolWatch  # noqa: E402
+from workers.queues import QueueDepth  # noqa: E402
 from workers.runtime import Runtime  # noqa: E402
-from workers.watchdog import QueueDepth, Watchdog  # noqa: E402
+from workers.watchdog import Watchdog  # noqa: E402
 
 # The worker's app: `celery -A workers.app worker` imports this module when it starts.
 runtime = Runtime(load_settings())
@@ -42,10 +43,13 @@ def load_models(**_kwargs) -> None:
 
 
 @worker_ready.connect
-def start_watchdog(sender, **_kwargs) -> None:
-    """Every worker watches for jobs whose worker vanished (workers.watchdog), and a prefork worker for
-    its own pool wedged by a killed process (workers.pool_watch)."""
+def start_watching(sender, **_kwargs) -> None:
+    """Every worker says which queues it serves (workers.presence) and watches for jobs whose worker
+    vanished (workers.watchdog), and a prefork worker for its own pool wedged by a killed process
+    (workers.pool_watch)."""
     settings = runtime.settings
+    present = runtime.presence.start(sender.hostname, app.amqp.queues.consume_from or {})
+    worker_shutting_down.connect(lambda **_: present.set(), weak=False)
     Watchdog(runtime.jobs, QueueDepth(app),
              restart=lambda job: runtime.send(task_names.ENTRY_TASKS[job["type"]], [job["id"]]),
              stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,

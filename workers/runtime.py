@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 from config import Settings
 from pipeline.storage import Storage, storage_from_settings
 from workers.jobs import JobStore, open_job_store
+from workers.presence import Presence
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from pipeline.faces import FacePipeline
+    from workers.queues import QueueDepth
 
 MODELS_KEPT = 4
 REDIS_CONNECTIONS = 64  # per process: more than the API's threads, far more than a worker's
@@ -62,6 +64,18 @@ class Runtime:
         from workers.celery_config import create_celery
 
         return create_celery(self)
+
+    @cached_property
+    def presence(self) -> Presence:
+        """Which workers are up, serving which queues (workers.presence)."""
+        return Presence(self.redis, self.settings.data_dir / "workers", every_s=self.settings.heartbeat_s)
+
+    @cached_property
+    def queue_depth(self) -> QueueDepth:
+        """How many messages wait in each queue (workers.queues)."""
+        from workers.queues import QueueDepth
+
+        return QueueDepth(self.celery)
 
     @cached_property
     def face_pipeline(self) -> FacePipeline:

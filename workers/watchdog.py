@@ -89,26 +89,3 @@ class Watchdog:
         self.jobs.beat(job["id"])
         self.restart(job)
         return True
-
-
-class QueueDepth:
-    """How many messages wait in the app's queues, over one broker connection kept for the watchdog's
-    thread (a connection per sweep exhausts the embedded SQLite broker's connection pool)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.queues = sorted({route["queue"] for route in app.conf.task_routes.values()}
-                             | {app.conf.task_default_queue})
-        self._connection = None
-
-    def __call__(self) -> int:
-        try:
-            if self._connection is None:
-                self._connection = self.app.connection_for_read()
-            channel = self._connection.default_channel
-            return sum(channel.queue_declare(queue=queue, passive=False).message_count for queue in self.queues)
-        except Exception:
-            if self._connection is not None:
-                self._connection.release()
-            self._connection = None
-            raise

@@ -224,7 +224,19 @@ function modelsPage() {
   }));
 }
 
+// -- Every page: say so when no worker serves a queue, rather than let jobs wait in silence ------
+async function showWorkerWarnings(banner) {
+  try {
+    const response = await fetch("/v1/health", { credentials: "same-origin" });
+    const health = await response.json();
+    banner.replaceChildren(...(health.warnings || []).map((warning) => el("p", {}, warning)));
+    banner.hidden = !(health.warnings || []).length;
+  } catch (e) { /* the API itself is away: the page's own calls say so */ }
+}
+
 fillBars();
+const banner = document.getElementById("worker-warnings");
+if (banner) { showWorkerWarnings(banner); setInterval(() => showWorkerWarnings(banner), 10000); }
 const page = document.querySelector("[data-page]");
 if (page) {
   ({ recognize: recognizePage, jobs: jobsPage, job: jobPage, models: modelsPage })[page.dataset.page](page);
