@@ -20,9 +20,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN
 demo: $(VENV)/.installed
 	$(BIN)/python -m workers.demo
 
-# The web pages and the API on http://127.0.0.1:8000/ with a worker, for what the demo trained.
+# The web pages and the API on http://127.0.0.1:$(PORT)/ with a worker, for what the demo trained.
+PORT ?= 8000
 web: $(VENV)/.installed
-	$(BIN)/python -m workers.demo --web
+	$(BIN)/python -m workers.demo --web --port $(PORT)
 
 # Two test processes (pytest-xdist), a module in each at a time: each has its own Redis database and
 # system. Redis and SeaweedFS are started first if none answers, and only those are stopped after.

@@ -41,3 +41,14 @@ def test_the_store_kind_follows_what_is_configured(tmp_path, redis_url):
     assert isinstance(open_job_store(storage, lock_dir=tmp_path / "locks"), FileJobStore)
     with pytest.raises(ValueError, match="Redis or a lock directory"):
         open_job_store(storage)
+
+
+def test_a_succeeded_job_names_no_stage_and_a_failed_one_the_stage_it_failed_in(tmp_path):
+    jobs = open_job_store(LocalStorage(tmp_path / "storage"), lock_dir=tmp_path / "locks")
+    published, broken = (jobs.create("training", {"model": "m"})[0]["id"] for _ in range(2))
+    for job_id in (published, broken):
+        jobs.start(job_id, total=10)
+        jobs.set_progress(job_id, 10, 10, "writing the report")
+    jobs.mark_publishing(published)
+    assert jobs.succeed(published, {"version": "v1"})["progress"] == {"done": 10, "total": 10}
+    assert jobs.fail(broken, "the report could not be written")["progress"]["stage"] == "writing the report"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -86,20 +87,33 @@ def start_worker(runtime: Runtime) -> Processes:
 WEB_HOST, WEB_PORT = "127.0.0.1", 8000
 
 
-def serve_web(runtime: Runtime, no_worker: bool) -> int:
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((WEB_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve_web(runtime: Runtime, no_worker: bool, port: int = WEB_PORT) -> int:
     """The API and its web pages on loopback, for the data the demo left, with a fresh admin key."""
     from api import create_app
     from api.keys import config_entry, new_key
 
+    if not port_free(port):  # say so before printing a key that would never work
+        print(f"port {port} on {WEB_HOST} is taken (another `make web`?): choose another, e.g. "
+              f"make web PORT={port + 1}", file=sys.stderr)
+        return 2
     key = new_key()
     entries = [config_entry("demo", "admin", key)]
     entries += [e for e in os.environ.get("FACEREC_API_KEYS", "").split(",") if e.strip()]
-    print(f"log in at http://{WEB_HOST}:{WEB_PORT}/login with this API key (shown once, valid while this runs):\n"
-          f"    {key}\nthe CLI:  FACEREC_API_URL=http://{WEB_HOST}:{WEB_PORT} FACEREC_API_KEY=<the key> facerec --help",
+    print(f"log in at http://{WEB_HOST}:{port}/login with this API key (shown once, valid while this runs):\n"
+          f"    {key}\nthe CLI:  FACEREC_API_URL=http://{WEB_HOST}:{port} FACEREC_API_KEY=<the key> facerec --help",
           flush=True)
     worker = None if no_worker else start_worker(runtime)
     try:
-        create_app(runtime.settings, entries).run(host=WEB_HOST, port=WEB_PORT, threaded=True)
+        create_app(runtime.settings, entries).run(host=WEB_HOST, port=port, threaded=True)
     finally:
         if worker is not None:
             worker.stop(timeout=60)
@@ -124,12 +138,13 @@ def main() -> int:
     parser.add_argument("--model", default="lfw")
     parser.add_argument("--no-worker", action="store_true", help="use workers that are already running")
     parser.add_argument("--web", action="store_true",
-                        help=f"serve the web pages and the API on http://{WEB_HOST}:{WEB_PORT}/ with a worker, "
+                        help=f"serve the web pages and the API on http://{WEB_HOST}:PORT/ with a worker, "
                              "printing a new admin key to log in with (Ctrl-C stops both)")
+    parser.add_argument("--port", type=int, default=WEB_PORT, help=f"the port of --web (default {WEB_PORT})")
     args = parser.parse_args()
     runtime = Runtime(load_settings())
     if args.web:
-        return serve_web(runtime, args.no_worker)
+        return serve_web(runtime, args.no_worker, args.port)
 
     settings = runtime.settings
     lfw = settings.datasets_dir / "lfw-deepfunneled"

@@ -219,7 +219,13 @@ class JobStore(ABC):
         return self.update(job_id, progress={"done": done, "total": total, **({"stage": stage} if stage else {})})
 
     def succeed(self, job_id: str, result: dict) -> dict:
-        return self.update(job_id, state=SUCCEEDED, result=result, finished_at=now())
+        """Finish the job with its result; its progress no longer names a stage (a failed job keeps the
+        stage it failed in)."""
+        def done(job: dict) -> None:
+            job.update(state=SUCCEEDED, result=result, finished_at=now())
+            job["progress"].pop("stage", None)
+
+        return self._change(job_id, done)
 
     def fail(self, job_id: str, message: str, details: dict | None = None) -> dict:
         return self.update(job_id, state=FAILED, finished_at=now(), error={"message": message, **(details or {})})
