@@ -5,8 +5,9 @@ No mocks: services that are not running are started with the scripts in infra/sc
 stopped again at the end, but only when these fixtures started them.
 
 Two tiers: a test that uses a service (Redis, S3, the running system) is marked `system` here; one that
-starts a worker, the API or another interpreter says so itself (@pytest.mark.system). `make test-fast`
-runs the rest (-m "not system"): everything in this one process.
+starts a worker, the API, or an interpreter of its own that loads the networks says so itself
+(@pytest.mark.system). `make test-fast` runs the rest (-m "not system"): the test process, and at most a
+quick command such as `facerec` or `python -m workers.demo` run as a person would.
 """
 
 from __future__ import annotations
