@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -142,6 +143,9 @@ def main() -> int:
                              "printing a new admin key to log in with (Ctrl-C stops both)")
     parser.add_argument("--port", type=int, default=WEB_PORT, help=f"the port of --web (default {WEB_PORT})")
     args = parser.parse_args()
+    # A SIGTERM (kill, a closed terminal's supervisor) ends the demo as Ctrl-C does: its worker, in a session
+    # of its own, is stopped by the `finally` blocks instead of being left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runtime = Runtime(load_settings())
     if args.web:
         return serve_web(runtime, args.no_worker, args.port)
