@@ -74,14 +74,20 @@ def read_key_list(storage: Storage, key: str) -> list[str]:
     return [_manifest_record(key, number, line)["key"] for number, line in _manifest_lines(storage, key)]
 
 
+def iter_key_list(storage: Storage, key: str) -> Iterator[str]:
+    """read_key_list as the manifest is read: for a manifest too large to hold whole."""
+    for number, line in _manifest_lines(storage, key):
+        yield _manifest_record(key, number, line)["key"]
+
+
 def _manifest_lines(storage: Storage, key: str) -> Iterator[tuple[int, str]]:
-    try:
-        text = storage.get(key).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"manifest {key} is not UTF-8 text") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            yield number, line.strip()
+    for number, raw in enumerate(storage.read_lines(key), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"manifest {key} is not UTF-8 text (line {number})") from None
+        if line:
+            yield number, line
 
 
 def _manifest_record(key: str, number: int, line: str) -> dict:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.decode import MAX_BYTES as MAX_PHOTO_BYTES
 
@@ -184,6 +184,24 @@ class Storage(ABC):
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.put(key, Path(path).read_bytes())
 
+    def read_lines(self, key: str) -> Iterator[bytes]:
+        """The object's lines as it is read (a manifest of a million keys is never held whole)."""
+        yield from self.get(key).splitlines()
+
+    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
+        """The object's first max_bytes and its whole size, in one request where the store allows."""
+        data = self.get(key)
+        return data[:max_bytes], len(data)
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str) -> Iterator[BinaryIO]:
+        """A file to write an object too large to hold in memory (a million results): it is spooled to a
+        temporary file and stored under key when the block ends, or not at all if it raises."""
+        with tempfile.NamedTemporaryFile(prefix="facerec-out-") as spool:
+            yield spool
+            spool.flush()
+            self.put_file(key, spool.name)
+
     def describe(self) -> str:
         """Where the objects live, for people reading the output."""
         return type(self).__name__
@@ -273,6 +291,36 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
+        try:
+            with open(self.path(key), "rb") as file:
+                return file.read(max_bytes), os.fstat(file.fileno()).st_size
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MissingKey(key) from None
+
+    def read_lines(self, key: str) -> Iterator[bytes]:
+        try:
+            with open(self.path(key), "rb") as file:
+                for line in file:
+                    yield line.rstrip(b"\r\n")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MissingKey(key) from None
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str) -> Iterator[BinaryIO]:
+        # A temporary file beside the object, renamed into place: readers never see half of it.
+        path = self._make_parent(key)
+        with _os_errors(key):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as file, _os_errors(key):
+                yield file
+            with _os_errors(key):
+                os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def list(self, prefix: str = "") -> Iterator[str]:
         # Walk only the folder the prefix names, not the whole store (datasets, jobs and models).
         folder = prefix.rpartition("/")[0]
@@ -360,6 +408,33 @@ class S3Storage(Storage):
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.client.upload_file(str(path), self.bucket, check_key(key), Config=self.transfer)
+
+    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{max_bytes - 1}")
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(key) from None
+            if code == "InvalidRange":  # an empty object
+                return b"", 0
+            raise StorageError(f"cannot read {key}: {err}") from err
+        total = answer.get("ContentRange", "").rpartition("/")[2]
+        data = answer["Body"].read()
+        return data, int(total) if total.isdigit() else len(data)
+
+    def read_lines(self, key: str) -> Iterator[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(key) from None
+            raise StorageError(f"cannot read {key}: {err}") from err
+        yield from body.iter_lines()
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError

@@ -52,3 +52,41 @@ def test_a_succeeded_job_names_no_stage_and_a_failed_one_the_stage_it_failed_in(
     jobs.mark_publishing(published)
     assert jobs.succeed(published, {"version": "v1"})["progress"] == {"done": 10, "total": 10}
     assert jobs.fail(broken, "the report could not be written")["progress"]["stage"] == "writing the report"
+
+
+class CountingStorage(LocalStorage):
+    """Local storage that counts the objects read."""
+
+    reads = 0
+
+    def get(self, key: str) -> bytes:
+        self.reads += 1
+        return super().get(key)
+
+
+@pytest.mark.parametrize("backend", ["files", pytest.param("redis", marks=pytest.mark.system)])
+def test_a_page_of_jobs_is_read_from_an_index_not_from_every_record(tmp_path, request, backend):
+    storage = CountingStorage(tmp_path / "storage")
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url")) if backend == "redis" else None
+    if client is not None:
+        client.flushdb()
+    jobs = open_job_store(storage, redis=client, lock_dir=tmp_path / "locks")
+    created = []
+    for number in range(60):
+        job, _ = jobs.create(("training", "recognition", "enroll")[number % 3], {"model": f"m{number}"})
+        jobs.update(job["id"], created_at=f"2026-01-01T00:{number // 60:02d}:{number % 60:02d}Z")
+        if number % 4 == 0:
+            jobs.fail(job["id"], "broken on purpose")
+        created.append(jobs.get(job["id"]))
+    newest_first = sorted(created, key=lambda j: j["created_at"], reverse=True)
+
+    jobs.list(limit=1)  # the index is made once (on Redis, anew after a restart lost it)
+    storage.reads = 0
+    page, total = jobs.list(limit=5, offset=10)
+    assert [j["id"] for j in page] == [j["id"] for j in newest_first[10:15]] and total == 60
+    assert storage.reads <= 5, f"read {storage.reads} records for a page of 5"
+    failed_training = [j for j in newest_first if j["type"] == "training" and j["state"] == "failed"]
+    page, total = jobs.list("training", "failed", limit=3)
+    assert [j["id"] for j in page] == [j["id"] for j in failed_training[:3]] and total == len(failed_training)
+    page, total = jobs.list(state="queued", limit=100)
+    assert total == 45 and all(j["state"] == "queued" for j in page)

@@ -40,7 +40,7 @@ tasks.train.apply(args=[long_name])
 
 print(json.dumps({
     "missing": jobs.get(missing),
-    "deliveries": len(list(storage.list(f"jobs/{missing}/deliveries/"))),
+    "deliveries": jobs.deliveries(missing),
     "long_name": jobs.get(long_name),
 }))
 """

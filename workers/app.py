@@ -42,6 +42,17 @@ def load_models(**_kwargs) -> None:
         runtime.face_pipeline  # noqa: B018 - built now, before the first task
 
 
+# The tasks whose first argument is a job id (workers.tasks.JobTask).
+JOB_TASKS = {task_names.TRAIN, task_names.ENROLL, task_names.PLAN_RECOGNITION, task_names.RECOGNIZE_CHUNK,
+             task_names.FINISH_RECOGNITION}
+
+
+def held_jobs() -> set[str]:
+    """The jobs whose tasks this worker has taken from the queue and not finished."""
+    return {request.args[0] for request in list(worker_state.reserved_requests)
+            if request.name in JOB_TASKS and request.args}
+
+
 @worker_ready.connect
 def start_watching(sender, **_kwargs) -> None:
     """Every worker says which queues it serves (workers.presence) and watches for jobs whose worker
@@ -51,9 +62,10 @@ def start_watching(sender, **_kwargs) -> None:
     present = runtime.presence.start(sender.hostname, app.amqp.queues.consume_from or {})
     worker_shutting_down.connect(lambda **_: present.set(), weak=False)
     Watchdog(runtime.jobs, QueueDepth(app),
-             restart=lambda job: runtime.send(task_names.ENTRY_TASKS[job["type"]], [job["id"]]),
+             restart=lambda job: runtime.send(task_names.ENTRY_TASKS[job["type"]], [job["id"]],
+                                              priority=job["params"].get("priority")),
              stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,
-             max_resumes=settings.max_resumes).start()
+             max_resumes=settings.max_resumes, held=held_jobs).start()
     if isinstance(sender.pool, PreforkPool):
         watch = PoolWatch(lambda: worker_state.reserved_requests, lambda: sender.pool.num_processes,
                           take_s=settings.pool_take_s)

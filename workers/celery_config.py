@@ -47,6 +47,9 @@ def celery_config(settings: Settings) -> dict:
             # -Q interactive,gpu serves a waiting single photo before the next bulk chunk
             # (kombu's default round robin would alternate between them).
             "queue_order_strategy": "priority",
+            # Message priorities (workers.runtime.PRIORITIES) as lists gpu, gpu:3, gpu:6, ...
+            "priority_steps": [0, 3, 6, 9],
+            "sep": ":",
             "visibility_timeout": settings.visibility_timeout_s,
             # Look for overdue messages every interval seconds (kombu's default scans every 100 s).
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.storage import MissingKey, Storage
+from workers.chunks import ChunkLedger, FileChunkLedger, RedisChunkLedger
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -45,6 +47,7 @@ TYPES = ("training", "recognition", "enroll")
 PUBLISHING = "publishing"  # the progress stage after which a job can no longer be cancelled
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 REDIS_PREFIX = "facerec:"
+DELIVERIES_KEPT_S = 30 * 24 * 3600
 
 # A lease renewer, or None when another live execution holds the lease.
 Lease = Callable[[], None] | None
@@ -79,8 +82,9 @@ def now() -> str:
 class JobStore(ABC):
     """Create, read, update and list job records (open one with open_job_store)."""
 
-    def __init__(self, storage: Storage, lease_s: float = 30) -> None:
+    def __init__(self, storage: Storage, chunks: ChunkLedger, lease_s: float = 30) -> None:
         self.storage = storage
+        self.chunks = chunks  # a bulk job's chunks as they are sent and finished (workers.chunks)
         self.lease_s = lease_s
 
     # -- what each kind of store does its own way -----------------------------------------------
@@ -89,8 +93,9 @@ class JobStore(ABC):
         """Hold the lock called name, against every process sharing the store."""
 
     @abstractmethod
-    def _newest_first(self) -> list[dict]:
-        """Every job record, newest first."""
+    def _page(self, job_type: str | None, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
+        """A page of the jobs of a type and state (None: any), newest first, from an index; and how many
+        there are in all."""
 
     @abstractmethod
     def _unfinished_ids(self) -> list[str]:
@@ -118,19 +123,40 @@ class JobStore(ABC):
         """Hold the lease on one piece of a job's work while it runs: yields a function that renews
         it (call it more often than lease_s), or None when another live execution holds it."""
 
+    @abstractmethod
+    def count_delivery(self, job_id: str, delivery: str) -> int:
+        """Count how often one task message has started (this start included), to bound redeliveries of
+        lost tasks."""
+
+    @abstractmethod
+    def deliveries(self, job_id: str) -> int:
+        """How many task messages of the job have started at least once."""
+
     # -- reading -----------------------------------------------------------------------------
     def get(self, job_id: str) -> dict:
+        """The job, with a running bulk job's progress as its chunks count it now (the record is brought
+        up to date only now and then)."""
+        return self._with_live_progress(self._record(job_id))
+
+    def _record(self, job_id: str) -> dict:
         try:
             return self.storage.get_json(_job_key(job_id))
         except (MissingKey, ValueError):
             raise JobNotFound(job_id) from None
 
+    def _with_live_progress(self, job: dict) -> dict:
+        if job["type"] == "recognition" and job["state"] == RUNNING:
+            counts = self.chunks.counts(job["id"])
+            if counts is not None:
+                job["progress"]["done"] = counts[1]
+        return job
+
     def list(self, job_type: str | None = None, state: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
-        """Jobs newest first, filtered by type and state; returns (page, total matching)."""
-        matching = [j for j in self._newest_first()
-                    if (not job_type or j["type"] == job_type) and (not state or j["state"] == state)]
-        return matching[offset:offset + limit], len(matching)
+        """Jobs newest first, filtered by type and state; returns (page, total matching). Read from an index:
+        a page costs the same however many jobs there are."""
+        page, total = self._page(job_type, state, limit, offset)
+        return [self._with_live_progress(job) for job in page], total
 
     def unfinished(self) -> list[dict]:
         """The jobs queued or running, read without listing every job there ever was."""
@@ -215,14 +241,23 @@ class JobStore(ABC):
 
         return self._change(job_id, advance)
 
+    def save_chunk_progress(self, job_id: str) -> None:
+        """Bring a bulk job's record up to date with its chunks' counts (now and then, and at the end: the
+        counts are what a reader sees meanwhile)."""
+        counts = self.chunks.counts(job_id)
+        if counts is not None:
+            self._change(job_id, lambda job: job["progress"].update(done=counts[1]))
+
     def set_progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> dict:
         return self.update(job_id, progress={"done": done, "total": total, **({"stage": stage} if stage else {})})
 
-    def succeed(self, job_id: str, result: dict) -> dict:
-        """Finish the job with its result; its progress no longer names a stage (a failed job keeps the
-        stage it failed in)."""
+    def succeed(self, job_id: str, result: dict, progress: dict | None = None) -> dict:
+        """Finish the job with its result (and its final progress, if given); its progress no longer names a
+        stage (a failed job keeps the stage it failed in)."""
         def done(job: dict) -> None:
             job.update(state=SUCCEEDED, result=result, finished_at=now())
+            if progress is not None:
+                job["progress"] = dict(progress)
             job["progress"].pop("stage", None)
 
         return self._change(job_id, done)
@@ -246,23 +281,6 @@ class JobStore(ABC):
 
         if self._change(job_id, publish)["state"] == CANCELLED:
             raise JobCancelled(job_id)
-
-    def chunk_done(self, job_id: str, index: int, photos: int, chunks: int) -> bool:
-        """Record that a chunk's predictions are written; True for the call that completes the set
-        (once, however often a chunk is redelivered)."""
-        completed = []
-
-        def record(job: dict) -> None:
-            done = job.setdefault("chunks_done", [])
-            if index in done:
-                return
-            done.append(index)
-            job["progress"]["done"] += photos
-            if len(done) == chunks:
-                completed.append(True)
-
-        self._change(job_id, record)
-        return bool(completed)
 
     def resume(self, job_id: str, reason: str, limit: int | None = None,
                still_stalled: Callable[[dict], bool] = lambda job: True) -> tuple[dict, bool]:
@@ -288,17 +306,6 @@ class JobStore(ABC):
             job.update(state=RUNNING if job["started_at"] else QUEUED, finished_at=None, error=None)
             self._write(job)
             return job, True
-
-    def count_delivery(self, job_id: str, delivery: str) -> int:
-        """Count how often one task message has started, to bound redeliveries of lost tasks."""
-        key = f"jobs/{job_id}/deliveries/{hashlib.sha256(delivery.encode()).hexdigest()[:16]}"
-        with self._lock(f"job-{job_id}"):
-            try:
-                count = self.storage.get_json(key)["count"] + 1
-            except MissingKey:
-                count = 1
-            self.storage.put_json(key, {"count": count, "delivery": delivery})
-        return count
 
     # -- internals ---------------------------------------------------------------------------
     def _change(self, job_id: str, change: Callable[[dict], None]) -> dict:
@@ -334,7 +341,7 @@ class RedisJobStore(JobStore):
     """Locks, beats, leases and the unfinished set in Redis, and each record mirrored there too."""
 
     def __init__(self, storage: Storage, redis: Redis, lease_s: float = 30) -> None:
-        super().__init__(storage, lease_s)
+        super().__init__(storage, RedisChunkLedger(redis), lease_s)
         self.redis = redis
 
     @contextlib.contextmanager
@@ -342,19 +349,23 @@ class RedisJobStore(JobStore):
         with self.redis.lock(f"{REDIS_PREFIX}lock:{name}", timeout=30, blocking_timeout=30):
             yield
 
-    def get(self, job_id: str) -> dict:
+    def _record(self, job_id: str) -> dict:
         cached = self.redis.get(f"{REDIS_PREFIX}job:{job_id}")
         if cached:
             return json.loads(cached)
-        job = super().get(job_id)
+        job = super()._record(job_id)
         self._mirror(job)
         return job
 
-    def _newest_first(self) -> list[dict]:
+    def _page(self, job_type: str | None, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
         self._ensure_mirror()
-        ids = self.redis.zrevrange(f"{REDIS_PREFIX}jobs", 0, -1)
+        index = _index_key(job_type, state)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(index, offset, offset + limit - 1)
+        pipe.zcard(index)
+        ids, total = pipe.execute()
         raw = self.redis.mget([f"{REDIS_PREFIX}job:{i.decode()}" for i in ids]) if ids else []
-        return [json.loads(r) for r in raw if r]
+        return [json.loads(r) for r in raw if r], total
 
     def _unfinished_ids(self) -> list[str]:
         self._ensure_mirror()
@@ -366,7 +377,8 @@ class RedisJobStore(JobStore):
     def _forgotten(self, job_id: str) -> None:
         pipe = self.redis.pipeline()
         pipe.delete(f"{REDIS_PREFIX}job:{job_id}")
-        pipe.zrem(f"{REDIS_PREFIX}jobs", job_id)
+        for index in _all_index_keys():
+            pipe.zrem(index, job_id)
         pipe.srem(f"{REDIS_PREFIX}unfinished", job_id)
         pipe.execute()
 
@@ -390,10 +402,29 @@ class RedisJobStore(JobStore):
             if self.redis.get(key) == owner.encode():
                 self.redis.delete(key)
 
+    def count_delivery(self, job_id: str, delivery: str) -> int:
+        key = f"{REDIS_PREFIX}deliveries:{job_id}"
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, delivery, 1)
+        pipe.expire(key, DELIVERIES_KEPT_S)
+        return pipe.execute()[0]
+
+    def deliveries(self, job_id: str) -> int:
+        return self.redis.hlen(f"{REDIS_PREFIX}deliveries:{job_id}")
+
     def _mirror(self, job: dict) -> None:
         pipe = self.redis.pipeline()
         pipe.set(f"{REDIS_PREFIX}job:{job['id']}", json.dumps(job))
-        pipe.zadd(f"{REDIS_PREFIX}jobs", {job["id"]: timestamp(job["created_at"])})
+        # The index: every job, and the jobs of each type, state and both, by time of creation.
+        created = timestamp(job["created_at"])
+        for state in STATES:
+            for index in (_index_key(None, state), _index_key(job["type"], state)):
+                if state == job["state"]:
+                    pipe.zadd(index, {job["id"]: created})
+                else:
+                    pipe.zrem(index, job["id"])
+        for index in (_index_key(None, None), _index_key(job["type"], None)):
+            pipe.zadd(index, {job["id"]: created})
         if job["state"] in TERMINAL:
             pipe.srem(f"{REDIS_PREFIX}unfinished", job["id"])
         else:
@@ -402,7 +433,7 @@ class RedisJobStore(JobStore):
 
     def _ensure_mirror(self) -> None:
         """Mirror every record from storage into Redis if Redis lost them (a restart: it keeps nothing)."""
-        marker = f"{REDIS_PREFIX}mirrored"
+        marker = f"{REDIS_PREFIX}mirrored:2"  # 2: with the index by type and state
         if self.redis.exists(marker):
             return
         with self._lock("mirror"):
@@ -419,7 +450,7 @@ class FileJobStore(JobStore):
     embedded default."""
 
     def __init__(self, storage: Storage, lock_dir: str | Path, lease_s: float = 30) -> None:
-        super().__init__(storage, lease_s)
+        super().__init__(storage, FileChunkLedger(Path(lock_dir) / "chunks"), lease_s)
         self.lock_dir = Path(lock_dir)
 
     @contextlib.contextmanager
@@ -429,11 +460,39 @@ class FileJobStore(JobStore):
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def _newest_first(self) -> list[dict]:
-        jobs = [self.storage.get_json(k) for k in self.storage.list("jobs/")
-                if k.endswith("/job.json") and k.count("/") == 2]
-        jobs.sort(key=lambda j: (j["created_at"], j["id"]), reverse=True)
-        return jobs
+    def _page(self, job_type: str | None, state: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
+        where = " AND ".join(f"{column} = ?" for column, value in (("type", job_type), ("state", state)) if value)
+        values = [value for value in (job_type, state) if value]
+        with self._index() as index:
+            total = index.execute(f"SELECT count(*) FROM jobs {'WHERE ' + where if where else ''}",
+                                  values).fetchone()[0]
+            ids = [row[0] for row in index.execute(
+                f"SELECT id FROM jobs {'WHERE ' + where if where else ''} ORDER BY created_at DESC, id DESC "
+                "LIMIT ? OFFSET ?", [*values, limit, offset])]
+        page = []
+        for job_id in ids:
+            with contextlib.suppress(JobNotFound):
+                page.append(self._record(job_id))
+        return page, total
+
+    @contextlib.contextmanager
+    def _index(self) -> Iterator[sqlite3.Connection]:
+        """The jobs' index: a SQLite table (id, created_at, type, state) beside the locks, made from storage
+        the first time. A connection per use: nothing is carried across a worker's forks."""
+        path = self.lock_dir / "jobs-index.sqlite"
+        new = not path.exists()
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as index, index:
+            index.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at TEXT, type TEXT, "
+                          "state TEXT)")
+            index.execute("CREATE INDEX IF NOT EXISTS newest ON jobs (created_at, id)")
+            if new:
+                with self._lock("index"):
+                    index.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (
+                        (job["id"], job["created_at"], job["type"], job["state"])
+                        for job in (self.storage.get_json(key) for key in self.storage.list("jobs/")
+                                    if key.endswith("/job.json") and key.count("/") == 2)))
+            yield index
 
     def _unfinished_ids(self) -> list[str]:
         return [path.name for path in (self.lock_dir / "unfinished").glob("*")]
@@ -445,9 +504,14 @@ class FileJobStore(JobStore):
             marker.unlink(missing_ok=True)
         else:
             marker.touch()
+        with self._index() as index:
+            index.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)",
+                          (job["id"], job["created_at"], job["type"], job["state"]))
 
     def _forgotten(self, job_id: str) -> None:
         self._state_file("unfinished", job_id).unlink(missing_ok=True)
+        with self._index() as index:
+            index.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def beat(self, job_id: str) -> None:
         path = self._state_file("beats", job_id)
@@ -468,6 +532,16 @@ class FileJobStore(JobStore):
                 return
             yield lambda: None  # a flock lives exactly as long as its process: nothing to renew
 
+    def count_delivery(self, job_id: str, delivery: str) -> int:
+        # A file per delivery, grown by a byte per start under the job's lock: its size is the count.
+        path = self._state_file(f"deliveries/{job_id}", hashlib.sha256(delivery.encode()).hexdigest()[:16])
+        with self._lock(f"deliveries-{job_id}"), open(path, "ab") as file:
+            file.write(b".")
+            return file.tell()
+
+    def deliveries(self, job_id: str) -> int:
+        return sum(1 for _ in (self.lock_dir / "deliveries" / job_id).glob("*"))
+
     def _state_file(self, kind: str, name: str) -> Path:
         folder = self.lock_dir / kind
         folder.mkdir(parents=True, exist_ok=True)
@@ -484,6 +558,15 @@ def open_job_store(storage: Storage, redis: Redis | None = None, lock_dir: str |
     if not lock_dir:
         raise ValueError("JobStore needs Redis or a lock directory to serialise updates")
     return FileJobStore(storage, lock_dir, lease_s)
+
+
+def _index_key(job_type: str | None, state: str | None) -> str:
+    """The sorted set of the jobs of a type and state (None: any), by time of creation."""
+    return f"{REDIS_PREFIX}jobs" + (f":type={job_type}" if job_type else "") + (f":state={state}" if state else "")
+
+
+def _all_index_keys() -> list[str]:
+    return [_index_key(job_type, state) for job_type in (None, *TYPES) for state in (None, *STATES)]
 
 
 def _job_key(job_id: str) -> str:

@@ -175,6 +175,6 @@ def submit_scheduled_run(runtime: Runtime, schedule_id: str, run_id: str) -> tup
         model=schedule["model"], model_type=schedule["model_type"],
         dataset_prefix=schedule.get("dataset_prefix"), dataset_manifest=schedule.get("dataset_manifest"),
         validation_manifest=schedule.get("validation_manifest"), promotion_margin=schedule["promotion_margin"],
-        skip_if_unchanged=True, schedule_id=schedule_id,
+        skip_if_unchanged=True, schedule_id=schedule_id, priority=schedule.get("priority", "high"),
     )
     return submit_training(runtime, request, idempotency_key=f"schedule-{schedule_id}-{run_id}")

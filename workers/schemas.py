@@ -21,6 +21,8 @@ ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]
 StorageKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 # The model types of pipeline.models, named here so that submitting never imports the models.
 ModelType = Literal["embedding", "centroid", "cnn", "finetune"]
+# Jobs of higher priority are taken first from a shared queue (on Redis); each job still gets its turn.
+Priority = Literal["high", "normal", "low"]
 
 
 class DatasetSource(BaseModel):
@@ -30,6 +32,7 @@ class DatasetSource(BaseModel):
     model: ModelName = "default"
     dataset_prefix: StorageKey | None = None
     dataset_manifest: StorageKey | None = None
+    priority: Priority = "normal"
 
     @model_validator(mode="after")
     def one_source(self):
@@ -65,7 +68,10 @@ class EnrollRequest(DatasetSource):
 
 
 class ScheduleRequest(DatasetSource):
-    """Retrain a model on a cron schedule (minute hour day-of-month month day-of-week, UTC)."""
+    """Retrain a model on a cron schedule (minute hour day-of-month month day-of-week, UTC). Its trainings
+    run at high priority unless it says otherwise."""
+
+    priority: Priority = "high"
 
     cron: Annotated[str, StringConstraints(min_length=9, max_length=100)]
     model_type: ModelType = "embedding"
@@ -83,6 +89,10 @@ class RecognitionRequest(BaseModel):
     input_manifest: StorageKey | None = None
     output_prefix: StorageKey | None = None
     annotate: bool = False  # also write each photo with its faces drawn, under <output>/annotated/
+    priority: Priority = "normal"
+    # Read only each photo's header: the unreadable and oversized photos, and what the job would cost; no model
+    # is loaded (and none need exist).
+    dry_run: bool = False
 
     @model_validator(mode="after")
     def one_source(self):

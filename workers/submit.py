@@ -53,7 +53,8 @@ def submit_recognition(runtime: Runtime, request: RecognitionRequest, idempotenc
     for the job: one that holds anything already is refused (OutputPrefixTaken)."""
     storage = runtime.storage
     _check_dataset(storage, request.input_prefix, request.input_manifest)
-    _check_model_version(storage, request.model, request.model_version)
+    if not request.dry_run:  # a dry run loads no model: one need not exist yet
+        _check_model_version(storage, request.model, request.model_version)
 
     def claim_output(job: dict) -> Callable[[], None] | None:
         if not request.output_prefix:
@@ -83,7 +84,7 @@ def submit_photo(runtime: Runtime, request: PhotoRequest, request_id: str, key: 
 def resume_job(runtime: Runtime, job_id: str) -> dict:
     """Run a failed job again from where it stopped (a recognition job keeps its finished chunks)."""
     job, _ = runtime.jobs.resume(job_id, "resumed by a user")
-    runtime.send(ENTRY_TASKS[job["type"]], [job_id])
+    runtime.send(ENTRY_TASKS[job["type"]], [job_id], priority=job["params"].get("priority"))
     return job
 
 
@@ -91,7 +92,8 @@ def _submit(runtime: Runtime, job_type: str, request: BaseModel, idempotency_key
             prepare=lambda job: None) -> tuple[dict, bool]:
     # Recorded and enqueued as one step: if either fails, nothing of the job is left behind.
     return runtime.jobs.create(job_type, request.model_dump(exclude_none=True), idempotency_key, scope=client,
-                               prepare=prepare, enqueue=lambda job: runtime.send(ENTRY_TASKS[job_type], [job["id"]]))
+                               prepare=prepare, enqueue=lambda job: runtime.send(
+                                   ENTRY_TASKS[job_type], [job["id"]], priority=job["params"].get("priority")))
 
 
 def _check_dataset(storage, prefix: str | None, manifest: str | None) -> None:

@@ -12,12 +12,14 @@ stats) and writes only ``results.jsonl`` and ``summary.json`` under its output p
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import BotoCoreError
 from celery import Task
@@ -27,11 +29,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import Settings
 from pipeline import registry
-from pipeline.dataset import load_items, read_key_list
+from pipeline.dataset import load_items
 from pipeline.enroll import enroll_people
-from pipeline.storage import InvalidKey, MissingKey, StorageError, check_key
+from pipeline.storage import InvalidKey, MissingKey, StorageError
 from pipeline.train import TrainingParams, dataset_unchanged, train_model
-from workers import interactive, task_names
+from workers import bulk, interactive, task_names
 from workers.app import app
 from workers.jobs import CANCELLED, PUBLISHING, TERMINAL, JobCancelled, JobNotFound, JobStore
 from workers.runtime import Runtime
@@ -84,7 +86,7 @@ class JobTask(Task):
             jobs.fail(job_id, f"task {self.name} was delivered {deliveries} times without finishing "
                               "(worker lost: crash or out of memory?)")
             return None
-        work = ":".join([self.name, *map(str, args)])
+        work = ":".join([self.name, *map(str, args[:1])])  # a chunk's index, not the plan it carries
         with jobs.lease(job_id, work) as renew:
             if renew is None:
                 log.info("%s for job %s is running elsewhere: this delivery skips it", work, job_id)
@@ -207,92 +209,110 @@ def _version_result(record: dict, **extra) -> dict:
 
 
 # -- bulk recognition ------------------------------------------------------------------------
+# A job's chunks are sent a window at a time (workers.chunks): each finished chunk releases the next, so that
+# jobs sharing a queue take turns. Each message carries what its chunk needs from the plan (plan_for_chunk),
+# so a chunk reads storage twice before its first photo (its key list, and whether it is done already, at
+# once) and writes twice after its last (its timings, then its predictions).
 
-def output_prefix(job: dict) -> str:
-    """Where a recognition job writes its results manifest and summary."""
-    return job["params"].get("output_prefix", "").rstrip("/") or f"jobs/{job['id']}/output"
+PROGRESS_SAVED_EVERY_S = 30  # how stale a running bulk job's record may be (readers see the live counts)
+_progress_saved: dict[str, float] = {}  # job id -> when this process last saved its progress
 
 
-def _input_keys(storage, job: dict) -> list[str]:
-    """The job's photos, each once, in input order; never those under its own output prefix."""
+def plan_for_chunk(plan: dict, job: dict, window: int) -> dict:
     params = job["params"]
-    if params.get("input_manifest"):
-        keys = read_key_list(storage, params["input_manifest"])
-    else:
-        prefix, output = params["input_prefix"].rstrip("/") + "/", output_prefix(job) + "/"
-        # Sorted: backends list in different orders, and a plan should not depend on the backend.
-        keys = sorted(k for k in storage.list(prefix) if not k.startswith(output) and "/." not in "/" + k)
-    return list(dict.fromkeys(keys))
+    return {**plan, "annotate": bool(params.get("annotate")), "output": bulk.output_prefix(job),
+            "priority": params.get("priority", "normal"), "window": window}
 
 
 @app.task(bind=True, base=JobTask, name=task_names.PLAN_RECOGNITION)
 def plan_recognition(self: JobTask, job_id: str) -> None:
-    """Split the input into chunks and send a task for each chunk not yet done (all of them the
-    first time; the missing ones when the job is resumed). The chunk that completes the set sends
-    the summary task."""
-    jobs, storage = self.runtime.jobs, self.runtime.storage
+    """Split the input into chunks (once: a resumed or redelivered job keeps its plan), count the chunks
+    whose predictions are written as done, and send the first window of the others (the summary task if
+    none is left)."""
+    runtime = self.runtime
+    jobs, storage = runtime.jobs, runtime.storage
     job = jobs.get(job_id)
-    plan_key = f"jobs/{job_id}/plan.json"
-    if storage.exists(plan_key):  # resumed or redelivered: keep the plan already made
-        plan = storage.get_json(plan_key)
+    if storage.exists(bulk.plan_key(job_id)):
+        plan = storage.get_json(bulk.plan_key(job_id))
     else:
         params = job["params"]
-        version = registry.resolve_version(storage, params["model"], params.get("model_version"))
-        keys = _input_keys(storage, job)
-        if not keys:
-            raise ValueError("the input holds no photos")
-        size = self.runtime.settings.chunk_size
-        plan = {"model": params["model"], "model_version": version, "images": len(keys),
-                "chunks": (len(keys) + size - 1) // size, "chunk_size": size}
-        for index in range(plan["chunks"]):
-            storage.put_json(_chunk_key(job_id, index), keys[index * size:(index + 1) * size])
-        storage.put_json(plan_key, plan)
+        version = None if params.get("dry_run") else registry.resolve_version(
+            storage, params["model"], params.get("model_version"))
+        plan = bulk.make_plan(storage, job, version, runtime.settings.chunk_size)
+    done = bulk.chunks_done(storage, job_id)
     job = jobs.start(job_id, total=None if job["started_at"] else plan["images"],
                      model_version=plan["model_version"])
-    missing = [i for i in range(plan["chunks"]) if i not in job.get("chunks_done", [])]
-    for index in missing:
-        recognize_chunk.delay(job_id, index)
-    if not missing:
-        finish_recognition.delay(job_id)
+    jobs.chunks.open(job_id, done, sum(bulk.chunk_photos(plan, i) for i in done))
+    # Enough chunks in flight for every worker on the queue (two each) and at least the setting.
+    workers = runtime.presence.serving().get(runtime.settings.queue_gpu, 0)
+    message = plan_for_chunk(plan, job, max(runtime.settings.job_window, 2 * workers))
+    if len(done) == plan["chunks"]:
+        runtime.send(task_names.FINISH_RECOGNITION, [job_id], priority=message["priority"])
+    else:
+        _release_chunks(runtime, job_id, message)
+
+
+def _release_chunks(runtime: Runtime, job_id: str, plan: dict) -> None:
+    for index in runtime.jobs.chunks.release(job_id, plan["chunks"], plan["window"]):
+        runtime.send(task_names.RECOGNIZE_CHUNK, [job_id, index, plan], priority=plan["priority"])
 
 
 @app.task(bind=True, base=JobTask, name=task_names.RECOGNIZE_CHUNK)
-def recognize_chunk(self: JobTask, job_id: str, index: int) -> None:
-    """Recognise one chunk's photos and write its predictions file, unless it already exists."""
-    from pipeline.recognize import recognize
-
+def recognize_chunk(self: JobTask, job_id: str, index: int, plan: dict) -> None:
+    """Recognise one chunk's photos (or read their headers, in a dry run) and write its predictions, unless
+    they are written already; then count it done and send the next chunk, or the summary task after the
+    last."""
     runtime = self.runtime
     storage = runtime.storage
-    plan = storage.get_json(f"jobs/{job_id}/plan.json")
-    keys = storage.get_json(_chunk_key(job_id, index))
-    predictions_key = f"jobs/{job_id}/predictions/{index:05d}.jsonl"
-    if not storage.exists(predictions_key):
-        model = runtime.model(plan["model"], plan["model_version"])
-        faces = runtime.face_pipeline
-        errors = {key: problem for key in keys if (problem := _key_problem(key))}
-        readable = [key for key in keys if key not in errors]
-
-        def photos():
-            for key, data in storage.get_many(readable):
-                if isinstance(data, Exception):
-                    errors[key] = public_message(data, runtime.settings)
-                else:
-                    yield key, data
-
+    keys, written = _at_once(lambda: storage.get_json(bulk.chunk_key(job_id, index)),
+                             lambda: storage.exists(bulk.predictions_key(job_id, index)))
+    if not written:
         started = time.perf_counter()
-        found = {result["key"]: result for result in recognize(faces, model, photos())}
-        timings = dict(faces.timings_ms)
-        job = runtime.jobs.get(job_id)
-        if job["params"].get("annotate"):
-            _write_annotated(storage, output_prefix(job), found)
-        lines = [json.dumps(found.get(key) or {"key": key, "model": plan["model"],
-                                               "model_version": plan["model_version"], "error": errors[key]})
-                 for key in keys]
+        public = functools.partial(public_message, settings=runtime.settings)
+        if plan.get("dry_run"):
+            lines, timings = bulk.read_headers(storage, keys, runtime.settings.read_threads, public)
+        else:
+            lines, timings = _recognize(runtime, plan, keys)
         timings["total"] = (time.perf_counter() - started) * 1000
-        storage.put_json(f"jobs/{job_id}/stats/{index:05d}.json", {"images": len(keys), "timings_ms": timings})
-        storage.put(predictions_key, ("\n".join(lines) + "\n").encode())
-    if runtime.jobs.chunk_done(job_id, index, len(keys), plan["chunks"]):
-        finish_recognition.delay(job_id)
+        storage.put_json(bulk.stats_key(job_id, index), {"images": len(keys), "timings_ms": timings})
+        storage.put(bulk.predictions_key(job_id, index), "".join(json.dumps(line) + "\n" for line in lines).encode())
+    if runtime.jobs.chunks.finish(job_id, index, len(keys), plan["chunks"]):
+        runtime.send(task_names.FINISH_RECOGNITION, [job_id], priority=plan["priority"])
+        return
+    _release_chunks(runtime, job_id, plan)
+    if time.monotonic() - _progress_saved.get(job_id, 0.0) > PROGRESS_SAVED_EVERY_S:
+        _progress_saved[job_id] = time.monotonic()
+        runtime.jobs.save_chunk_progress(job_id)
+
+
+def _recognize(runtime: Runtime, plan: dict, keys: list[str]) -> tuple[list[dict], dict]:
+    """Every face of each photo named by the plan's model: a result line per key, in order."""
+    from pipeline.recognize import recognize
+
+    storage = runtime.storage
+    model, faces = runtime.model(plan["model"], plan["model_version"]), runtime.face_pipeline
+    errors = {key: problem for key in keys if (problem := bulk.key_problem(key))}
+    readable = [key for key in keys if key not in errors]
+
+    def photos():
+        for key, data in storage.get_many(readable, threads=runtime.settings.read_threads):
+            if isinstance(data, Exception):
+                errors[key] = public_message(data, runtime.settings)
+            else:
+                yield key, data
+
+    found = {result["key"]: result for result in recognize(faces, model, photos())}
+    if plan["annotate"]:
+        _write_annotated(storage, plan["output"], found)
+    lines = [found.get(key) or {"key": key, "model": plan["model"], "model_version": plan["model_version"],
+                                "error": errors[key]} for key in keys]
+    return lines, dict(faces.timings_ms)
+
+
+def _at_once(*reads: Callable) -> list:
+    """The answers of independent storage reads, made at the same time: one round trip's wait for all."""
+    with ThreadPoolExecutor(len(reads)) as readers:
+        return [future.result() for future in [readers.submit(read) for read in reads]]
 
 
 def _write_annotated(storage, output: str, found: dict[str, dict]) -> None:
@@ -305,56 +325,28 @@ def _write_annotated(storage, output: str, found: dict[str, dict]) -> None:
             storage.put(f"{output}/annotated/{key}.jpg", annotate(storage.get(key), result))
 
 
-def _key_problem(key: str) -> str | None:
-    try:
-        check_key(key)
-    except ValueError as err:
-        return str(err)
-    return None
-
-
-def _chunk_key(job_id: str, index: int) -> str:
-    return f"jobs/{job_id}/chunks/{index:05d}.json"
-
-
 @app.task(bind=True, base=JobTask, name=task_names.FINISH_RECOGNITION)
 def finish_recognition(self: JobTask, job_id: str) -> None:
-    """Join the chunks' predictions into the results manifest and write the summary."""
-    jobs, storage = self.runtime.jobs, self.runtime.storage
+    """Write the results manifest from the chunks' predictions and the summary, in one pass."""
+    runtime = self.runtime
+    jobs, storage = runtime.jobs, runtime.storage
     job = jobs.get(job_id)
-    output = output_prefix(job)
-    plan = storage.get_json(f"jobs/{job_id}/plan.json")
-    parts, timings = [], {}
-    summary = {"images": 0, "faces": 0, "unknown_faces": 0, "images_without_face": 0, "errors": 0,
-               "identities": {}}
-    for index in range(plan["chunks"]):
-        data = storage.get(f"jobs/{job_id}/predictions/{index:05d}.jsonl")
-        parts.append(data)
-        for line in data.decode().splitlines():
-            result = json.loads(line)
-            summary["images"] += 1
-            if "error" in result:
-                summary["errors"] += 1
-                continue
-            summary["faces"] += len(result["faces"])
-            summary["images_without_face"] += not result["faces"]
-            for face in result["faces"]:
-                summary["identities"][face["identity"]] = summary["identities"].get(face["identity"], 0) + 1
-        stats = storage.get_json(f"jobs/{job_id}/stats/{index:05d}.json")
-        for stage, ms in stats["timings_ms"].items():
-            timings[stage] = timings.get(stage, 0.0) + ms
-    summary["unknown_faces"] = summary["identities"].get("unknown", 0)
-    summary["timings_ms"] = {stage: round(ms, 1) for stage, ms in timings.items()}
-    summary.update(model=plan["model"], model_version=plan["model_version"], chunks=plan["chunks"], job=job_id)
+    output = bulk.output_prefix(job)
+    plan = storage.get_json(bulk.plan_key(job_id))
     results_key, summary_key = f"{output}/results.jsonl", f"{output}/summary.json"
-    storage.put(results_key, b"".join(parts))
+    summary = bulk.assemble_results(storage, job_id, plan, results_key)
+    dry_run = plan.get("dry_run", False)
+    summary.update(model=plan["model"], model_version=plan["model_version"], chunks=plan["chunks"], job=job_id,
+                   dry_run=dry_run)
     storage.put_json(summary_key, summary)
+    counts = ("images", "errors", "readable") if dry_run else ("images", "faces", "unknown_faces", "errors")
     jobs.succeed(job_id, {
         "results": results_key, "summary": summary_key, "output_prefix": output,
         **({"annotated": f"{output}/annotated/"} if job["params"].get("annotate") else {}),
-        "model": plan["model"], "model_version": plan["model_version"],
-        **{k: summary[k] for k in ("images", "faces", "unknown_faces", "errors")},
-    })
+        "model": plan["model"], "model_version": plan["model_version"], "dry_run": dry_run,
+        **{name: summary[name] for name in counts},
+    }, progress={"done": plan["images"], "total": plan["images"]})
+    jobs.chunks.close(job_id)
 
 
 # -- single photos -----------------------------------------------------------------------------

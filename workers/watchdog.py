@@ -27,9 +27,11 @@ class Watchdog:
     """Finds stalled jobs and restarts them; `sweep` once, or `start` a thread that sweeps."""
 
     def __init__(self, jobs: JobStore, waiting_messages: Callable[[], int], restart: Callable[[dict], None],
-                 stall_s: float, heartbeat_s: float, max_resumes: int) -> None:
+                 stall_s: float, heartbeat_s: float, max_resumes: int,
+                 held: Callable[[], set[str]] = lambda: set()) -> None:
         self.jobs = jobs
         self.waiting_messages = waiting_messages
+        self.held = held
         self.restart = restart
         self.stall_s = stall_s
         self.heartbeat_s = heartbeat_s
@@ -39,6 +41,10 @@ class Watchdog:
     def sweep(self) -> list[str]:
         """Restart the jobs that have stalled; returns their ids. A job is restarted only when it was
         seen stalled twice, a few beats apart, so a worker that is merely slow to beat keeps it."""
+        for job_id in self.held():
+            # Taken from the queue by this worker but not started (its pool process is still loading the
+            # models, or busy): held, so not lost, though nothing beats for it yet.
+            self.jobs.beat(job_id)
         now = time.time()
         if self.waiting_messages() > 0:  # work is queued: some worker will come to it
             self._suspects.clear()
