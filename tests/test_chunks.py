@@ -24,8 +24,10 @@ def ledger(request, tmp_path):
 
 
 def test_a_window_of_chunks_is_released_and_each_finished_one_releases_the_next(ledger):
-    ledger.open(JOB, done=[], photos_done=0)
+    ledger.open(JOB, 10, done=[], photos_done=0)
+    assert ledger.waiting(JOB) == 10
     assert ledger.release(JOB, chunks=10, window=3) == [0, 1, 2]
+    assert ledger.waiting(JOB) == 7
     assert ledger.release(JOB, chunks=10, window=3) == [], "the window is full"
     assert not ledger.finish(JOB, 1, photos=4, chunks=10)
     assert ledger.release(JOB, chunks=10, window=3) == [3]
@@ -33,7 +35,7 @@ def test_a_window_of_chunks_is_released_and_each_finished_one_releases_the_next(
 
 
 def test_a_redelivered_chunk_counts_once_and_the_last_one_completes_the_job_once(ledger):
-    ledger.open(JOB, done=[], photos_done=0)
+    ledger.open(JOB, 3, done=[], photos_done=0)
     ledger.release(JOB, chunks=3, window=3)
     assert not ledger.finish(JOB, 0, photos=4, chunks=3)
     assert not ledger.finish(JOB, 0, photos=4, chunks=3), "redelivered: already counted"
@@ -45,7 +47,7 @@ def test_a_redelivered_chunk_counts_once_and_the_last_one_completes_the_job_once
 
 def test_of_many_chunks_finishing_at_once_exactly_one_completes_the_job(ledger):
     chunks = 200
-    ledger.open(JOB, done=[], photos_done=0)
+    ledger.open(JOB, chunks, done=[], photos_done=0)
     completions = []
 
     def finish(indexes):
@@ -63,7 +65,7 @@ def test_of_many_chunks_finishing_at_once_exactly_one_completes_the_job(ledger):
 
 
 def test_a_fresh_count_skips_the_chunks_storage_has_and_releases_the_others(ledger):
-    ledger.open(JOB, done=[0, 2, 3], photos_done=12)
+    ledger.open(JOB, 6, done=[0, 2, 3], photos_done=12)
     assert ledger.counts(JOB) == (3, 12)
     assert ledger.release(JOB, chunks=6, window=2) == [1, 4]
     assert ledger.finish(JOB, 1, photos=4, chunks=6) is False

@@ -21,8 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from config import REPO_ROOT
+from config import REPO_ROOT, load_settings
 from infra.processes import Processes, environment
+from workers.celery_config import celery_config
+from workers.runtime import PRIORITIES
 
 K8S = REPO_ROOT / "infra" / "k8s"
 KEDA_SCHEMA = K8S / "schemas" / "scaledobject-keda-v1alpha1.json"
@@ -156,9 +158,6 @@ def test_cpu_worker_and_beat(objects):
 
 def test_queues_agree_with_the_code(objects):
     """Worker commands, the ConfigMap and KEDA's lists name the queues the app routes tasks to."""
-    from config import load_settings
-    from workers.celery_config import celery_config
-
     routes = {task: route["queue"] for task, route in celery_config(load_settings())["task_routes"].items()}
     settings = config_map(objects)
     assert settings["FACEREC_QUEUE_GPU"] == routes["facerec.recognize_chunk"] == routes["facerec.train"]
@@ -172,7 +171,16 @@ def test_queues_agree_with_the_code(objects):
 
     scaled = find(objects, "ScaledObject", "facerec-worker-gpu")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "facerec-worker-gpu"
-    assert {t["metadata"]["listName"] for t in scaled["spec"]["triggers"]} == set(gpu_queues)
+    # The gpu queue's list per priority a job can have (kombu's Redis transport names them queue:priority,
+    # and priority 0 the queue itself); single photos are sent without one.
+    gpu = settings["FACEREC_QUEUE_GPU"]
+    lists = {gpu if step == 0 else f"{gpu}:{step}" for step in PRIORITIES.values()}
+    lists.add(settings["FACEREC_QUEUE_INTERACTIVE"])
+    assert {t["metadata"]["listName"] for t in scaled["spec"]["triggers"] if t["type"] == "redis"} == lists
+    backlog = [t for t in scaled["spec"]["triggers"] if t["type"] == "metrics-api"]
+    assert [t["metadata"]["valueLocation"] for t in backlog] == [f"backlog.{settings['FACEREC_QUEUE_GPU']}"]
+    service = find(objects, "Service", "facerec-api")
+    assert backlog[0]["metadata"]["url"] == f"http://{service['metadata']['name']}.facerec.svc/v1/health"
 
 
 def test_keda_reads_the_redis_that_workers_use(objects):
@@ -181,6 +189,8 @@ def test_keda_reads_the_redis_that_workers_use(objects):
     assert settings["REDIS_ADDRESS"] == f"{url.hostname}:{url.port or 6379}"
     db = (url.path.strip("/") or "0")
     for trigger in find(objects, "ScaledObject", "facerec-worker-gpu")["spec"]["triggers"]:
+        if trigger["type"] == "metrics-api":
+            continue
         assert trigger["type"] == "redis"
         assert trigger["metadata"]["addressFromEnv"] == "REDIS_ADDRESS"
         assert trigger["metadata"]["databaseIndex"] == db

@@ -57,9 +57,9 @@ class ChunkLedger(ABC):
     """The counts of each bulk job's chunks (open one with open_chunk_ledger)."""
 
     @abstractmethod
-    def open(self, job_id: str, done: Iterable[int], photos_done: int) -> None:
-        """Count the job's chunks afresh: these are done (their predictions are in storage), holding this
-        many photos; none is released."""
+    def open(self, job_id: str, chunks: int, done: Iterable[int], photos_done: int) -> None:
+        """Count the job's chunks afresh: of its `chunks`, these are done (their predictions are in storage),
+        holding this many photos; none is released."""
 
     @abstractmethod
     def finish(self, job_id: str, index: int, photos: int, chunks: int) -> bool:
@@ -76,6 +76,11 @@ class ChunkLedger(ABC):
         """(chunks done, photos done), or None if the job's chunks are not counted here."""
 
     @abstractmethod
+    def waiting(self, job_id: str) -> int:
+        """How many of the job's chunks wait for their turn (not yet released): its backlog, which the
+        queue's length no longer shows (an autoscaler reads it in GET /v1/health)."""
+
+    @abstractmethod
     def close(self, job_id: str) -> None:
         """Forget the job's counts (its record holds the final ones)."""
 
@@ -89,14 +94,14 @@ class RedisChunkLedger(ChunkLedger):
     def _keys(self, job_id: str) -> list[str]:
         return [f"{REDIS_PREFIX}{job_id}:done", f"{REDIS_PREFIX}{job_id}:released", f"{REDIS_PREFIX}{job_id}"]
 
-    def open(self, job_id: str, done: Iterable[int], photos_done: int) -> None:
+    def open(self, job_id: str, chunks: int, done: Iterable[int], photos_done: int) -> None:
         done_key, released_key, counts_key = self._keys(job_id)
         pipe = self.redis.pipeline()  # MULTI/EXEC: no chunk is counted half-way through the reset
         pipe.delete(done_key, released_key, counts_key)
         done = list(done)
         for start in range(0, len(done), 10_000):
             pipe.sadd(done_key, *done[start:start + 10_000])
-        pipe.hset(counts_key, mapping={"next": 0, "photos": photos_done})
+        pipe.hset(counts_key, mapping={"next": 0, "photos": photos_done, "chunks": chunks})
         for key in (done_key, released_key, counts_key):
             pipe.expire(key, KEEP_S)
         pipe.execute()
@@ -115,6 +120,10 @@ class RedisChunkLedger(ChunkLedger):
         pipe.hget(counts_key, "photos")
         done, photos = pipe.execute()
         return None if photos is None else (int(done), int(photos))
+
+    def waiting(self, job_id: str) -> int:
+        chunks, released = self.redis.hmget(self._keys(job_id)[2], "chunks", "next")
+        return max(0, int(chunks or 0) - int(released or 0))
 
     def close(self, job_id: str) -> None:
         self.redis.delete(*self._keys(job_id))
@@ -142,10 +151,10 @@ class FileChunkLedger(ChunkLedger):
                 file.truncate()
                 file.write(json.dumps(state))
 
-    def open(self, job_id: str, done: Iterable[int], photos_done: int) -> None:
+    def open(self, job_id: str, chunks: int, done: Iterable[int], photos_done: int) -> None:
         with self._state(job_id) as state:
             state.clear()
-            state.update(done=sorted(set(done)), released=[], next=0, photos=photos_done)
+            state.update(done=sorted(set(done)), released=[], next=0, photos=photos_done, chunks=chunks)
 
     def finish(self, job_id: str, index: int, photos: int, chunks: int) -> bool:
         with self._state(job_id) as state:
@@ -174,6 +183,12 @@ class FileChunkLedger(ChunkLedger):
             return None
         with self._state(job_id) as state:
             return (len(state["done"]), state["photos"]) if state else None
+
+    def waiting(self, job_id: str) -> int:
+        if not (self.folder / f"{job_id}.json").exists():
+            return 0
+        with self._state(job_id) as state:
+            return max(0, state.get("chunks", 0) - state.get("next", 0)) if state else 0
 
     def close(self, job_id: str) -> None:
         (self.folder / f"{job_id}.json").unlink(missing_ok=True)

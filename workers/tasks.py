@@ -242,7 +242,7 @@ def plan_recognition(self: JobTask, job_id: str) -> None:
     done = bulk.chunks_done(storage, job_id)
     job = jobs.start(job_id, total=None if job["started_at"] else plan["images"],
                      model_version=plan["model_version"])
-    jobs.chunks.open(job_id, done, sum(bulk.chunk_photos(plan, i) for i in done))
+    jobs.chunks.open(job_id, plan["chunks"], done, sum(bulk.chunk_photos(plan, i) for i in done))
     # Enough chunks in flight for every worker on the queue (two each) and at least the setting.
     workers = runtime.presence.serving().get(runtime.settings.queue_gpu, 0)
     message = plan_for_chunk(plan, job, max(runtime.settings.job_window, 2 * workers))
