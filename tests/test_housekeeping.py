@@ -13,6 +13,7 @@ import time
 
 import pytest
 import redis
+from flask import render_template
 
 from api import create_app
 from api.keys import config_entry
@@ -147,8 +148,12 @@ def test_a_failed_job_whose_working_files_went_cannot_be_resumed(tmp_path):
     refused = call(app, "POST", f"/v1/jobs/{job_id}/resume")
     assert refused.status_code == 409
     assert "its working files were deleted" in refused.json["error"] and "submit it again" in refused.json["error"]
-    assert call(app, "GET", f"/v1/jobs/{job_id}").json["state"] == "failed"
+    job = call(app, "GET", f"/v1/jobs/{job_id}").json
+    assert job["state"] == "failed"
     assert call(app, "GET", "/v1/health").json["queues"]["default"] == 0, "nothing was sent"
+    with app.test_request_context():
+        page = render_template("job.html", user={"name": "t", "scope": "submit"}, csrf="token", active="jobs", job=job)
+    assert f"<dt>Working files deleted</dt><dd>{job['working_files_expired_at']} (it can no longer be resumed)" in page
 
 
 def test_a_job_resumed_before_its_files_expire_keeps_them(tmp_path):
