@@ -75,6 +75,11 @@ class Settings:
     pool_take_s: int = 300
     training_time_limit_s: int = 6 * 3600
     visibility_timeout_s: int = 2 * 3600
+    # Housekeeping (workers.housekeeping): how often, and how long what nobody reads after a while is kept
+    # (0: for ever).
+    housekeeping_s: int = 300
+    interactive_ttl_s: int = 24 * 3600
+    job_files_ttl_s: int = 0
     max_upload_mb: int = 2048
     secret_key: str = ""
     session_cookie_secure: bool = True
@@ -133,6 +138,9 @@ def load_settings() -> Settings:
         pool_take_s=_env_int("FACEREC_POOL_TAKE_S", 300, minimum=1),
         training_time_limit_s=_env_int("FACEREC_TRAINING_TIME_LIMIT_S", 6 * 3600),
         visibility_timeout_s=_env_int("FACEREC_VISIBILITY_TIMEOUT_S", 2 * 3600),
+        housekeeping_s=_env_int("FACEREC_HOUSEKEEPING_S", 300, minimum=1),
+        interactive_ttl_s=_env_int("FACEREC_INTERACTIVE_TTL_S", 24 * 3600, minimum=0),
+        job_files_ttl_s=_env_int("FACEREC_JOB_FILES_TTL_S", 0, minimum=0),
         max_upload_mb=_env_int("FACEREC_MAX_UPLOAD_MB", 2048),
         secret_key=_env("FACEREC_SECRET_KEY"),
         session_cookie_secure=_env("FACEREC_SESSION_COOKIE_SECURE", "1") not in ("0", "false", "no"),

@@ -113,8 +113,18 @@ class Storage(ABC):
         AWS and local disk list lexicographically, SeaweedFS folder by folder)."""
 
     @abstractmethod
+    def scan(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Yield (key, when it was last written, in seconds since the epoch) for every key that starts with
+        prefix, streamed: memory holds a page of the listing (S3) or the open folders (local disk), never the
+        whole of it. In no particular order, but the keys of one folder come one after another."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object under key; no error if it is already gone."""
+
+    @abstractmethod
+    def delete_empty_folders(self, prefix: str) -> None:
+        """Remove the folders under prefix that deletes left empty."""
 
     def put_new(self, key: str, data: bytes) -> bool:
         """Write data only if key does not exist yet; return whether it was written."""
@@ -339,9 +349,40 @@ class LocalStorage(Storage):
                     keys.append(key)
         yield from sorted(keys)
 
+    def scan(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        folder = prefix.rpartition("/")[0]
+        try:
+            start = self.path(folder) if folder else self.root
+        except ValueError:  # a prefix no valid key can start with
+            return
+        yield from self._scan(str(start), folder, prefix)
+
+    def _scan(self, path: str, folder: str, prefix: str) -> Iterator[tuple[str, float]]:
+        # Keys are built as strings: pathlib would intern every name, and the interpreter's table of interned
+        # strings grows with them.
+        try:
+            entries = os.scandir(path)  # read as it goes: a folder of a million requests is never held whole
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with entries:
+            for entry in entries:
+                key = f"{folder}/{entry.name}" if folder else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if (key + "/").startswith(prefix):
+                        yield from self._scan(entry.path, key, prefix)
+                elif key.startswith(prefix) and not entry.name.startswith(".tmp-"):
+                    with contextlib.suppress(FileNotFoundError):  # deleted since the folder was read
+                        yield key, entry.stat(follow_symlinks=False).st_mtime
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # nothing there: nothing to delete
             self.path(key).unlink()
+
+    def delete_empty_folders(self, prefix: str) -> None:
+        folder = self.path(prefix.rstrip("/"))
+        for path, _folders, _files in os.walk(folder, topdown=False):
+            with contextlib.suppress(OSError):  # not empty (written meanwhile): kept
+                os.rmdir(path)
 
     def describe(self) -> str:
         return str(self.root)
@@ -499,8 +540,19 @@ class S3Storage(Storage):
             for item in page.get("Contents", []):
                 yield item["Key"]
 
+    def scan(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix,
+                                   PaginationConfig={"PageSize": self.page_size})
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"], item["LastModified"].timestamp()
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
+
+    def delete_empty_folders(self, prefix: str) -> None:
+        """S3 has no folders: a folder is gone with its last object."""
 
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"

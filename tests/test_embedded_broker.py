@@ -1,12 +1,14 @@
 """The embedded (SQLite) broker survives the forks of Celery's pool: a child forked while its parent polls
 the broker can send messages (kombu's own transport: 2 to 10 children of 10 failed with "database is locked"
-after SQLite's 5 s, or hung)."""
+after SQLite's 5 s, or hung). Its table holds only the messages waiting: kombu's transport kept every
+message ever taken (10,000 rows after 10,000 messages, and an empty poll took 37 ms instead of 2)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -14,9 +16,7 @@ import pytest
 from kombu import Connection
 
 from config import Settings
-from workers import embedded_broker  # noqa: F401 - the transport the embedded broker's URL names
-
-pytestmark = pytest.mark.system  # forked children
+from workers import embedded_broker
 
 CHILDREN = 10
 
@@ -35,6 +35,7 @@ def publish_from_a_child(url: str, number: int) -> int:
     os._exit(0)
 
 
+@pytest.mark.system  # forked children
 def test_children_forked_while_the_parent_polls_the_broker_can_send_messages(tmp_path):
     url = Settings(data_dir=tmp_path).broker_url
     stop = threading.Event()
@@ -63,3 +64,51 @@ def test_children_forked_while_the_parent_polls_the_broker_can_send_messages(tmp
         queue = connection.SimpleQueue("from-children")
         received = sorted(queue.get(timeout=5).payload["child"] for _ in range(CHILDREN))
     assert received == list(range(CHILDREN))
+
+
+def rows(data_dir) -> int:
+    with contextlib.closing(sqlite3.connect(data_dir / "broker.sqlite")) as database:
+        return database.execute("SELECT count(*) FROM kombu_message").fetchone()[0]
+
+
+def test_the_broker_table_holds_only_the_messages_waiting(tmp_path):
+    url = Settings(data_dir=tmp_path).broker_url
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("work")
+        for number in range(60):
+            queue.put({"number": number})
+        assert rows(tmp_path) == 60
+        taken = [queue.get_nowait() for _ in range(50)]
+        for message in taken:
+            message.ack()
+        assert rows(tmp_path) == 10, "a message taken (and acknowledged) leaves the table"
+        assert [message.payload["number"] for message in taken] == list(range(50)), "oldest first"
+        unacknowledged = queue.get(timeout=5)
+        assert rows(tmp_path) == 9
+    # A connection closed with a message taken but not acknowledged (a worker's warm shutdown) puts it back.
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("work")
+        numbers = sorted(queue.get(timeout=5).payload["number"] for _ in range(10))
+        assert numbers == list(range(50, 60))
+        assert unacknowledged.payload["number"] == 50
+        assert rows(tmp_path) == 0
+
+
+def test_messages_left_taken_by_an_earlier_version_are_deleted(tmp_path):
+    url = Settings(data_dir=tmp_path).broker_url
+    kombus_own = url.replace(f"{embedded_broker.ALIAS}+", "sqla+")  # the transport of workers before this one
+    with Connection(kombus_own) as connection:
+        queue = connection.SimpleQueue("work")
+        for number in range(5):
+            queue.put({"number": number})
+        for _ in range(3):
+            queue.get_nowait().ack()
+    assert rows(tmp_path) == 5, "kombu's transport keeps what it hands out"
+    assert embedded_broker.delete_taken(url) == 3
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("work")
+        taken = [queue.get_nowait() for _ in range(2)]
+        for message in taken:
+            message.ack()
+        assert sorted(message.payload["number"] for message in taken) == [3, 4]
+    assert rows(tmp_path) == 0

@@ -127,6 +127,54 @@ def test_s3_list_pages_through_all_keys(s3_storage: S3Storage, seaweedfs: dict[s
     assert len(calls) == 4  # 3 + 3 + 3 + 1: the listing really went through pages
 
 
+def test_scan_gives_each_key_under_a_prefix_with_when_it_was_written_and_a_folders_keys_together(
+        storage: Storage) -> None:
+    before = time.time()
+    for key in reversed(KEYS_ACROSS_FOLDERS):
+        storage.put(key, b"x")
+    after = time.time()
+    scanned = list(storage.scan("in/"))
+    assert sorted(key for key, _ in scanned) == sorted(KEYS_ACROSS_FOLDERS)
+    assert all(int(before) <= written <= after + 1 for _, written in scanned), "S3 keeps whole seconds"
+    order = [key for key, _ in scanned]
+    for folder in ("in/a/", "in/b/", "in/b/c/"):
+        at = [index for index, key in enumerate(order) if key.startswith(folder)]
+        assert at == list(range(at[0], at[-1] + 1)), f"the keys of {folder} one after another"
+    # A prefix is a string prefix, as in list.
+    assert sorted(key for key, _ in storage.scan("in/a")) == ["in/a-b.jpg", "in/a.jpg", "in/a/1", "in/a0.jpg"]
+    assert list(storage.scan("nothing/")) == [] and list(storage.scan("../")) == []
+
+
+def test_local_scan_holds_no_listing_in_memory(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    for number in range(3000):
+        (tmp_path / "interactive" / f"{number:032x}").mkdir(parents=True)
+        (tmp_path / "interactive" / f"{number:032x}" / "photo").write_bytes(b"x")
+    tracemalloc.start()
+    try:
+        assert sum(1 for _ in storage.scan("interactive/")) == 3000
+        scanning = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert sum(1 for _ in storage.list("interactive/")) == 3000
+        listing = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert scanning < 100_000 < listing, (scanning, listing)
+
+
+def test_delete_empty_folders_removes_only_what_deletes_emptied(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    for key in ("jobs/1/chunks/0.json", "jobs/1/chunks/deeper/1.json", "jobs/1/job.json", "jobs/2/chunks/0.json"):
+        storage.put(key, b"{}")
+    storage.delete("jobs/1/chunks/0.json")
+    storage.delete("jobs/1/chunks/deeper/1.json")
+    storage.delete_empty_folders("jobs/1/chunks/")
+    storage.delete_empty_folders("jobs/2/chunks/")
+    storage.delete_empty_folders("jobs/3/chunks/")  # nothing there
+    assert not (tmp_path / "jobs" / "1" / "chunks").exists()
+    assert sorted(storage.list()) == ["jobs/1/job.json", "jobs/2/chunks/0.json"]
+
+
 def test_delete_makes_the_key_missing_and_is_idempotent(storage: Storage) -> None:
     storage.put("tmp/a", b"1")
     storage.put("tmp/b", b"2")

@@ -23,6 +23,7 @@ from celery.worker import state as worker_state  # noqa: E402
 
 from config import load_settings  # noqa: E402
 from workers import task_names  # noqa: E402
+from workers.housekeeping import housekeeper  # noqa: E402
 from workers.pool_watch import PoolWatch  # noqa: E402
 from workers.queues import QueueDepth  # noqa: E402
 from workers.runtime import Runtime  # noqa: E402
@@ -55,9 +56,9 @@ def held_jobs() -> set[str]:
 
 @worker_ready.connect
 def start_watching(sender, **_kwargs) -> None:
-    """Every worker says which queues it serves (workers.presence) and watches for jobs whose worker
-    vanished (workers.watchdog), and a prefork worker for its own pool wedged by a killed process
-    (workers.pool_watch)."""
+    """Every worker says which queues it serves (workers.presence), watches for jobs whose worker
+    vanished (workers.watchdog) and takes its turn at deleting what expired (workers.housekeeping), and a
+    prefork worker watches for its own pool wedged by a killed process (workers.pool_watch)."""
     settings = runtime.settings
     present = runtime.presence.start(sender.hostname, app.amqp.queues.consume_from or {})
     worker_shutting_down.connect(lambda **_: present.set(), weak=False)
@@ -66,6 +67,7 @@ def start_watching(sender, **_kwargs) -> None:
                                               priority=job["params"].get("priority")),
              stall_s=settings.job_stall_s, heartbeat_s=settings.heartbeat_s,
              max_resumes=settings.max_resumes, held=held_jobs).start()
+    housekeeper(runtime).start()
     if isinstance(sender.pool, PreforkPool):
         watch = PoolWatch(lambda: worker_state.reserved_requests, lambda: sender.pool.num_processes,
                           take_s=settings.pool_take_s)

@@ -291,6 +291,10 @@ class JobStore(ABC):
             job = self._read_fresh(job_id)
             if limit is None and job["state"] != FAILED:
                 raise NotResumable(f"job {job_id} is {job['state']}: only a failed job can be resumed")
+            if limit is None and job.get("working_files_expired_at"):
+                raise NotResumable(f"job {job_id} cannot be resumed: its working files were deleted at "
+                                   f"{job['working_files_expired_at']}, FACEREC_JOB_FILES_TTL_S after it finished "
+                                   "(submit it again)")
             if limit is not None and (job["state"] in TERMINAL or not still_stalled(job)):
                 return job, False
             recoveries = job.setdefault("recoveries", [])
@@ -306,6 +310,19 @@ class JobStore(ABC):
             job.update(state=RUNNING if job["started_at"] else QUEUED, finished_at=None, error=None)
             self._write(job)
             return job, True
+
+    def expire_working_files(self, job_id: str, finished_before: float) -> bool:
+        """Whether the job's working files may be deleted: True if it finished before `finished_before`
+        (seconds since the epoch), and its record now says they are gone, so that it is never resumed
+        without them; False for an unfinished job, or one finished since."""
+        with self._lock(f"job-{job_id}"):
+            job = self._read_fresh(job_id)
+            if job["state"] not in TERMINAL or timestamp(job["finished_at"]) >= finished_before:
+                return False
+            if not job.get("working_files_expired_at"):
+                job["working_files_expired_at"] = now()
+                self._write(job)
+            return True
 
     # -- internals ---------------------------------------------------------------------------
     def _change(self, job_id: str, change: Callable[[dict], None]) -> dict:
