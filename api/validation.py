@@ -8,9 +8,11 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest
 
 MAX_PAGE = 200  # the most items one page of a list holds
+MAX_OFFSET = 10**9  # beyond any list, and within what an index (Redis's ZRANGE) takes
 PAGE_QUERY = (
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
+                                                 "default": 0}},
 )
 
 
@@ -55,4 +57,4 @@ def int_arg(name: str, default: int, low: int, high: int | None) -> int:
 
 def page_args() -> tuple[int, int]:
     """The limit and offset of a list's page."""
-    return int_arg("limit", 50, 1, MAX_PAGE), int_arg("offset", 0, 0, None)
+    return int_arg("limit", 50, 1, MAX_PAGE), int_arg("offset", 0, 0, MAX_OFFSET)

@@ -47,7 +47,7 @@ EXIT_WITHIN_S = 120
 
 
 # Fixtures that need a service: a test using any of them, directly or through another fixture, is a system test.
-SERVICE_FIXTURES = {"system", "seaweedfs", "s3_storage", "redis_url"}
+SERVICE_FIXTURES = {"system", "seaweedfs", "s3_storage", "redis_url", "redis_scratch_url"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -168,6 +168,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         if data_dir is not None:
             _run_script("stop-redis.sh", str(data_dir), env={"REDIS_PORT": str(parts.port or 6379)})
+
+
+@pytest.fixture
+def redis_scratch_url(redis_url: str) -> Iterator[str]:
+    """A Redis database of this test's own, emptied before and after: for tests that need a store with
+    nothing else in it (the session's running system keeps its state in redis_url's database). Eight below
+    the session's, one per pytest-xdist worker."""
+    import redis
+
+    parts = urllib.parse.urlsplit(redis_url)
+    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_TEST_DB - 8}", parts.query, ""))
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ this process, on routes that answer before touching storage.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import subprocess
@@ -204,19 +205,28 @@ def test_unexpected_errors_answer_json_500_with_an_error_id_and_nothing_of_the_s
     secret_path = tmp_path / "storage" / "jobs" / "job.json"
 
     def broken():
-        raise OSError(f"[Errno 5] Input/output error: '{secret_path}'")
+        raise RuntimeError(f"a bug that names a server file: '{secret_path}'")
+
+    def disk_failing():  # the file system failing is the store being unavailable, not a bug: 503, never 500
+        raise OSError(errno.EIO, "Input/output error", str(secret_path))
 
     app.add_url_rule("/v1/broken", "broken", endpoint(READ)(broken))
+    app.add_url_rule("/v1/disk-failing", "disk_failing", endpoint(READ)(disk_failing))
     with caplog.at_level(logging.ERROR):
         response = app.test_client().get("/v1/broken", headers={"X-API-Key": READ_KEY})
 
     assert response.status_code == 500 and response.is_json
     error = response.json["error"]
     error_id = re.fullmatch(r"internal error \(id ([0-9a-f]{16})\); the server's log has the details", error)[1]
-    assert str(tmp_path) not in response.text and "Traceback" not in response.text and "OSError" not in response.text
+    for secret in (str(tmp_path), "Traceback", "RuntimeError"):
+        assert secret not in response.text
     # The log has what the answer leaves out, under the same id.
     [record] = [r for r in caplog.records if error_id in r.getMessage()]
     assert record.exc_info and str(secret_path) in str(record.exc_info[1])
+
+    unavailable = app.test_client().get("/v1/disk-failing", headers={"X-API-Key": READ_KEY})
+    assert unavailable.status_code == 503 and unavailable.headers["Retry-After"]
+    assert str(tmp_path) not in unavailable.text and "OSError" not in unavailable.text
 
 
 # -- hostile JSON -------------------------------------------------------------------------------

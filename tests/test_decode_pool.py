@@ -191,7 +191,8 @@ if __name__ == "__main__":
     pool.close()
     print("decoded", sum(isinstance(photo, Photo) for _, photo in decoded), "restarts", pool.restarts)
 """
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+    # The script may wait up to 120 s for the process to die: more than that means it hung.
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
                          cwd=Path(__file__).parent.parent, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["decoded", str(len(files)), "restarts", "1"]

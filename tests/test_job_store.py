@@ -67,9 +67,7 @@ class CountingStorage(LocalStorage):
 @pytest.mark.parametrize("backend", ["files", pytest.param("redis", marks=pytest.mark.system)])
 def test_a_page_of_jobs_is_read_from_an_index_not_from_every_record(tmp_path, request, backend):
     storage = CountingStorage(tmp_path / "storage")
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url")) if backend == "redis" else None
-    if client is not None:
-        client.flushdb()
+    client = redis.Redis.from_url(request.getfixturevalue("redis_scratch_url")) if backend == "redis" else None
     jobs = open_job_store(storage, redis=client, lock_dir=tmp_path / "locks")
     created = []
     for number in range(60):

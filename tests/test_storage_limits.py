@@ -62,9 +62,9 @@ def test_a_key_longer_than_s3_allows_is_a_400_naming_it(client):
 
 
 @pytest.mark.parametrize("name", [WIDE, "ok"])
-def test_an_upload_whose_names_are_too_long_for_the_file_system_is_a_400_and_writes_nothing(client, name):
+def test_an_upload_whose_names_are_too_long_for_the_file_system_is_a_400_and_writes_nothing(client, name, lfw_dir):
     person = WIDE if name == "ok" else "ada"
-    files = {person: (io.BytesIO(b"not a photo yet"), "1.jpg")}
+    files = {person: (io.BytesIO((lfw_dir / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes()), "1.jpg")}
     response = client.post(f"/v1/datasets/{name}", data=files, content_type="multipart/form-data")
     assert response.status_code == 400, response.text
     assert "bytes long" in response.json["error"]

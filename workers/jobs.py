@@ -33,7 +33,7 @@ from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.storage import MissingKey, Storage
+from pipeline.storage import MissingKey, Storage, StorageFull
 from workers.chunks import ChunkLedger, FileChunkLedger, RedisChunkLedger
 
 if TYPE_CHECKING:
@@ -499,7 +499,7 @@ class FileJobStore(JobStore):
         path = self.lock_dir / "jobs-index.sqlite"
         new = not path.exists()
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as index, index:
+        with _disk_full_is_storage_full(), contextlib.closing(sqlite3.connect(path, timeout=30)) as index, index:
             index.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at TEXT, type TEXT, "
                           "state TEXT)")
             index.execute("CREATE INDEX IF NOT EXISTS newest ON jobs (created_at, id)")
@@ -575,6 +575,16 @@ def open_job_store(storage: Storage, redis: Redis | None = None, lock_dir: str |
     if not lock_dir:
         raise ValueError("JobStore needs Redis or a lock directory to serialise updates")
     return FileJobStore(storage, lock_dir, lease_s)
+
+
+@contextlib.contextmanager
+def _disk_full_is_storage_full() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as err:
+        if "database or disk is full" in str(err):
+            raise StorageFull("the jobs' index cannot grow: the disk under the lock folder is full") from None
+        raise
 
 
 def _index_key(job_type: str | None, state: str | None) -> str:
