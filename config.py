@@ -56,6 +56,8 @@ class Settings:
     queue_default: str = "default"
     queue_interactive: str = "interactive"
     chunk_size: int = 256
+    # Storage reads a process keeps in flight (Storage.get_many), and S3 connections to match.
+    read_threads: int = 32
     worker_max_memory_mb: int = 8192
     task_max_retries: int = 3
     mirror_faces: bool = True
@@ -114,6 +116,7 @@ def load_settings() -> Settings:
         queue_default=_env("FACEREC_QUEUE_DEFAULT", "default"),
         queue_interactive=_env("FACEREC_QUEUE_INTERACTIVE", "interactive"),
         chunk_size=_env_int("FACEREC_CHUNK_SIZE", 256),
+        read_threads=_env_int("FACEREC_READ_THREADS", 32, minimum=1),
         worker_max_memory_mb=_env_int("FACEREC_WORKER_MAX_MEMORY_MB", 8192),
         task_max_retries=_env_int("FACEREC_TASK_MAX_RETRIES", 3),
         mirror_faces=_env("FACEREC_MIRROR_FACES", "1") not in ("0", "false", "no"),

@@ -11,12 +11,13 @@ import io
 import json
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.decode import MAX_BYTES as MAX_PHOTO_BYTES
 
@@ -52,6 +53,16 @@ class StorageFull(StorageError):
     """The disk under local storage (or the embedded broker) is full: nothing more can be written until
     space is freed."""
 
+
+# Reads a process keeps in flight by default (FACEREC_READ_THREADS): at 20 ms a request, 32 reads move
+# 1,600 photos/s, more than one worker process's host work lets it use (README, GPU workers;
+# bench/results/storage_client.json measures it).
+READ_THREADS = 32
+# A streaming writer's part: S3 takes at least 5 MiB for every part but the last.
+PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024
+# What get_head reads by default: enough for a JPEG's, PNG's or WebP's header and EXIF orientation.
+HEAD_BYTES = 64 * 1024
 
 # Every backend takes the strictest bounds of them all, so a key valid on one is valid on every other:
 # a file system's name length (255 bytes a segment, ext4 and most others) and S3's key length.
@@ -92,8 +103,26 @@ def _os_errors(key: str) -> Iterator[None]:
         raise
 
 
+class Writer(Protocol):
+    """What open_writer yields: the object's bytes, written in order."""
+
+    def write(self, data: bytes) -> None: ...
+
+
+class _MemoryWriter:
+    """A writer that holds everything written, for backends with no streaming write of their own."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+
 class Storage(ABC):
     """Bytes under string keys. Writes are whole-object and atomic."""
+
+    read_threads = READ_THREADS  # get_many's reads in flight unless the caller says otherwise
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -134,7 +163,23 @@ class Storage(ABC):
             raise ObjectTooLarge(key, size, max_bytes)
         return self.get(key)
 
-    def get_many(self, keys: Iterable[str], threads: int = 8, ahead: int = 64, *,
+    def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+        """The object's first max_bytes bytes (all of it if smaller) and its whole size, in one request;
+        raise MissingKey if there is none."""
+        size = self.size(key)
+        return self.get(key)[:max_bytes], size
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str, part_size: int = PART_SIZE) -> Iterator[Writer]:
+        """A writer for an object too large to hold: what is written appears under key, whole, when the
+        block ends without an error, and nothing does if it raises. Backends stream it (a multipart
+        upload, a temporary file); this default holds it in memory and puts it at the end."""
+        check_key(key)
+        writer = _MemoryWriter()
+        yield writer
+        self.put(key, b"".join(writer.parts))
+
+    def get_many(self, keys: Iterable[str], threads: int | None = None, ahead: int | None = None, *,
                  max_bytes: int = MAX_PHOTO_BYTES, ahead_bytes: int = 256 * 1024 * 1024
                  ) -> Iterator[tuple[str, bytes | StorageError]]:
         """(key, data) for each key, in order. A key that cannot be read for a reason of its own comes
@@ -142,20 +187,44 @@ class Storage(ABC):
         decoder's limit by default: refused by its size, never downloaded) or InvalidKey. Each error's
         str() is a message for the user. Errors of the store itself (unreachable, refused) are raised.
 
-        Reads run on a few threads, at most `ahead` keys and about `ahead_bytes` of read data before
-        the caller: a remote store answers one request at a time far slower than it answers several,
-        and 64 photos of 50 MB must not all be held at once."""
-        def read(key: str) -> bytes | StorageError:
-            try:
-                return self.get_at_most(check_key(key), max_bytes)
-            except (MissingKey, ObjectTooLarge) as refused:
-                return refused
-            except ValueError as invalid:
-                return InvalidKey(str(invalid))
+        Reads run on `threads` threads (default: the storage's read_threads), at most `ahead` keys
+        (default: twice the threads) and about `ahead_bytes` of read data before the caller: a remote
+        store answers one request at a time far slower than it answers several, and 64 photos of 50 MB
+        must not all be held at once."""
+        threads = threads or self.read_threads
+        ahead = max(ahead or 2 * threads, 1)
+        # Reads running and bytes read but not yet taken, kept as counts (not recomputed from the reads
+        # pending, which costs a scan per key: half a millisecond a photo at 128 threads).
+        state = threading.Condition()
+        running, held = 0, 0
 
-        def held(pending: deque) -> int:
-            return sum(len(data.result()) for _, data in pending
-                       if data.done() and data.exception() is None and isinstance(data.result(), bytes))
+        def read(key: str) -> bytes | StorageError:
+            nonlocal running, held
+            data = None
+            try:
+                data = self.get_at_most(check_key(key), max_bytes)
+            except (MissingKey, ObjectTooLarge) as refused:
+                data = refused
+            except ValueError as invalid:
+                data = InvalidKey(str(invalid))
+            finally:  # counted before the future's result is set, so the caller sees the counts first
+                with state:
+                    running -= 1
+                    held += len(data) if isinstance(data, bytes) else 0
+                    state.notify()
+            return data
+
+        def full() -> bool:
+            return len(pending) >= ahead or held >= ahead_bytes
+
+        def take() -> tuple[str, bytes | StorageError]:
+            nonlocal held
+            key, future = pending.popleft()
+            data = future.result()
+            if isinstance(data, bytes):
+                with state:
+                    held -= len(data)
+            return key, data
 
         with ThreadPoolExecutor(threads, thread_name_prefix="storage-read") as pool:
             pending: deque = deque()
@@ -163,17 +232,17 @@ class Storage(ABC):
                 # A read starts only when a thread is free for it (queued reads would all run, whatever
                 # the caller takes) and the data held is under both limits.
                 while pending:
-                    if len(pending) >= ahead or held(pending) >= ahead_bytes:
-                        done_key, data = pending.popleft()
-                        yield done_key, data.result()
-                    elif len(busy := [data for _, data in pending if not data.done()]) >= threads:
-                        wait(busy, return_when=FIRST_COMPLETED)
-                    else:
-                        break
+                    with state:
+                        while not full() and running >= threads:
+                            state.wait()
+                        if not full():
+                            break
+                    yield take()
+                with state:
+                    running += 1
                 pending.append((key, pool.submit(read, key)))
             while pending:
-                key, data = pending.popleft()
-                yield key, data.result()
+                yield take()
 
     def put_json(self, key: str, value: Any) -> None:
         self.put(key, json.dumps(value, indent=2, sort_keys=True).encode())
@@ -192,9 +261,10 @@ class Storage(ABC):
 class LocalStorage(Storage):
     """Objects as files under a root directory."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, read_threads: int = READ_THREADS) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.read_threads = read_threads
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -270,6 +340,27 @@ class LocalStorage(Storage):
             raise MissingKey(key) from None
         raise ObjectTooLarge(key, size, max_bytes)
 
+    def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+        if max_bytes < 1:
+            raise ValueError(f"get_head reads at least one byte, not {max_bytes}")
+        try:
+            with open(self.path(key), "rb") as file:
+                return file.read(max_bytes), os.fstat(file.fileno()).st_size
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MissingKey(key) from None
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str, part_size: int = PART_SIZE) -> Iterator[Writer]:
+        # Appends to a temporary file beside the key, renamed onto it at the end: atomic, as put is.
+        tmp = self._temporary(key, b"")
+        try:
+            with open(tmp, "ab") as file:
+                yield _FileWriter(file, key)
+            with _os_errors(key):
+                os.replace(tmp, self.path(key))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -299,6 +390,17 @@ class LocalStorage(Storage):
         return str(self.root)
 
 
+class _FileWriter:
+    """Appends to an open file; a full disk is StorageFull, as in put."""
+
+    def __init__(self, file: io.BufferedWriter, key: str) -> None:
+        self.file, self.key = file, key
+
+    def write(self, data: bytes) -> None:
+        with _os_errors(self.key):
+            self.file.write(data)
+
+
 class S3Storage(Storage):
     """Objects in one bucket of any S3-compatible server (AWS, MinIO, Ceph, SeaweedFS)."""
 
@@ -312,6 +414,7 @@ class S3Storage(Storage):
         page_size: int = 1000,
         multipart_threshold: int = 16 * 1024 * 1024,
         max_attempts: int = 5,
+        read_threads: int = READ_THREADS,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -320,6 +423,7 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.page_size = page_size
+        self.read_threads = read_threads
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint_url or None,
@@ -328,7 +432,10 @@ class S3Storage(Storage):
             region_name=region,
             # botocore's standard mode retries throttling, 5xx and connection errors with backoff.
             config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
-                          s3={"addressing_style": "path"}),
+                          s3={"addressing_style": "path"},
+                          # A connection for each read in flight, and botocore's default 10 for the rest
+                          # of the process: past its pool, botocore opens and drops a connection per request.
+                          max_pool_connections=read_threads + 10),
         )
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=multipart_threshold)
@@ -405,6 +512,46 @@ class S3Storage(Storage):
             body.close()
         raise ObjectTooLarge(key, size, max_bytes)
 
+    def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+        from botocore.exceptions import ClientError
+
+        if max_bytes < 1:
+            raise ValueError(f"get_head reads at least one byte, not {max_bytes}")
+        # One ranged GET: the total size comes back in Content-Range ("bytes 0-N/TOTAL").
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{max_bytes - 1}")
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(key) from None
+            if code == "InvalidRange":  # no byte 0: the object is empty
+                return b"", 0
+            raise StorageError(f"cannot read {key}: {err}") from err
+        body = response["Body"]
+        try:
+            head = body.read(max_bytes)
+        finally:
+            body.close()  # a server that ignored the range: the rest is not downloaded
+        content_range = response.get("ContentRange", "")
+        return head, int(content_range.rpartition("/")[2]) if content_range else response["ContentLength"]
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str, part_size: int = PART_SIZE) -> Iterator[Writer]:
+        from botocore.exceptions import ClientError
+
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"S3 parts are at least {MIN_PART_SIZE} bytes, not {part_size}")
+        writer = _MultipartWriter(self, check_key(key), part_size)
+        try:
+            yield writer
+            writer.close()
+        except ClientError as err:
+            writer.abort()
+            raise StorageError(f"cannot write {key}: {err}") from err
+        except BaseException:
+            writer.abort()
+            raise
+
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
@@ -431,6 +578,56 @@ class S3Storage(Storage):
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"
 
 
+class _MultipartWriter:
+    """An S3 object written in parts of part_size bytes, holding at most one part: a multipart upload
+    begun with the first full part; output that never fills one is a plain put (an empty object too)."""
+
+    def __init__(self, storage: S3Storage, key: str, part_size: int) -> None:
+        self.storage, self.key, self.part_size = storage, key, part_size
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < self.part_size:
+            return
+        # Every part the same size (some S3 servers ask for that), the rest kept for the next one.
+        sent = 0
+        with memoryview(self.buffer) as view:
+            while len(self.buffer) - sent >= self.part_size:
+                self._upload_part(bytes(view[sent:sent + self.part_size]))
+                sent += self.part_size
+        del self.buffer[:sent]
+
+    def _upload_part(self, data: bytes) -> None:
+        client, bucket = self.storage.client, self.storage.bucket
+        if self.upload_id is None:
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        answer = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                                    Body=data)
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def close(self) -> None:
+        """Make the object visible: the last part and the completion, or a plain put."""
+        if self.upload_id is None:
+            self.storage.client.put_object(Bucket=self.storage.bucket, Key=self.key, Body=bytes(self.buffer))
+            return
+        if self.buffer:
+            self._upload_part(bytes(self.buffer))
+        self.storage.client.complete_multipart_upload(Bucket=self.storage.bucket, Key=self.key,
+                                                      UploadId=self.upload_id,
+                                                      MultipartUpload={"Parts": self.parts})
+
+    def abort(self) -> None:
+        """Drop the parts uploaded so far (they are stored, and billed, until aborted)."""
+        if self.upload_id is not None:
+            with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                self.storage.client.abort_multipart_upload(Bucket=self.storage.bucket, Key=self.key,
+                                                           UploadId=self.upload_id)
+
+
 def storage_from_settings(settings) -> Storage:
     """The storage the settings name: S3 when an endpoint is configured, else data_dir/storage."""
     if settings.uses_s3:
@@ -440,7 +637,8 @@ def storage_from_settings(settings) -> Storage:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
             region=settings.s3_region,
+            read_threads=settings.read_threads,
         )
         storage.ensure_bucket()
         return storage
-    return LocalStorage(Path(settings.data_dir) / "storage")
+    return LocalStorage(Path(settings.data_dir) / "storage", read_threads=settings.read_threads)
