@@ -415,6 +415,7 @@ class S3Storage(Storage):
         multipart_threshold: int = 16 * 1024 * 1024,
         max_attempts: int = 5,
         read_threads: int = READ_THREADS,
+        reader: str = "obstore",
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -424,6 +425,8 @@ class S3Storage(Storage):
         self.endpoint_url = endpoint_url
         self.page_size = page_size
         self.read_threads = read_threads
+        self._reader = _PhotoReader(bucket, endpoint_url, access_key_id, secret_access_key, region, max_attempts,
+                                    read_threads) if reader == "obstore" else None
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint_url or None,
@@ -491,6 +494,8 @@ class S3Storage(Storage):
     def get_at_most(self, key: str, max_bytes: int) -> bytes:
         from botocore.exceptions import ClientError
 
+        if self._reader is not None and self._reader.usable():
+            return self._reader.get_at_most(check_key(key), max_bytes)
         # One GET whose headers say the size before the body is read: an object over the limit is
         # refused and its connection closed without downloading it (a HEAD first would double the
         # requests for every photo). The read is bounded too, in case the server's length was wrong.
@@ -517,6 +522,8 @@ class S3Storage(Storage):
 
         if max_bytes < 1:
             raise ValueError(f"get_head reads at least one byte, not {max_bytes}")
+        if self._reader is not None and self._reader.usable():
+            return self._reader.get_head(check_key(key), max_bytes)
         # One ranged GET: the total size comes back in Content-Range ("bytes 0-N/TOTAL").
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{max_bytes - 1}")
@@ -576,6 +583,87 @@ class S3Storage(Storage):
 
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"
+
+
+# The process that first read through obstore: its runtime's threads do not survive a fork, and a process
+# forked from this one would hang on its first read (celery's pool children, the decoding pool).
+_obstore_process: int | None = None
+
+
+class _PhotoReader:
+    """Photo reads (get_at_most, get_head) through obstore, Rust's object_store: a small GET costs the reading
+    process 0.14 ms of CPU against boto3's 1.1 ms (bench/results/storage_client.json), so a worker's reads
+    do not take its Python thread from the pipeline. Everything else stays on boto3. Made in the process
+    that first uses it; a process forked from one that used it reads with boto3 (see usable)."""
+
+    def __init__(self, bucket: str, endpoint_url: str | None, access_key_id: str | None,
+                 secret_access_key: str | None, region: str, max_attempts: int, connections: int) -> None:
+        self.settings = (bucket, endpoint_url, access_key_id, secret_access_key, region, max_attempts, connections)
+        self._store = None
+        self._lock = threading.Lock()
+
+    def usable(self) -> bool:
+        """Whether this process may read through obstore: installed, and not forked from a process that did."""
+        global _obstore_process
+        if _obstore_process not in (None, os.getpid()):
+            return False
+        with self._lock:
+            if self._store is None:
+                try:
+                    self._store = self._open()
+                except ImportError:
+                    return False
+            _obstore_process = os.getpid()
+        return True
+
+    def _open(self):
+        from obstore.store import S3Store
+
+        bucket, endpoint_url, access_key_id, secret_access_key, region, max_attempts, connections = self.settings
+        if access_key_id:
+            credentials = {"access_key_id": access_key_id, "secret_access_key": secret_access_key}
+        else:  # boto3's chain (environment, profile, instance or pod role), as the boto3 client has
+            import boto3
+            from obstore.auth.boto3 import Boto3CredentialProvider
+
+            credentials = {"credential_provider": Boto3CredentialProvider(boto3.Session(region_name=region))}
+        return S3Store(bucket, region=region, virtual_hosted_style_request=False,
+                       **({"endpoint": endpoint_url} if endpoint_url else {}), **credentials,
+                       client_options={"allow_http": bool(endpoint_url and endpoint_url.startswith("http:")),
+                                       "pool_max_idle_per_host": str(connections + 10)},
+                       retry_config={"max_retries": max_attempts - 1})
+
+    def _get(self, key: str, options: dict | None = None):
+        import obstore
+        from obstore.exceptions import BaseError
+
+        try:
+            return obstore.get(self._store, key, options=options)
+        except FileNotFoundError:
+            raise MissingKey(key) from None
+        except BaseError as err:
+            if "416" in str(err).splitlines()[0]:  # a range of an empty object: not satisfiable
+                raise _EmptyObject from None
+            raise StorageError(f"cannot read {key}: {str(err).splitlines()[0][:300]}") from None
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        # The size comes with the answer's headers: an object over the limit is dropped unread.
+        answer = self._get(key)
+        size = answer.meta["size"]
+        if size > max_bytes:
+            raise ObjectTooLarge(key, size, max_bytes)
+        return bytes(answer.bytes())
+
+    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
+        try:
+            answer = self._get(key, {"range": (0, max_bytes)})
+        except _EmptyObject:
+            return b"", 0
+        return bytes(answer.bytes()), answer.meta["size"]
+
+
+class _EmptyObject(Exception):
+    """A range of an object with no bytes was asked for."""
 
 
 class _MultipartWriter:

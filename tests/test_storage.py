@@ -3,6 +3,7 @@ real SeaweedFS server."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -16,14 +17,19 @@ from pipeline.decode import MAX_BYTES as DECODER_MAX_BYTES
 from pipeline.storage import InvalidKey, LocalStorage, MissingKey, ObjectTooLarge, S3Storage, Storage, StorageError
 
 S3 = pytest.param("s3", marks=pytest.mark.system)  # a real SeaweedFS: the system tier
+# S3 with every read through boto3: what a process forked from one that read through obstore uses.
+S3_BOTO3 = pytest.param("s3-boto3", marks=pytest.mark.system)
 
 MB = 1024 * 1024
 
 
-@pytest.fixture(params=["local", S3])
+@pytest.fixture(params=["local", S3, S3_BOTO3])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "store")
+    if request.param == "s3-boto3":
+        return same_bucket(request.getfixturevalue("s3_storage"), request.getfixturevalue("seaweedfs"),
+                           reader="boto3")
     return request.getfixturevalue("s3_storage")
 
 
@@ -460,13 +466,16 @@ def test_get_head_of_a_missing_or_invalid_key_fails_as_get_does(storage: Storage
         storage.get_head("../inbox/a/b.jpg")
 
 
-def test_s3_get_head_is_one_ranged_get(s3_storage: S3Storage) -> None:
+@pytest.mark.parametrize("reader", ["obstore", "boto3"])
+def test_s3_get_head_is_one_ranged_get(s3_storage: S3Storage, seaweedfs: dict[str, str], reader: str) -> None:
+    from bench.s3_proxy import S3Proxy
+
     s3_storage.put("inbox/large.jpg", HEAD_CASES["large.jpg"])
-    calls = []
-    s3_storage.client.meta.events.register("before-call.s3", lambda model, params, **_: calls.append(
-        (model.name, params["headers"].get("Range"))))
-    assert s3_storage.get_head("inbox/large.jpg", max_bytes=100)[1] == len(HEAD_CASES["large.jpg"])
-    assert calls == [("GetObject", "bytes=0-99")]
+    with S3Proxy(seaweedfs["endpoint_url"]) as proxy:  # counts the requests that reach the server
+        counted = S3Storage(s3_storage.bucket, **{**seaweedfs, "endpoint_url": proxy.url}, reader=reader)
+        assert counted.get_head("inbox/large.jpg", max_bytes=100) == (HEAD_CASES["large.jpg"][:100],
+                                                                      len(HEAD_CASES["large.jpg"]))
+        assert proxy.counts() == {"GET range": 1}
 
 
 def test_writer_writes_exactly_the_bytes_written_in_pieces(storage: Storage) -> None:
@@ -536,3 +545,24 @@ def test_writer_refuses_an_invalid_key_before_writing(storage: Storage) -> None:
     with pytest.raises(InvalidKey), storage.open_writer("../escape.jsonl") as writer:
         writer.write(b"x")
     assert list(storage.list()) == []
+
+
+def read_in_this_process(storage: S3Storage, keys: list[str], answers: multiprocessing.Queue) -> None:
+    answers.put([(key, data) for key, data in storage.get_many(keys)] + [storage.get_head(keys[0], 2)])
+
+
+def test_s3_reads_in_a_process_forked_from_one_that_read(s3_storage: S3Storage) -> None:
+    # Celery's pool children are forked from the worker, decoding processes from a pool child; obstore's
+    # runtime does not survive a fork, so a forked child reads with boto3 instead of hanging.
+    keys = [f"inbox/{i}.jpg" for i in range(20)]
+    for key in keys:
+        s3_storage.put(key, key.encode())
+    assert dict(s3_storage.get_many(keys)) == {key: key.encode() for key in keys}  # this process's reads
+    answers = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(target=read_in_this_process, args=(s3_storage, keys, answers))
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked process did not read (hung, or failed)"
+    assert answers.get(timeout=5) == [(key, key.encode()) for key in keys] + [(b"in", len(keys[0]))]
