@@ -14,7 +14,7 @@ import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,6 +191,18 @@ class Storage(ABC):
         (default: twice the threads) and about `ahead_bytes` of read data before the caller: a remote
         store answers one request at a time far slower than it answers several, and 64 photos of 50 MB
         must not all be held at once."""
+        return self._read_many(keys, lambda key: self.get_at_most(key, max_bytes), len, threads, ahead, ahead_bytes)
+
+    def get_heads(self, keys: Iterable[str], max_bytes: int = HEAD_BYTES, threads: int | None = None,
+                  ahead: int | None = None) -> Iterator[tuple[str, tuple[bytes, int] | StorageError]]:
+        """(key, (first bytes, size)) for each key, in order: get_head of each, read as get_many reads (one
+        request a key, `threads` in flight), with a key's own error (MissingKey, InvalidKey) in place."""
+        return self._read_many(keys, lambda key: self.get_head(key, max_bytes), lambda head: len(head[0]),
+                               threads, ahead, 256 * 1024 * 1024)
+
+    def _read_many(self, keys: Iterable[str], read_one: Callable[[str], Any], size_of: Callable[[Any], int],
+                   threads: int | None, ahead: int | None, ahead_bytes: int) -> Iterator[tuple[str, Any]]:
+        """read_one(key) for each key, in order, on threads (get_many says how)."""
         threads = threads or self.read_threads
         ahead = max(ahead or 2 * threads, 1)
         # Reads running and bytes read but not yet taken, kept as counts (not recomputed from the reads
@@ -198,11 +210,11 @@ class Storage(ABC):
         state = threading.Condition()
         running, held = 0, 0
 
-        def read(key: str) -> bytes | StorageError:
+        def read(key: str) -> Any:
             nonlocal running, held
             data = None
             try:
-                data = self.get_at_most(check_key(key), max_bytes)
+                data = read_one(check_key(key))
             except (MissingKey, ObjectTooLarge) as refused:
                 data = refused
             except ValueError as invalid:
@@ -210,20 +222,20 @@ class Storage(ABC):
             finally:  # counted before the future's result is set, so the caller sees the counts first
                 with state:
                     running -= 1
-                    held += len(data) if isinstance(data, bytes) else 0
+                    held += size_of(data) if data is not None and not isinstance(data, StorageError) else 0
                     state.notify()
             return data
 
         def full() -> bool:
             return len(pending) >= ahead or held >= ahead_bytes
 
-        def take() -> tuple[str, bytes | StorageError]:
+        def take() -> tuple[str, Any]:
             nonlocal held
             key, future = pending.popleft()
             data = future.result()
-            if isinstance(data, bytes):
+            if not isinstance(data, StorageError):
                 with state:
-                    held -= len(data)
+                    held -= size_of(data)
             return key, data
 
         with ThreadPoolExecutor(threads, thread_name_prefix="storage-read") as pool:

@@ -475,7 +475,7 @@ def test_s3_get_head_is_one_ranged_get(s3_storage: S3Storage, seaweedfs: dict[st
         counted = S3Storage(s3_storage.bucket, **{**seaweedfs, "endpoint_url": proxy.url}, reader=reader)
         assert counted.get_head("inbox/large.jpg", max_bytes=100) == (HEAD_CASES["large.jpg"][:100],
                                                                       len(HEAD_CASES["large.jpg"]))
-        assert proxy.counts() == {"GET range": 1}
+        assert proxy.counts() == {"GET range inbox": 1}
 
 
 def test_writer_writes_exactly_the_bytes_written_in_pieces(storage: Storage) -> None:
@@ -566,3 +566,15 @@ def test_s3_reads_in_a_process_forked_from_one_that_read(s3_storage: S3Storage) 
         child.kill()
     assert child.exitcode == 0, "the forked process did not read (hung, or failed)"
     assert answers.get(timeout=5) == [(key, key.encode()) for key in keys] + [(b"in", len(keys[0]))]
+
+
+def test_get_heads_reads_each_keys_head_and_size_in_order_with_each_keys_error(storage: Storage) -> None:
+    for key, data in HEAD_CASES.items():
+        storage.put(f"inbox/{key}", data)
+    keys = [f"inbox/{key}" for key in HEAD_CASES] * 20 + ["inbox/none.jpg", "inbox//bad.jpg"]
+    read = list(storage.get_heads(keys, max_bytes=100, threads=16))
+    assert [key for key, _ in read] == keys
+    for key, head in read[:-2]:
+        whole = HEAD_CASES[key.removeprefix("inbox/")]
+        assert head == (whole[:100], len(whole)), key
+    assert isinstance(read[-2][1], MissingKey) and isinstance(read[-1][1], InvalidKey)
