@@ -151,6 +151,9 @@ class S3Proxy:
             threading.Thread(target=self._serve, args=(client,), name="s3-proxy-connection", daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        # Heads and bodies go out in separate writes: with Nagle's algorithm on, each small second write
+        # waits for the peer's delayed ACK, 40 ms a request.
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         upstream: socket.socket | None = None
         incoming = _Stream(client)
         try:
@@ -169,6 +172,7 @@ class S3Proxy:
                     time.sleep(self.delay_s)
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream)
+                    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     answers = _Stream(upstream)
                 upstream.sendall(head)
                 if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
