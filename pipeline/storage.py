@@ -164,8 +164,8 @@ class Storage(ABC):
         return self.get(key)
 
     def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
-        """The object's first max_bytes bytes (all of it if smaller) and its whole size, in one request;
-        raise MissingKey if there is none."""
+        """The object's first max_bytes bytes (all of it if smaller) and its whole size, in one request on
+        each backend (this default takes two); raise MissingKey if there is none."""
         size = self.size(key)
         return self.get(key)[:max_bytes], size
 
