@@ -57,6 +57,7 @@ class Settings:
     queue_interactive: str = "interactive"
     chunk_size: int = 256
     job_window: int = 4
+    # Storage reads a process keeps in flight (Storage.get_many), and S3 connections to match.
     read_threads: int = 32
     worker_max_memory_mb: int = 8192
     task_max_retries: int = 3

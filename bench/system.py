@@ -24,14 +24,16 @@ API_KEY_ENTRIES = config_entry("bench", "admin", API_KEY)
 
 
 def system_env(redis_url: str, bucket: str, data_dir: Path, **settings: str) -> dict[str, str]:
-    """The processes' environment: this machine's, less any facerec settings, plus the given ones."""
-    return environment(
-        REDIS_URL=redis_url, S3_ENDPOINT_URL=S3["endpoint_url"], S3_ACCESS_KEY_ID=S3["access_key_id"],
-        S3_SECRET_ACCESS_KEY=S3["secret_access_key"], S3_BUCKET=bucket, FACEREC_API_KEYS=API_KEY_ENTRIES,
-        FACEREC_DATA_DIR=str(data_dir),
+    """The processes' environment: this machine's, less any facerec settings, plus the given ones (which may
+    replace these, S3_ENDPOINT_URL for one)."""
+    return environment(**{
+        "REDIS_URL": redis_url, "S3_ENDPOINT_URL": S3["endpoint_url"], "S3_ACCESS_KEY_ID": S3["access_key_id"],
+        "S3_SECRET_ACCESS_KEY": S3["secret_access_key"], "S3_BUCKET": bucket, "FACEREC_API_KEYS": API_KEY_ENTRIES,
+        "FACEREC_DATA_DIR": str(data_dir),
         # Converted model weights are one-off set-up: keep using the usual cache.
-        FACEREC_CACHE_DIR=str(load_settings().cache_dir), FACEREC_DATASETS=str(load_settings().datasets_dir),
-        **settings)
+        "FACEREC_CACHE_DIR": str(load_settings().cache_dir),
+        "FACEREC_DATASETS": str(load_settings().datasets_dir),
+        **settings})
 
 
 class BenchSystem(Processes):

@@ -11,12 +11,13 @@ import io
 import json
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from pipeline.decode import MAX_BYTES as MAX_PHOTO_BYTES
 
@@ -52,6 +53,16 @@ class StorageFull(StorageError):
     """The disk under local storage (or the embedded broker) is full: nothing more can be written until
     space is freed."""
 
+
+# Reads a process keeps in flight by default (FACEREC_READ_THREADS): at 20 ms a request, 32 reads move
+# 1,600 photos/s, more than one worker process's host work lets it use (README, GPU workers;
+# bench/results/storage_client.json measures it).
+READ_THREADS = 32
+# A streaming writer's part: S3 takes at least 5 MiB for every part but the last.
+PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024
+# What get_head reads by default: enough for a JPEG's, PNG's or WebP's header and EXIF orientation.
+HEAD_BYTES = 64 * 1024
 
 # Every backend takes the strictest bounds of them all, so a key valid on one is valid on every other:
 # a file system's name length (255 bytes a segment, ext4 and most others) and S3's key length.
@@ -92,8 +103,26 @@ def _os_errors(key: str) -> Iterator[None]:
         raise
 
 
+class Writer(Protocol):
+    """What open_writer yields: the object's bytes, written in order."""
+
+    def write(self, data: bytes) -> None: ...
+
+
+class _MemoryWriter:
+    """A writer that holds everything written, for backends with no streaming write of their own."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+
 class Storage(ABC):
     """Bytes under string keys. Writes are whole-object and atomic."""
+
+    read_threads = READ_THREADS  # get_many's reads in flight unless the caller says otherwise
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -144,7 +173,23 @@ class Storage(ABC):
             raise ObjectTooLarge(key, size, max_bytes)
         return self.get(key)
 
-    def get_many(self, keys: Iterable[str], threads: int = 8, ahead: int = 64, *,
+    def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+        """The object's first max_bytes bytes (all of it if smaller) and its whole size, in one request on
+        each backend (this default takes two); raise MissingKey if there is none."""
+        size = self.size(key)
+        return self.get(key)[:max_bytes], size
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str, part_size: int = PART_SIZE) -> Iterator[Writer]:
+        """A writer for an object too large to hold: what is written appears under key, whole, when the
+        block ends without an error, and nothing does if it raises. Backends stream it (a multipart
+        upload, a temporary file); this default holds it in memory and puts it at the end."""
+        check_key(key)
+        writer = _MemoryWriter()
+        yield writer
+        self.put(key, b"".join(writer.parts))
+
+    def get_many(self, keys: Iterable[str], threads: int | None = None, ahead: int | None = None, *,
                  max_bytes: int = MAX_PHOTO_BYTES, ahead_bytes: int = 256 * 1024 * 1024
                  ) -> Iterator[tuple[str, bytes | StorageError]]:
         """(key, data) for each key, in order. A key that cannot be read for a reason of its own comes
@@ -152,20 +197,56 @@ class Storage(ABC):
         decoder's limit by default: refused by its size, never downloaded) or InvalidKey. Each error's
         str() is a message for the user. Errors of the store itself (unreachable, refused) are raised.
 
-        Reads run on a few threads, at most `ahead` keys and about `ahead_bytes` of read data before
-        the caller: a remote store answers one request at a time far slower than it answers several,
-        and 64 photos of 50 MB must not all be held at once."""
-        def read(key: str) -> bytes | StorageError:
-            try:
-                return self.get_at_most(check_key(key), max_bytes)
-            except (MissingKey, ObjectTooLarge) as refused:
-                return refused
-            except ValueError as invalid:
-                return InvalidKey(str(invalid))
+        Reads run on `threads` threads (default: the storage's read_threads), at most `ahead` keys
+        (default: twice the threads) and about `ahead_bytes` of read data before the caller: a remote
+        store answers one request at a time far slower than it answers several, and 64 photos of 50 MB
+        must not all be held at once."""
+        return self._read_many(keys, lambda key: self.get_at_most(key, max_bytes), len, threads, ahead, ahead_bytes)
 
-        def held(pending: deque) -> int:
-            return sum(len(data.result()) for _, data in pending
-                       if data.done() and data.exception() is None and isinstance(data.result(), bytes))
+    def get_heads(self, keys: Iterable[str], max_bytes: int = HEAD_BYTES, threads: int | None = None,
+                  ahead: int | None = None) -> Iterator[tuple[str, tuple[bytes, int] | StorageError]]:
+        """(key, (first bytes, size)) for each key, in order: get_head of each, read as get_many reads (one
+        request a key, `threads` in flight), with a key's own error (MissingKey, InvalidKey) in place."""
+        return self._read_many(keys, lambda key: self.get_head(key, max_bytes), lambda head: len(head[0]),
+                               threads, ahead, 256 * 1024 * 1024)
+
+    def _read_many(self, keys: Iterable[str], read_one: Callable[[str], Any], size_of: Callable[[Any], int],
+                   threads: int | None, ahead: int | None, ahead_bytes: int) -> Iterator[tuple[str, Any]]:
+        """read_one(key) for each key, in order, on threads (get_many says how)."""
+        threads = threads or self.read_threads
+        ahead = max(ahead or 2 * threads, 1)
+        # Reads running and bytes read but not yet taken, kept as counts (not recomputed from the reads
+        # pending, which costs a scan per key: half a millisecond a photo at 128 threads).
+        state = threading.Condition()
+        running, held = 0, 0
+
+        def read(key: str) -> Any:
+            nonlocal running, held
+            data = None
+            try:
+                data = read_one(check_key(key))
+            except (MissingKey, ObjectTooLarge) as refused:
+                data = refused
+            except ValueError as invalid:
+                data = InvalidKey(str(invalid))
+            finally:  # counted before the future's result is set, so the caller sees the counts first
+                with state:
+                    running -= 1
+                    held += size_of(data) if data is not None and not isinstance(data, StorageError) else 0
+                    state.notify()
+            return data
+
+        def full() -> bool:
+            return len(pending) >= ahead or held >= ahead_bytes
+
+        def take() -> tuple[str, Any]:
+            nonlocal held
+            key, future = pending.popleft()
+            data = future.result()
+            if not isinstance(data, StorageError):
+                with state:
+                    held -= size_of(data)
+            return key, data
 
         with ThreadPoolExecutor(threads, thread_name_prefix="storage-read") as pool:
             pending: deque = deque()
@@ -173,17 +254,17 @@ class Storage(ABC):
                 # A read starts only when a thread is free for it (queued reads would all run, whatever
                 # the caller takes) and the data held is under both limits.
                 while pending:
-                    if len(pending) >= ahead or held(pending) >= ahead_bytes:
-                        done_key, data = pending.popleft()
-                        yield done_key, data.result()
-                    elif len(busy := [data for _, data in pending if not data.done()]) >= threads:
-                        wait(busy, return_when=FIRST_COMPLETED)
-                    else:
-                        break
+                    with state:
+                        while not full() and running >= threads:
+                            state.wait()
+                        if not full():
+                            break
+                    yield take()
+                with state:
+                    running += 1
                 pending.append((key, pool.submit(read, key)))
             while pending:
-                key, data = pending.popleft()
-                yield key, data.result()
+                yield take()
 
     def put_json(self, key: str, value: Any) -> None:
         self.put(key, json.dumps(value, indent=2, sort_keys=True).encode())
@@ -198,20 +279,6 @@ class Storage(ABC):
         """The object's lines as it is read (a manifest of a million keys is never held whole)."""
         yield from self.get(key).splitlines()
 
-    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
-        """The object's first max_bytes and its whole size, in one request where the store allows."""
-        data = self.get(key)
-        return data[:max_bytes], len(data)
-
-    @contextlib.contextmanager
-    def open_writer(self, key: str) -> Iterator[BinaryIO]:
-        """A file to write an object too large to hold in memory (a million results): it is spooled to a
-        temporary file and stored under key when the block ends, or not at all if it raises."""
-        with tempfile.NamedTemporaryFile(prefix="facerec-out-") as spool:
-            yield spool
-            spool.flush()
-            self.put_file(key, spool.name)
-
     def describe(self) -> str:
         """Where the objects live, for people reading the output."""
         return type(self).__name__
@@ -220,9 +287,10 @@ class Storage(ABC):
 class LocalStorage(Storage):
     """Objects as files under a root directory."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, read_threads: int = READ_THREADS) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.read_threads = read_threads
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -298,15 +366,29 @@ class LocalStorage(Storage):
             raise MissingKey(key) from None
         raise ObjectTooLarge(key, size, max_bytes)
 
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
+    def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+        if max_bytes < 1:
+            raise ValueError(f"get_head reads at least one byte, not {max_bytes}")
         try:
             with open(self.path(key), "rb") as file:
                 return file.read(max_bytes), os.fstat(file.fileno()).st_size
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MissingKey(key) from None
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str, part_size: int = PART_SIZE) -> Iterator[Writer]:
+        # Appends to a temporary file beside the key, renamed onto it at the end: atomic, as put is.
+        tmp = self._temporary(key, b"")
+        try:
+            with open(tmp, "ab") as file:
+                yield _FileWriter(file, key)
+            with _os_errors(key):
+                os.replace(tmp, self.path(key))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
 
     def read_lines(self, key: str) -> Iterator[bytes]:
         try:
@@ -315,21 +397,6 @@ class LocalStorage(Storage):
                     yield line.rstrip(b"\r\n")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MissingKey(key) from None
-
-    @contextlib.contextmanager
-    def open_writer(self, key: str) -> Iterator[BinaryIO]:
-        # A temporary file beside the object, renamed into place: readers never see half of it.
-        path = self._make_parent(key)
-        with _os_errors(key):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as file, _os_errors(key):
-                yield file
-            with _os_errors(key):
-                os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def list(self, prefix: str = "") -> Iterator[str]:
         # Walk only the folder the prefix names, not the whole store (datasets, jobs and models).
@@ -388,6 +455,17 @@ class LocalStorage(Storage):
         return str(self.root)
 
 
+class _FileWriter:
+    """Appends to an open file; a full disk is StorageFull, as in put."""
+
+    def __init__(self, file: io.BufferedWriter, key: str) -> None:
+        self.file, self.key = file, key
+
+    def write(self, data: bytes) -> None:
+        with _os_errors(self.key):
+            self.file.write(data)
+
+
 class S3Storage(Storage):
     """Objects in one bucket of any S3-compatible server (AWS, MinIO, Ceph, SeaweedFS)."""
 
@@ -401,6 +479,8 @@ class S3Storage(Storage):
         page_size: int = 1000,
         multipart_threshold: int = 16 * 1024 * 1024,
         max_attempts: int = 5,
+        read_threads: int = READ_THREADS,
+        reader: str = "obstore",
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -409,6 +489,9 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.page_size = page_size
+        self.read_threads = read_threads
+        self._reader = _PhotoReader(bucket, endpoint_url, access_key_id, secret_access_key, region, max_attempts,
+                                    read_threads) if reader == "obstore" else None
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint_url or None,
@@ -417,7 +500,10 @@ class S3Storage(Storage):
             region_name=region,
             # botocore's standard mode retries throttling, 5xx and connection errors with backoff.
             config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
-                          s3={"addressing_style": "path"}),
+                          s3={"addressing_style": "path"},
+                          # A connection for each read in flight, and botocore's default 10 for the rest
+                          # of the process: past its pool, botocore opens and drops a connection per request.
+                          max_pool_connections=read_threads + 10),
         )
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=multipart_threshold)
@@ -449,22 +535,6 @@ class S3Storage(Storage):
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.client.upload_file(str(path), self.bucket, check_key(key), Config=self.transfer)
-
-    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{max_bytes - 1}")
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise MissingKey(key) from None
-            if code == "InvalidRange":  # an empty object
-                return b"", 0
-            raise StorageError(f"cannot read {key}: {err}") from err
-        total = answer.get("ContentRange", "").rpartition("/")[2]
-        data = answer["Body"].read()
-        return data, int(total) if total.isdigit() else len(data)
 
     def read_lines(self, key: str) -> Iterator[bytes]:
         from botocore.exceptions import ClientError
@@ -500,6 +570,8 @@ class S3Storage(Storage):
     def get_at_most(self, key: str, max_bytes: int) -> bytes:
         from botocore.exceptions import ClientError
 
+        if self._reader is not None and self._reader.usable():
+            return self._reader.get_at_most(check_key(key), max_bytes)
         # One GET whose headers say the size before the body is read: an object over the limit is
         # refused and its connection closed without downloading it (a HEAD first would double the
         # requests for every photo). The read is bounded too, in case the server's length was wrong.
@@ -520,6 +592,48 @@ class S3Storage(Storage):
         finally:
             body.close()
         raise ObjectTooLarge(key, size, max_bytes)
+
+    def get_head(self, key: str, max_bytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+        from botocore.exceptions import ClientError
+
+        if max_bytes < 1:
+            raise ValueError(f"get_head reads at least one byte, not {max_bytes}")
+        if self._reader is not None and self._reader.usable():
+            return self._reader.get_head(check_key(key), max_bytes)
+        # One ranged GET: the total size comes back in Content-Range ("bytes 0-N/TOTAL").
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=check_key(key), Range=f"bytes=0-{max_bytes - 1}")
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(key) from None
+            if code == "InvalidRange":  # no byte 0: the object is empty
+                return b"", 0
+            raise StorageError(f"cannot read {key}: {err}") from err
+        body = response["Body"]
+        try:
+            head = body.read(max_bytes)
+        finally:
+            body.close()  # a server that ignored the range: the rest is not downloaded
+        content_range = response.get("ContentRange", "")
+        return head, int(content_range.rpartition("/")[2]) if content_range else response["ContentLength"]
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str, part_size: int = PART_SIZE) -> Iterator[Writer]:
+        from botocore.exceptions import ClientError
+
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"S3 parts are at least {MIN_PART_SIZE} bytes, not {part_size}")
+        writer = _MultipartWriter(self, check_key(key), part_size)
+        try:
+            yield writer
+            writer.close()
+        except ClientError as err:
+            writer.abort()
+            raise StorageError(f"cannot write {key}: {err}") from err
+        except BaseException:
+            writer.abort()
+            raise
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -558,6 +672,137 @@ class S3Storage(Storage):
         return f"s3://{self.bucket} at {self.endpoint_url or 'AWS'}"
 
 
+# The process that first read through obstore: its runtime's threads do not survive a fork, and a process
+# forked from this one would hang on its first read (celery's pool children, the decoding pool).
+_obstore_process: int | None = None
+
+
+class _PhotoReader:
+    """Photo reads (get_at_most, get_head) through obstore, Rust's object_store: a small GET costs the reading
+    process 0.14 ms of CPU against boto3's 1.1 ms (bench/results/storage_client.json), so a worker's reads
+    do not take its Python thread from the pipeline. Everything else stays on boto3. Made in the process
+    that first uses it; a process forked from one that used it reads with boto3 (see usable)."""
+
+    def __init__(self, bucket: str, endpoint_url: str | None, access_key_id: str | None,
+                 secret_access_key: str | None, region: str, max_attempts: int, connections: int) -> None:
+        self.settings = (bucket, endpoint_url, access_key_id, secret_access_key, region, max_attempts, connections)
+        self._store = None
+        self._lock = threading.Lock()
+
+    def usable(self) -> bool:
+        """Whether this process may read through obstore: installed, and not forked from a process that did."""
+        global _obstore_process
+        if _obstore_process not in (None, os.getpid()):
+            return False
+        with self._lock:
+            if self._store is None:
+                try:
+                    self._store = self._open()
+                except ImportError:
+                    return False
+            _obstore_process = os.getpid()
+        return True
+
+    def _open(self):
+        from obstore.store import S3Store
+
+        bucket, endpoint_url, access_key_id, secret_access_key, region, max_attempts, connections = self.settings
+        if access_key_id:
+            credentials = {"access_key_id": access_key_id, "secret_access_key": secret_access_key}
+        else:  # boto3's chain (environment, profile, instance or pod role), as the boto3 client has
+            import boto3
+            from obstore.auth.boto3 import Boto3CredentialProvider
+
+            credentials = {"credential_provider": Boto3CredentialProvider(boto3.Session(region_name=region))}
+        return S3Store(bucket, region=region, virtual_hosted_style_request=False,
+                       **({"endpoint": endpoint_url} if endpoint_url else {}), **credentials,
+                       client_options={"allow_http": bool(endpoint_url and endpoint_url.startswith("http:")),
+                                       "pool_max_idle_per_host": str(connections + 10)},
+                       retry_config={"max_retries": max_attempts - 1})
+
+    def _get(self, key: str, options: dict | None = None):
+        import obstore
+        from obstore.exceptions import BaseError
+
+        try:
+            return obstore.get(self._store, key, options=options)
+        except FileNotFoundError:
+            raise MissingKey(key) from None
+        except BaseError as err:
+            if "416" in str(err).splitlines()[0]:  # a range of an empty object: not satisfiable
+                raise _EmptyObject from None
+            raise StorageError(f"cannot read {key}: {str(err).splitlines()[0][:300]}") from None
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        # The size comes with the answer's headers: an object over the limit is dropped unread.
+        answer = self._get(key)
+        size = answer.meta["size"]
+        if size > max_bytes:
+            raise ObjectTooLarge(key, size, max_bytes)
+        return bytes(answer.bytes())
+
+    def get_head(self, key: str, max_bytes: int) -> tuple[bytes, int]:
+        try:
+            answer = self._get(key, {"range": (0, max_bytes)})
+        except _EmptyObject:
+            return b"", 0
+        return bytes(answer.bytes()), answer.meta["size"]
+
+
+class _EmptyObject(Exception):
+    """A range of an object with no bytes was asked for."""
+
+
+class _MultipartWriter:
+    """An S3 object written in parts of part_size bytes, holding at most one part: a multipart upload
+    begun with the first full part; output that never fills one is a plain put (an empty object too)."""
+
+    def __init__(self, storage: S3Storage, key: str, part_size: int) -> None:
+        self.storage, self.key, self.part_size = storage, key, part_size
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < self.part_size:
+            return
+        # Every part the same size (some S3 servers ask for that), the rest kept for the next one.
+        sent = 0
+        with memoryview(self.buffer) as view:
+            while len(self.buffer) - sent >= self.part_size:
+                self._upload_part(bytes(view[sent:sent + self.part_size]))
+                sent += self.part_size
+        del self.buffer[:sent]
+
+    def _upload_part(self, data: bytes) -> None:
+        client, bucket = self.storage.client, self.storage.bucket
+        if self.upload_id is None:
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        answer = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                                    Body=data)
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def close(self) -> None:
+        """Make the object visible: the last part and the completion, or a plain put."""
+        if self.upload_id is None:
+            self.storage.client.put_object(Bucket=self.storage.bucket, Key=self.key, Body=bytes(self.buffer))
+            return
+        if self.buffer:
+            self._upload_part(bytes(self.buffer))
+        self.storage.client.complete_multipart_upload(Bucket=self.storage.bucket, Key=self.key,
+                                                      UploadId=self.upload_id,
+                                                      MultipartUpload={"Parts": self.parts})
+
+    def abort(self) -> None:
+        """Drop the parts uploaded so far (they are stored, and billed, until aborted)."""
+        if self.upload_id is not None:
+            with contextlib.suppress(Exception):  # the error that got us here is the one to report
+                self.storage.client.abort_multipart_upload(Bucket=self.storage.bucket, Key=self.key,
+                                                           UploadId=self.upload_id)
+
+
 def storage_from_settings(settings) -> Storage:
     """The storage the settings name: S3 when an endpoint is configured, else data_dir/storage."""
     if settings.uses_s3:
@@ -567,7 +812,8 @@ def storage_from_settings(settings) -> Storage:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
             region=settings.s3_region,
+            read_threads=settings.read_threads,
         )
         storage.ensure_bucket()
         return storage
-    return LocalStorage(Path(settings.data_dir) / "storage")
+    return LocalStorage(Path(settings.data_dir) / "storage", read_threads=settings.read_threads)

@@ -30,6 +30,7 @@ def test_the_worker_pipeline_takes_its_device_and_batch_sizes_from_the_environme
     ("FACEREC_PHOTO_BATCH", "-5", "FACEREC_PHOTO_BATCH must be at least 1"),
     ("FACEREC_DETECT_BATCH", "lots", "FACEREC_DETECT_BATCH must be an integer"),
     ("FACEREC_DECODE_PROCESSES", "-1", "FACEREC_DECODE_PROCESSES must be at least 0"),
+    ("FACEREC_READ_THREADS", "0", "FACEREC_READ_THREADS must be at least 1"),
 ])
 def test_a_bad_setting_is_refused_by_name(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
@@ -40,3 +41,12 @@ def test_a_bad_setting_is_refused_by_name(monkeypatch, name, value, message):
 def test_no_device_means_the_backends_choice(monkeypatch):
     monkeypatch.delenv("FACEREC_DEVICE", raising=False)
     assert load_settings().device == ""
+
+
+def test_the_storage_a_process_builds_keeps_the_reads_in_flight_it_is_configured_for(monkeypatch, tmp_path):
+    from pipeline.storage import storage_from_settings
+
+    monkeypatch.setenv("FACEREC_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("FACEREC_READ_THREADS", "96")
+    assert storage_from_settings(load_settings()).read_threads == 96

@@ -3,6 +3,7 @@ real SeaweedFS server."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -16,14 +17,19 @@ from pipeline.decode import MAX_BYTES as DECODER_MAX_BYTES
 from pipeline.storage import InvalidKey, LocalStorage, MissingKey, ObjectTooLarge, S3Storage, Storage, StorageError
 
 S3 = pytest.param("s3", marks=pytest.mark.system)  # a real SeaweedFS: the system tier
+# S3 with every read through boto3: what a process forked from one that read through obstore uses.
+S3_BOTO3 = pytest.param("s3-boto3", marks=pytest.mark.system)
 
 MB = 1024 * 1024
 
 
-@pytest.fixture(params=["local", S3])
+@pytest.fixture(params=["local", S3, S3_BOTO3])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "store")
+    if request.param == "s3-boto3":
+        return same_bucket(request.getfixturevalue("s3_storage"), request.getfixturevalue("seaweedfs"),
+                           reader="boto3")
     return request.getfixturevalue("s3_storage")
 
 
@@ -395,3 +401,228 @@ def test_local_storage_keeps_objects_as_files_under_its_root(tmp_path: Path) -> 
     storage.put("jobs/1/job.json", b"{}")
     assert (tmp_path / "store" / "jobs" / "1" / "job.json").read_bytes() == b"{}"
     assert LocalStorage(tmp_path / "store").get("jobs/1/job.json") == b"{}"  # a second instance sees it
+
+
+# -- reads in flight, headers, streaming writes ------------------------------------------------
+
+class SlowStorage(LocalStorage):
+    """Local storage whose every read takes 20 ms, as a request to S3 in-region does; it records the most
+    reads in flight at once."""
+
+    def __init__(self, root: Path, **options) -> None:
+        super().__init__(root, **options)
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            time.sleep(0.02)
+            return super().get_at_most(key, max_bytes)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_get_many_keeps_the_storages_reads_in_flight_to_hide_latency(tmp_path: Path) -> None:
+    storage = SlowStorage(tmp_path, read_threads=64)
+    keys = [f"inbox/{i:03d}.jpg" for i in range(640)]
+    for key in keys:
+        storage.put(key, key.encode())
+    started = time.perf_counter()
+    read = list(storage.get_many(keys))
+    elapsed = time.perf_counter() - started
+    assert [key for key, _ in read] == keys and all(data == key.encode() for key, data in read)
+    assert storage.most_running == 64
+    assert elapsed < 2.0, f"{elapsed:.2f} s: 640 reads of 20 ms on 64 threads take 0.2 s, on 8 threads 1.6 s"
+
+
+def test_get_many_on_many_threads_yields_in_order_with_each_keys_error(storage: Storage) -> None:
+    keys = [f"many/{i:03d}" for i in range(300)]
+    for i, key in enumerate(keys):
+        if i % 5:
+            storage.put(key, f"photo {i}".encode() * (i % 50))
+    keys[100] = "many//bad"
+    read = list(storage.get_many(keys, threads=64, max_bytes=40 * 8))
+    assert [key for key, _ in read] == keys
+    for i, (key, data) in enumerate(read):
+        if i == 100:
+            assert isinstance(data, InvalidKey)
+        elif i % 5 == 0:
+            assert isinstance(data, MissingKey) and key in str(data)
+        elif len(f"photo {i}") * (i % 50) > 40 * 8:
+            assert isinstance(data, ObjectTooLarge)
+        else:
+            assert data == f"photo {i}".encode() * (i % 50)
+
+
+class FailingStorage(LocalStorage):
+    """Local storage whose store fails (not a key's own problem) on one key."""
+
+    def get_at_most(self, key: str, max_bytes: int) -> bytes:
+        if key.endswith("/150"):
+            raise StorageError("the store is unreachable")
+        return super().get_at_most(key, max_bytes)
+
+
+def test_get_many_on_many_threads_raises_an_error_of_the_store_where_it_comes(tmp_path: Path) -> None:
+    storage = FailingStorage(tmp_path)
+    keys = [f"many/{i}" for i in range(300)]
+    for key in keys:
+        storage.put(key, b"x")
+    taken = []
+    with pytest.raises(StorageError, match="unreachable"):
+        for key, _ in storage.get_many(keys, threads=64):
+            taken.append(key)
+    assert taken == keys[:150]
+
+
+def test_s3_pool_has_a_connection_for_every_read_in_flight(s3_storage: S3Storage, seaweedfs: dict[str, str],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # Past botocore's pool (10 connections by default) each read opens a connection and drops it after.
+    keys = [f"inbox/{i:03d}" for i in range(200)]
+    for key in keys:
+        s3_storage.put(key, b"x" * 1000)
+    reader = same_bucket(s3_storage, seaweedfs, read_threads=48)
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"):
+        assert all(data == b"x" * 1000 for _, data in reader.get_many(keys))
+    assert "Connection pool is full" not in caplog.text
+
+
+HEAD_CASES = {"empty.jpg": b"", "small.jpg": b"\xff\xd8\xff" + b"a" * 97,
+              "exact.jpg": bytes(range(256)) * 4, "large.jpg": bytes(range(256)) * 800}
+
+
+def test_get_head_returns_the_first_bytes_and_the_size_that_get_returns(storage: Storage) -> None:
+    for key, data in HEAD_CASES.items():
+        storage.put(f"inbox/{key}", data)
+    for key in HEAD_CASES:
+        whole = storage.get(f"inbox/{key}")
+        assert storage.get_head(f"inbox/{key}", max_bytes=1024) == (whole[:1024], len(whole)), key
+        assert storage.get_head(f"inbox/{key}") == (whole[:65536], len(whole)), key
+
+
+def test_get_head_of_a_missing_or_invalid_key_fails_as_get_does(storage: Storage) -> None:
+    storage.put("inbox/a/b.jpg", b"x")
+    for missing in ("inbox/none.jpg", "inbox/a"):
+        with pytest.raises(MissingKey) as raised:
+            storage.get_head(missing)
+        assert missing in str(raised.value)
+    with pytest.raises(InvalidKey):
+        storage.get_head("../inbox/a/b.jpg")
+
+
+@pytest.mark.parametrize("reader", ["obstore", "boto3"])
+def test_s3_get_head_is_one_ranged_get(s3_storage: S3Storage, seaweedfs: dict[str, str], reader: str) -> None:
+    from bench.s3_proxy import S3Proxy
+
+    s3_storage.put("inbox/large.jpg", HEAD_CASES["large.jpg"])
+    with S3Proxy(seaweedfs["endpoint_url"]) as proxy:  # counts the requests that reach the server
+        counted = S3Storage(s3_storage.bucket, **{**seaweedfs, "endpoint_url": proxy.url}, reader=reader)
+        assert counted.get_head("inbox/large.jpg", max_bytes=100) == (HEAD_CASES["large.jpg"][:100],
+                                                                      len(HEAD_CASES["large.jpg"]))
+        assert proxy.counts() == {"GET range inbox": 1}
+
+
+def test_writer_writes_exactly_the_bytes_written_in_pieces(storage: Storage) -> None:
+    pieces = [np.random.default_rng(i).bytes(n) for i, n in enumerate([0, 1, 4095, 300_000, 17])]
+    with storage.open_writer("jobs/1/output/results.jsonl") as writer:
+        for piece in pieces:
+            writer.write(piece)
+    assert storage.get("jobs/1/output/results.jsonl") == b"".join(pieces)
+    assert list(storage.list()) == ["jobs/1/output/results.jsonl"]
+
+
+def test_writer_of_nothing_writes_an_empty_object(storage: Storage) -> None:
+    with storage.open_writer("jobs/1/output/results.jsonl"):
+        pass
+    assert storage.get("jobs/1/output/results.jsonl") == b""
+
+
+def test_writer_that_fails_leaves_nothing_and_the_previous_object_as_it_was(storage: Storage) -> None:
+    storage.put("jobs/1/output/results.jsonl", b"the previous results")
+    with pytest.raises(RuntimeError, match="chunk 3 unreadable"), \
+            storage.open_writer("jobs/1/output/results.jsonl", part_size=5 * MB) as writer:
+        writer.write(np.random.default_rng(1).bytes(6 * MB))  # one part uploaded on S3
+        raise RuntimeError("chunk 3 unreadable")
+    assert storage.get("jobs/1/output/results.jsonl") == b"the previous results"
+    with pytest.raises(RuntimeError), storage.open_writer("jobs/1/output/new.jsonl") as writer:
+        writer.write(b"half")
+        raise RuntimeError
+    assert list(storage.list()) == ["jobs/1/output/results.jsonl"]
+    if isinstance(storage, LocalStorage):
+        assert [name for _, _, files in os.walk(storage.root) for name in files] == ["results.jsonl"]
+    else:  # the parts uploaded were aborted: no upload is left open
+        assert "Uploads" not in storage.client.list_multipart_uploads(Bucket=storage.bucket)
+
+
+def test_writer_keeps_the_object_invisible_until_the_end(storage: Storage) -> None:
+    with storage.open_writer("out/results.jsonl", part_size=5 * MB) as writer:
+        writer.write(b"x" * (6 * MB))
+        assert not storage.exists("out/results.jsonl")
+        assert list(storage.list()) == []
+    assert storage.size("out/results.jsonl") == 6 * MB
+
+
+def test_s3_writer_uploads_parts_of_part_size_holding_a_few_parts_at_most(s3_storage: S3Storage) -> None:
+    data = np.random.default_rng(7).bytes(25 * MB + 5)
+    tracemalloc.start()
+    try:
+        with s3_storage.open_writer("out/results.jsonl", part_size=5 * MB) as writer:
+            for start in range(0, len(data), 64 * 1024):
+                writer.write(data[start:start + 64 * 1024])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    etag = s3_storage.client.head_object(Bucket=s3_storage.bucket, Key="out/results.jsonl")["ETag"]
+    assert etag.strip('"').endswith("-6")  # 5 parts of 5 MB and the last 5 bytes
+    assert s3_storage.get("out/results.jsonl") == data
+    # The part being filled, its copy being sent, and botocore's own: not the 25 MB written.
+    assert peak < 3 * 5 * MB, f"{peak} bytes held while writing 25 MB in parts of 5 MB"
+
+
+def test_s3_writer_refuses_parts_smaller_than_s3_takes(s3_storage: S3Storage) -> None:
+    with pytest.raises(ValueError, match="at least 5242880 bytes"), \
+            s3_storage.open_writer("out/results.jsonl", part_size=MB):
+        pass
+
+
+def test_writer_refuses_an_invalid_key_before_writing(storage: Storage) -> None:
+    with pytest.raises(InvalidKey), storage.open_writer("../escape.jsonl") as writer:
+        writer.write(b"x")
+    assert list(storage.list()) == []
+
+
+def read_in_this_process(storage: S3Storage, keys: list[str], answers: multiprocessing.Queue) -> None:
+    answers.put([(key, data) for key, data in storage.get_many(keys)] + [storage.get_head(keys[0], 2)])
+
+
+def test_s3_reads_in_a_process_forked_from_one_that_read(s3_storage: S3Storage) -> None:
+    # Celery's pool children are forked from the worker, decoding processes from a pool child; obstore's
+    # runtime does not survive a fork, so a forked child reads with boto3 instead of hanging.
+    keys = [f"inbox/{i}.jpg" for i in range(20)]
+    for key in keys:
+        s3_storage.put(key, key.encode())
+    assert dict(s3_storage.get_many(keys)) == {key: key.encode() for key in keys}  # this process's reads
+    answers = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(target=read_in_this_process, args=(s3_storage, keys, answers))
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked process did not read (hung, or failed)"
+    assert answers.get(timeout=5) == [(key, key.encode()) for key in keys] + [(b"in", len(keys[0]))]
+
+
+def test_get_heads_reads_each_keys_head_and_size_in_order_with_each_keys_error(storage: Storage) -> None:
+    for key, data in HEAD_CASES.items():
+        storage.put(f"inbox/{key}", data)
+    keys = [f"inbox/{key}" for key in HEAD_CASES] * 20 + ["inbox/none.jpg", "inbox//bad.jpg"]
+    read = list(storage.get_heads(keys, max_bytes=100, threads=16))
+    assert [key for key, _ in read] == keys
+    for key, head in read[:-2]:
+        whole = HEAD_CASES[key.removeprefix("inbox/")]
+        assert head == (whole[:100], len(whole)), key
+    assert isinstance(read[-2][1], MissingKey) and isinstance(read[-1][1], InvalidKey)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.dataset import iter_key_list
 from pipeline.headers import HEAD_BYTES, photo_header
-from pipeline.storage import InvalidKey, MissingKey, Storage, StorageError, check_key
+from pipeline.storage import InvalidKey, Storage, StorageError, check_key
 
 PLAN_WRITERS = 16  # chunk lists written at once while planning: 20 ms a write costs no time at 16
 READ_THREADS = 32  # predictions read ahead while the results are assembled
@@ -117,23 +117,19 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def read_headers(storage: Storage, keys: list[str], threads: int, public: Callable[[Exception], str]
-                 ) -> tuple[list[dict], dict]:
+def read_headers(storage: Storage, keys: list[str], public: Callable[[Exception], str]) -> tuple[list[dict], dict]:
     """A dry run of one chunk: each photo's header (one ranged read each, several at once) or the reason it
     cannot be read, and the chunk's timings."""
     started = time.perf_counter()
-
-    def header(key: str) -> dict:
-        problem = key_problem(key)
-        if problem:
-            return {"key": key, "error": problem}
-        try:
-            return {"key": key, **photo_header(*storage.get_head(key, HEAD_BYTES))}
-        except (MissingKey, InvalidKey) as err:
-            return {"key": key, "error": public(err)}
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="head") as readers:
-        lines = list(readers.map(header, keys))
+    errors = {key: problem for key in keys if (problem := key_problem(key))}
+    heads = dict(storage.get_heads([key for key in keys if key not in errors], HEAD_BYTES))
+    lines = []
+    for key in keys:
+        head = heads.get(key)
+        if key in errors or isinstance(head, StorageError):
+            lines.append({"key": key, "error": errors.get(key) or public(head)})
+        else:
+            lines.append({"key": key, **photo_header(*head)})
     return lines, {"read_headers": (time.perf_counter() - started) * 1000}
 
 

@@ -30,9 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from config import Settings
 from pipeline import registry
 from pipeline.dataset import load_items
-from pipeline.enroll import enroll_people
 from pipeline.storage import InvalidKey, MissingKey, StorageError
-from pipeline.train import TrainingParams, dataset_unchanged, train_model
 from workers import bulk, interactive, task_names
 from workers.app import app
 from workers.jobs import CANCELLED, PUBLISHING, TERMINAL, JobCancelled, JobNotFound, JobStore
@@ -148,7 +146,9 @@ def _progress_or_stop(jobs: JobStore, job_id: str):
 
 @app.task(bind=True, base=JobTask, name=task_names.TRAIN)  # time limits: workers.app's task_annotations
 def train(self: JobTask, job_id: str) -> None:
-    from workers import schedules  # imported where used, as scheduled_training does
+    # Imported where used: they load TensorFlow, which a worker on the default queue never needs.
+    from pipeline.train import TrainingParams, dataset_unchanged, train_model
+    from workers import schedules
 
     runtime = self.runtime
     jobs, storage = runtime.jobs, runtime.storage
@@ -180,6 +180,8 @@ def train(self: JobTask, job_id: str) -> None:
 @app.task(bind=True, base=JobTask, name=task_names.ENROLL)
 def enroll(self: JobTask, job_id: str) -> None:
     """Add or update people in a centroid model: a new version, no one else retrained."""
+    from pipeline.enroll import enroll_people
+
     runtime = self.runtime
     jobs, storage = runtime.jobs, runtime.storage
     params = jobs.start(job_id)["params"]
@@ -253,8 +255,10 @@ def plan_recognition(self: JobTask, job_id: str) -> None:
 
 
 def _release_chunks(runtime: Runtime, job_id: str, plan: dict) -> None:
+    # A dry run reads headers and loads no model: its chunks go to the CPU workers of the default queue.
+    queue = runtime.settings.queue_default if plan.get("dry_run") else None
     for index in runtime.jobs.chunks.release(job_id, plan["chunks"], plan["window"]):
-        runtime.send(task_names.RECOGNIZE_CHUNK, [job_id, index, plan], priority=plan["priority"])
+        runtime.send(task_names.RECOGNIZE_CHUNK, [job_id, index, plan], queue=queue, priority=plan["priority"])
 
 
 @app.task(bind=True, base=JobTask, name=task_names.RECOGNIZE_CHUNK)
@@ -270,7 +274,7 @@ def recognize_chunk(self: JobTask, job_id: str, index: int, plan: dict) -> None:
         started = time.perf_counter()
         public = functools.partial(public_message, settings=runtime.settings)
         if plan.get("dry_run"):
-            lines, timings = bulk.read_headers(storage, keys, runtime.settings.read_threads, public)
+            lines, timings = bulk.read_headers(storage, keys, public)
         else:
             lines, timings = _recognize(runtime, plan, keys)
         timings["total"] = (time.perf_counter() - started) * 1000
