@@ -3,12 +3,13 @@
     python -m bench.scale [--phase all|harness-check|control-plane|million|lfw-real|fairness] [--photos 100000]
 
 The API and Celery workers run as processes (infra.processes): --workers GPU-queue workers (-c 1 each) and one
-default-queue worker (planning and finishing), on a Redis of the bench's own (redis-server on a free port,
-so that INFO commandstats counts this system's commands alone; --redis-url uses another, whose other
-clients are then counted too) and a fresh bucket of the local SeaweedFS (deleted at the end). The processes
-reach S3 through bench.s3_proxy in this process, which counts every request by kind and adds --delay-ms
-where a phase asks for it. Photos are generated: a few distinct tiny JPEGs, each stored under many keys
-(written straight to SeaweedFS, not counted). Every figure comes with the load average: the machine is shared.
+default-queue worker with --workers pool processes (planning, dry runs' chunks and finishing), on a Redis of
+the bench's own (redis-server on a free port, so that INFO commandstats counts this system's commands alone;
+--redis-url uses another, whose other clients are then counted too) and a fresh bucket of the local SeaweedFS
+(deleted at the end). The processes reach S3 through bench.s3_proxy in this process, which counts every
+request by kind and adds --delay-ms where a phase asks for it. Photos are generated: a few distinct tiny
+JPEGs, each stored under many keys (written straight to SeaweedFS, not counted). Every figure comes with the
+load average: the machine is shared.
 
 Phases (each runs alone with --phase, `all` runs them in this order on one system):
 - harness-check: a normal recognition job of --check-photos real LFW photos (what today's code runs), at
@@ -121,7 +122,9 @@ class System:
         roots = {}
         for n in range(1, self.args.workers + 1):
             roots[f"gpu-worker-{n}"] = self.processes.start_worker(f"gpu-worker-{n}", "interactive,gpu").pid
-        roots["default-worker"] = self.processes.start_worker("default-worker", "default").pid
+        # Dry runs' chunks go to the default queue (they load no model): as many pool processes as GPU workers.
+        roots["default-worker"] = self.processes.start_worker("default-worker", "default",
+                                                              concurrency=self.args.workers).pid
         base = self.processes.start_api(server=self.args.server)
         roots["api"] = self.processes.running["api"].pid
         self.client = Client(base, API_KEY)
