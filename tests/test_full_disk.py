@@ -4,15 +4,13 @@ is freed. (A worker whose disk fills mid-job: tests/test_faults.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from api import create_app
 from api.keys import config_entry
-from config import load_settings
 from pipeline import registry
 from tests.disk import fill, small_disk
+from tests.settings import embedded
 
 KEY = "frk_test-full-disk-Hw3Kp8Zq1Nd5Rt7Y"
 
@@ -25,8 +23,7 @@ def disk(tmp_path):
 
 @pytest.fixture
 def app(disk):
-    settings = dataclasses.replace(load_settings(), data_dir=disk / "data", redis_url="", s3_endpoint_url="",
-                                   api_keys=(config_entry("submitter", "submit", KEY),))
+    settings = embedded(disk / "data", api_keys=(config_entry("submitter", "submit", KEY),))
     app = create_app(settings)
     storage = app.extensions["facerec"].storage
     for person in ("ada", "bob"):

@@ -3,17 +3,15 @@ queue, how many tasks wait in each, and a warning naming each queue no worker se
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 from api import create_app
-from config import load_settings
+from tests.settings import embedded
 
 
 def health_of(tmp_path):
-    settings = dataclasses.replace(load_settings(), data_dir=tmp_path, redis_url="", s3_endpoint_url="",
-                                   heartbeat_s=1)
+    settings = embedded(tmp_path, heartbeat_s=1)
     app = create_app(settings, api_keys=[])
     return app, lambda: app.test_client().get("/v1/health").json
 

@@ -4,7 +4,6 @@ resumed), and one worker at a time does a pass."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -17,10 +16,11 @@ from flask import render_template
 
 from api import create_app
 from api.keys import config_entry
-from config import REPO_ROOT, load_settings
+from config import REPO_ROOT
 from infra.processes import Processes, environment, wait_for
 from pipeline import registry
 from pipeline.storage import LocalStorage
+from tests.settings import embedded
 from workers import interactive
 from workers.housekeeping import FileTurn, Housekeeper, RedisTurn, housekeeper
 from workers.jobs import NotResumable, open_job_store
@@ -33,8 +33,7 @@ KEPT = ("job.json", "plan.json", "output/results.jsonl", "output/summary.json")
 
 def app_with(tmp_path, **settings):
     """The API on the embedded default, with a model to recognise with (its record only: no worker runs)."""
-    settings = dataclasses.replace(load_settings(), data_dir=tmp_path, redis_url="", s3_endpoint_url="",
-                                   api_keys=(config_entry("housekeeping", "submit", KEY),),
+    settings = embedded(tmp_path, api_keys=(config_entry("housekeeping", "submit", KEY),),
                                    **{"housekeeping_s": 0, **settings})  # a pass whenever asked
     app = create_app(settings)
     storage = app.extensions["facerec"].storage

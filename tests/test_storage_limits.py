@@ -5,16 +5,15 @@ every backend, so a key accepted on local disk is accepted on S3 and the other w
 
 from __future__ import annotations
 
-import dataclasses
 import io
 
 import pytest
 
 from api import create_app
 from api.keys import config_entry
-from config import load_settings
 from pipeline import registry
 from pipeline.storage import InvalidKey, LocalStorage, check_key
+from tests.settings import embedded
 
 KEY = "frk_test-limits-Zx8Qw2Er4Ty6Ui9O"
 LONG = "x" * 300  # one name of 300 bytes
@@ -23,8 +22,7 @@ WIDE = "名" * 100  # 100 characters, 300 bytes in UTF-8: short to the eye, long
 
 @pytest.fixture
 def client(tmp_path):
-    settings = dataclasses.replace(load_settings(), data_dir=tmp_path / "data", redis_url="", s3_endpoint_url="",
-                                   api_keys=(config_entry("submitter", "submit", KEY),))
+    settings = embedded(tmp_path / "data", api_keys=(config_entry("submitter", "submit", KEY),))
     app = create_app(settings)
     storage = app.extensions["facerec"].storage
     storage.put("datasets/two/ada/1.jpg", b"not read at submit")

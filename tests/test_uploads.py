@@ -4,7 +4,6 @@ written, and the clean upload that follows is taken (it would have got 409 for t
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import zipfile
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from api import create_app
 from api.keys import config_entry
-from config import load_settings
+from tests.settings import embedded
 
 KEY = "frk_test-uploads-Lk2Jh5Gf8Ds1Az4X"
 PEOPLE = ["Colin_Powell", "Tony_Blair"]
@@ -21,8 +20,7 @@ PEOPLE = ["Colin_Powell", "Tony_Blair"]
 
 @pytest.fixture
 def client(tmp_path):
-    settings = dataclasses.replace(load_settings(), data_dir=tmp_path / "data", redis_url="", s3_endpoint_url="",
-                                   api_keys=(config_entry("submitter", "submit", KEY),))
+    settings = embedded(tmp_path / "data", api_keys=(config_entry("submitter", "submit", KEY),))
     client = create_app(settings).test_client()
     client.environ_base["HTTP_X_API_KEY"] = KEY
     return client
