@@ -43,12 +43,15 @@ ENROLL_ATTEMPTS = 5
 
 
 def enroll_people(storage: Storage, pipeline: FacePipeline, items: list[Item], model_name: str,
-                  on_progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
+                  on_progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+                  min_quality: float = 0.0) -> dict:
     """Publish a new current version of a centroid model with the people in items added, or
     replaced by these photos if already enrolled, with a report (report.json, report.html) of the
     enrolled people measured leave-one-photo-out against the whole gallery. Returns the version
     record, with those figures as `metrics`, the base's figures as `inherited_metrics` (with their
-    source version) and the photo counts (`photos`: total, missing, unreadable, no_face, used).
+    source version) and the photo counts (`photos`: total, missing, unreadable, no_face, used, low_quality).
+    Faces whose quality score (pipeline.quality) is below min_quality are not enrolled: their photos are
+    counted as low_quality (0, the default, enrols every face).
 
     The faces are extracted once. Then the people are merged into the current version and the
     result published and made current only if that version is still current (compare-and-swap on
@@ -63,8 +66,9 @@ def enroll_people(storage: Storage, pipeline: FacePipeline, items: list[Item], m
     extracted = extract_faces(storage, pipeline, items,
                               on_progress=lambda done: on_progress("extracting faces", done, len(items)))
     extracted.check_mostly_readable()
+    extracted = extracted.at_quality(min_quality)
     if not extracted.items:
-        raise ValueError("no face was found in any of the photos to enrol")
+        raise ValueError(f"no face was found at min_quality {min_quality} in any of the photos to enrol")
 
     for attempt in range(ENROLL_ATTEMPTS):
         if attempt:

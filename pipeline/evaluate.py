@@ -14,11 +14,15 @@ reference and always renders with Agg, so no display or backend setting is neede
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+if TYPE_CHECKING:
+    from pipeline.quality import Quality
 
 NO_FACE = "(no face)"
 TOP_K = 5
@@ -27,6 +31,9 @@ OPEN_SET_GRID_POINTS = 50
 ANNOTATE_UP_TO_PEOPLE = 25
 CONFIDENCE = 0.95
 INTERVAL_METHOD = "95% Wilson score interval"
+# Face-size slices of the reports, by interocular distance in pixels: fixed, so that reports compare. The
+# first is below the quality rule's too_small (pipeline.quality.MIN_INTEROCULAR_PX).
+FACE_SIZE_EDGES = (0, 20, 30, 40, 60, 100)
 
 
 def wilson_interval(successes: int, trials: int) -> list[float] | None:
@@ -252,3 +259,32 @@ def training_curves_png(history: dict[str, list[float]]) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend()
     return figure_png(fig)
+
+
+def accuracy_by_quality(correct: np.ndarray, qualities: list[Quality]) -> dict:
+    """Accuracy of the faces in quality-score terciles (cut at the faces' own 1/3 and 2/3 quantiles), in
+    face-size slices (FACE_SIZE_EDGES) and by quality verdict, each with its count and 95% Wilson interval,
+    so a reader sees where the model is weak. correct[i] says whether the face of qualities[i] was named right."""
+    correct = np.asarray(correct, dtype=bool)
+    scores = np.array([q.score for q in qualities])
+    sizes = np.array([q.interocular_px for q in qualities])
+    verdicts = np.array([q.verdict for q in qualities])
+
+    def accuracy(mask: np.ndarray) -> dict:
+        right, faces = int(correct[mask].sum()), int(mask.sum())
+        return {"faces": faces, "accuracy": right / faces if faces else None,
+                "accuracy_interval": wilson_interval(right, faces)}
+
+    terciles = []
+    if len(scores):
+        cuts = [scores.min(), *np.quantile(scores, [1 / 3, 2 / 3]), np.inf]
+        for i, (low, high) in enumerate(zip(cuts[:-1], cuts[1:])):
+            mask = (scores >= low) & (scores < high) if i else scores < high
+            terciles.append({"tercile": i + 1, "score_from": float(low),
+                             "score_to": float(min(high, scores.max())), **accuracy(mask)})
+    edges = [*FACE_SIZE_EDGES, np.inf]
+    size_slices = [{"interocular_px_from": low, "interocular_px_to": None if high == np.inf else high,
+                    **accuracy((sizes >= low) & (sizes < high))} for low, high in zip(edges[:-1], edges[1:])]
+    by_verdict = {verdict: accuracy(verdicts == verdict) for verdict in sorted(set(verdicts))}
+    return {"faces": len(qualities), "interval_method": INTERVAL_METHOD, "score_terciles": terciles,
+            "face_size": [row for row in size_slices if row["faces"]], "verdicts": by_verdict}

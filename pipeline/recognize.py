@@ -9,8 +9,10 @@ from itertools import islice
 import numpy as np
 
 from pipeline import registry
+from pipeline.assignment import name_jointly
 from pipeline.faces import FacePipeline, PhotoFaces
 from pipeline.models import FaceSet, IdentityModel, load_model_files
+from pipeline.quality import face_quality
 from pipeline.storage import Storage
 
 
@@ -52,7 +54,8 @@ def _name_faces(loaded: LoadedModel, photos: list[PhotoFaces]) -> Iterator[dict]
     readable = [photo for photo in photos if not photo.error] + [PhotoFaces(key="nothing")]
     faces = FaceSet(np.concatenate([photo.chips for photo in readable]),
                     np.concatenate([photo.embeddings for photo in readable]))
-    predictions = iter(loaded.model.predict(faces))
+    scores, acceptance = loaded.model.scores_and_acceptance(faces) if len(faces) else (None, None)
+    start = 0
     for photo in photos:
         result = {"key": photo.key, "model": loaded.name, "model_version": loaded.version}
         if photo.error:
@@ -60,9 +63,14 @@ def _name_faces(loaded: LoadedModel, photos: list[PhotoFaces]) -> Iterator[dict]
         else:
             result["width"], result["height"] = photo.size
             result["main_face"] = photo.main_face
+            rows = slice(start, start + len(photo.faces))
+            start = rows.stop
+            # Each person at most once per photo (pipeline.assignment).
+            named = name_jointly(loaded.model, scores[rows], acceptance[rows]) if photo.faces else []
             result["faces"] = [
-                {**face.to_json(), "identity": p.label, "score": round(p.score, 4),
-                 "confidence": round(p.confidence, 4), "best_guess": p.best_guess}
-                for face, p in zip(photo.faces, islice(predictions, len(photo.faces)))
+                {**face.to_json(), "identity": n.prediction.label, "score": round(n.prediction.score, 4),
+                 "confidence": round(n.prediction.confidence, 4), "best_guess": n.prediction.best_guess,
+                 **n.to_json(), "quality": face_quality(face, chip).to_json()}
+                for face, chip, n in zip(photo.faces, photo.chips, named)
             ]
         yield result

@@ -125,7 +125,8 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     in words), `evaluation` (evaluate()'s dict), `dataset` (explore()'s stats, plus any other counts),
     `params`; optional: `split` (how the photos were split, counts and people left out of a part),
     `promotion` (train.decide_promotion()'s dict), `inherited_metrics` ({source_version, note,
-    metrics}), `open_set` (open_set()'s dict), `unknown_threshold`. figures (PNG bytes), each
+    metrics}), `open_set` (open_set()'s dict), `unknown_threshold`, `quality` ({min_quality, left_out_of_fitting,
+    by_quality: evaluate.accuracy_by_quality()'s dict}). figures (PNG bytes), each
     optional: photos_per_person, sample_faces, training_curves, confusion_matrix, misclassified, open_set.
     """
     model = report.get("model", {})
@@ -150,6 +151,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                  or "<p>This model type trains no network, so it has no training curves.</p>"),
         _section("Confusion matrix", _figure(figures, "confusion_matrix", "Confusion matrix", wide=True)),
         _section("Per person", _per_person(report["evaluation"]["per_person"])),
+        *([_section("By face quality", _quality(report["quality"]))] if "quality" in report else []),
         _section("Misclassified faces", _figure(figures, "misclassified", "Misclassified faces")
                  or "<p>No evaluated face was misclassified.</p>"),
     ]
@@ -306,6 +308,35 @@ def _per_person(per_person: list[dict]) -> str:
     return ("<p>Sorted by F1, lowest first; rows below 50% are shaded.</p>"
             '<table class="per-person"><tr><th>person</th><th class="num">photos</th><th class="num">precision</th>'
             '<th class="num">recall</th><th class="num">F1</th></tr>' + "".join(rows) + "</table>")
+
+
+def _quality(quality: dict) -> str:
+    """Accuracy by quality tercile, face size and verdict: where the model is weak."""
+    by = quality["by_quality"]
+    left_out = (f"{quality['left_out_of_fitting']} training and validation photos were left out of fitting for "
+                f"a face below the minimum quality {quality['min_quality']:g}; the test split keeps every face."
+                if quality["min_quality"] else "Every face was fitted on (no minimum quality).")
+
+    def rows(slices: list[dict], name) -> str:
+        return "".join(f"<tr><td>{html.escape(name(row))}</td><td class=\"num\">{row['faces']}</td>"
+                       f"<td class=\"num\">{_percent(row['accuracy'])}</td>"
+                       f"<td>{html.escape(_interval(row['accuracy_interval']))}</td></tr>" for row in slices)
+
+    def table(heading: str, body: str) -> str:
+        return (f'<table><tr><th>{html.escape(heading)}</th><th class="num">faces</th><th class="num">accuracy'
+                f"</th><th>{html.escape(INTERVAL_METHOD)}</th></tr>{body}</table>")
+
+    def size(row: dict) -> str:
+        low, high = row["interocular_px_from"], row["interocular_px_to"]
+        return f"{low} px and more" if high is None else f"{low}-{high} px"
+
+    verdicts = [{"verdict": verdict, **row} for verdict, row in by["verdicts"].items()]
+    return (f"<p>{html.escape(left_out)} Faces of the test split with a face found ({by['faces']}); quality score, "
+            "size (distance between the eyes) and verdict as in results (pipeline/quality.py).</p>"
+            + table("quality score tercile", rows(by["score_terciles"], lambda row: f"{row['tercile']}: scores "
+                                                  f"{row['score_from']:.3f} to {row['score_to']:.3f}"))
+            + table("face size between the eyes", rows(by["face_size"], size))
+            + table("quality verdict", rows(verdicts, lambda row: row["verdict"])))
 
 
 def _open_set(result: dict, figures: dict[str, bytes]) -> str:

@@ -23,6 +23,7 @@ from pipeline.dataset import Item, Split, manifest_hash, manifest_jsonl, read_ke
 from pipeline.evaluate import (
     INTERVAL_METHOD,
     NO_FACE,
+    accuracy_by_quality,
     confusion_matrix_png,
     evaluate,
     open_set,
@@ -34,6 +35,7 @@ from pipeline.face_resnet import DESCRIPTOR_SIZE
 from pipeline.faces import FacePipeline
 from pipeline.models import UNKNOWN, FaceSet, IdentityModel, create_model, load_model_files, model_files
 from pipeline.models.params import validate_model_params
+from pipeline.quality import Quality, face_quality, passes
 from pipeline.report import explore, misclassified_png, render_html
 from pipeline.storage import MissingKey, Storage
 
@@ -56,6 +58,9 @@ class TrainingParams:
     stranger_fraction: float = 0.0  # share of people held out of training, as strangers for open-set figures
     seed: int = 0
     batch_size: int = 32
+    # Faces whose quality score (pipeline.quality) is below this are left out of fitting (training and
+    # validation splits), counted in the report as photos.low_quality; the test split keeps every face.
+    min_quality: float = 0.0
 
 
 @dataclass
@@ -70,6 +75,8 @@ class ExtractedFaces:
     missing: list[str] = field(default_factory=list)  # not in storage
     unreadable: list[str] = field(default_factory=list)  # storage refused it (too large...) or it did not decode
     total: int = 0  # distinct photos asked for
+    quality: list[Quality] = field(default_factory=list)  # each face's, in the order of items
+    low_quality: list[str] = field(default_factory=list)  # photos left out by at_quality()
 
     def of(self, items: list[Item]) -> tuple[list[Item], FaceSet]:
         """The given items that have a face, and their faces, in the given order."""
@@ -79,10 +86,24 @@ class ExtractedFaces:
         faces = FaceSet(self.faces.chips[rows], self.faces.embeddings[rows], [item.label for item in found])
         return found, faces
 
+    def quality_of(self, items: list[Item]) -> list[Quality]:
+        """The quality of the faces of the given items that have one, as of() orders them."""
+        position = {item.key: i for i, item in enumerate(self.items)}
+        return [self.quality[position[item.key]] for item in items if item.key in position]
+
+    def at_quality(self, min_quality: float) -> ExtractedFaces:
+        """These faces less those below min_quality, whose photos are listed in low_quality."""
+        keep = np.array([passes(quality, min_quality) for quality in self.quality], dtype=bool)
+        low = [item.key for item, kept in zip(self.items, keep) if not kept]
+        return replace(self, items=[item for item, kept in zip(self.items, keep) if kept],
+                       faces=self.faces.subset(keep), quality=[q for q, kept in zip(self.quality, keep) if kept],
+                       low_quality=self.low_quality + low)
+
     def photo_counts(self) -> dict[str, int]:
-        """How many photos there were, and how many were missing, unreadable, faceless and used."""
+        """How many photos there were, and how many were missing, unreadable, faceless, used and left out
+        for a face below the minimum quality."""
         return {"total": self.total, "missing": len(self.missing), "unreadable": len(self.unreadable),
-                "no_face": len(self.no_face), "used": len(self.items)}
+                "no_face": len(self.no_face), "used": len(self.items), "low_quality": len(self.low_quality)}
 
     def check_mostly_readable(self) -> None:
         """Raise ValueError when more than half the photos are missing from storage or unreadable:
@@ -98,7 +119,7 @@ def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], b
                   on_progress: Callable[[int], None] = lambda done: None) -> ExtractedFaces:
     """Detect, align and embed the subject's face in every photo, batch by batch; on_progress(done)
     after each batch (it may raise to stop)."""
-    kept, chips, vectors, no_face, several = [], [], [], [], []
+    kept, chips, vectors, qualities, no_face, several = [], [], [], [], [], []
     missing: list[str] = []
     unreadable: list[str] = []
     refused: list[str] = []  # unreadable already in storage: they never reach the pipeline
@@ -130,13 +151,14 @@ def extract_faces(storage: Storage, pipeline: FacePipeline, items: list[Item], b
             kept.append(Item(found.key, label[found.key]))
             chips.append(found.chips[found.main_face])
             vectors.append(found.embeddings[found.main_face])
+            qualities.append(face_quality(found.faces[found.main_face], found.chips[found.main_face]))
         if processed % batch_size == 0:
             on_progress(processed + len(missing) + len(refused))
     on_progress(len(label))
     faces = FaceSet(np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8),
                     np.stack(vectors) if vectors else np.zeros((0, DESCRIPTOR_SIZE), np.float32),
                     [item.label for item in kept])
-    return ExtractedFaces(kept, faces, no_face, several, errors, missing, unreadable, len(label))
+    return ExtractedFaces(kept, faces, no_face, several, errors, missing, unreadable, len(label), qualities)
 
 
 @dataclass
@@ -353,6 +375,8 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
 def checked_params(params: TrainingParams) -> TrainingParams:
     """params with their model_params checked against their model type's bounds."""
     # Checked here as well as at submit: a bad parameter must never reach a model's constructor.
+    if not 0 <= params.min_quality <= 1:
+        raise ValueError(f"min_quality must be between 0 and 1, not {params.min_quality}")
     return replace(params, model_params=validate_model_params(params.model_type, params.model_params))
 
 
@@ -395,11 +419,13 @@ def extract_training_faces(run: TrainingRun, on_progress: Callable[[int], None])
 
 def fit_model(run: TrainingRun, extracted: ExtractedFaces, on_progress: Callable[[int, int], None]) -> None:
     """Fit the model on the training split's faces, stopping early and calibrating on the validation
-    split's; on_progress(0, photos) before the first epoch, then (epochs done, epochs at most) after each."""
-    _, train_faces = extracted.of(run.split.training)
-    val_found, val_faces = extracted.of(run.split.validation)
+    split's, both without the faces below min_quality; on_progress(0, photos) before the first epoch, then
+    (epochs done, epochs at most) after each."""
+    fitting = extracted.at_quality(run.params.min_quality)
+    _, train_faces = fitting.of(run.split.training)
+    val_found, val_faces = fitting.of(run.split.validation)
     if not val_found:
-        raise ValueError("no face was found in any validation photo")
+        raise ValueError(f"no face was found at min_quality {run.params.min_quality} in any validation photo")
     on_progress(0, len(run.photos))
     run.model.fit(train_faces, val_faces, on_epoch=on_progress)
 
@@ -433,6 +459,9 @@ def build_report(run: TrainingRun, extracted: ExtractedFaces, evaluation: Evalua
                  extract_seconds: float) -> tuple[dict, dict[str, bytes]]:
     """The version's report (report.json) and its figures (PNG by name), but for the open-set figures."""
     split, model, metrics = run.split, run.model, evaluation.metrics
+    # The training and validation photos fit_model left out for a face below min_quality.
+    fitted = {item.key for item in split.training + split.validation}
+    left_out = [key for key in extracted.at_quality(run.params.min_quality).low_quality if key in fitted]
     dataset, figures = explore(run.items, extracted.no_face, extracted.several_faces, extracted.errors,
                                sample_faces(extracted))
     figures["confusion_matrix"] = confusion_matrix_png(metrics["confusion_matrix"])
@@ -448,8 +477,11 @@ def build_report(run: TrainingRun, extracted: ExtractedFaces, evaluation: Evalua
                         "fitted or tuned on",
         "split": _split_report(split, run.params, run.strangers, tested_people),
         "dataset": dataset,
-        "photos": extracted.photo_counts(),
+        "photos": {**extracted.photo_counts(), "low_quality": len(left_out)},
         "evaluation": metrics,
+        "quality": {"min_quality": run.params.min_quality,
+                    "left_out_of_fitting": len(left_out),
+                    "by_quality": accuracy_by_quality(evaluation.correct, extracted.quality_of(split.test))},
         "unknown_threshold": model.threshold_,
         "training_curves": model.history_,
         "promotion": decision,

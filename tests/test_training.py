@@ -222,7 +222,8 @@ def test_publishing_is_announced_once_just_before_the_first_write(store, face_pi
     assert written_before_publishing == []
     assert stages.count("extracting faces") >= 1 and "fitting" in stages and "writing the report" in stages
     assert registry.current_version(storage, "announced") == record["version"]
-    assert record["photos"] == {"total": len(items), "missing": 0, "unreadable": 0, "no_face": 0, "used": len(items)}
+    assert record["photos"] == {"total": len(items), "missing": 0, "unreadable": 0, "no_face": 0, "used": len(items),
+                                "low_quality": 0}
 
 
 def test_a_cancel_during_fitting_stops_the_training_within_an_epoch_and_writes_nothing(store, face_pipeline):
@@ -270,7 +271,7 @@ def test_the_version_counts_missing_unreadable_and_faceless_photos(store, face_p
              Item("odd/not-a-photo.jpg", PEOPLE[2]), Item("odd/grey.png", PEOPLE[3])]
     record = train(storage, face_pipeline, items + extra, "counted", model_type="centroid")
     assert record["photos"] == {"total": len(items) + 4, "missing": 2, "unreadable": 1, "no_face": 1,
-                                "used": len(items)}
+                                "used": len(items), "low_quality": 0}
     report = storage.get_json(record["report_key"])
     assert report["photos"] == record["photos"]
 
@@ -291,7 +292,8 @@ def test_any_error_in_place_of_a_photos_data_counts_it_unreadable(tmp_path, lfw_
         huge.truncate(MAX_PHOTO_BYTES + 1)
     odd = [Item("huge.jpg", "x"), Item("nothing.jpg", "x"), Item("../outside.jpg", "x")]
     extracted = extract_faces(storage, face_pipeline, items + odd)
-    assert extracted.photo_counts() == {"total": 5, "missing": 1, "unreadable": 2, "no_face": 0, "used": 2}
+    assert extracted.photo_counts() == {"total": 5, "missing": 1, "unreadable": 2, "no_face": 0, "used": 2,
+                                        "low_quality": 0}
     assert "object too large" in extracted.errors["huge.jpg"]
     assert "invalid storage key" in extracted.errors["../outside.jpg"]
     assert extracted.errors["nothing.jpg"] == "missing from storage"

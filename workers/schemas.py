@@ -52,6 +52,8 @@ class TrainingRequest(DatasetSource):
     validation_manifest: StorageKey | None = None
     stranger_fraction: float = Field(0.0, ge=0, lt=1)
     promotion_margin: float | None = Field(None, ge=0, le=1)
+    # Faces of quality below this (pipeline.quality's score) are left out of fitting, and counted.
+    min_quality: float = Field(0.0, ge=0, le=1)
     skip_if_unchanged: bool = False
     schedule_id: str | None = None
 
@@ -65,6 +67,8 @@ class TrainingRequest(DatasetSource):
 
 class EnrollRequest(DatasetSource):
     """Add or update people in a centroid model, from a folder per person or a manifest."""
+
+    min_quality: float = Field(0.0, ge=0, le=1)  # faces of quality below this are not enrolled, and counted
 
 
 class ScheduleRequest(DatasetSource):

@@ -168,7 +168,8 @@ def train(self: JobTask, job_id: str) -> None:
                               model_params=params.get("model_params", {}),
                               validation_fraction=params.get("validation_fraction", 0.2),
                               test_fraction=params.get("test_fraction", 0.2),
-                              stranger_fraction=params.get("stranger_fraction", 0.0))
+                              stranger_fraction=params.get("stranger_fraction", 0.0),
+                              min_quality=params.get("min_quality", 0.0))
     record = train_model(storage, runtime.face_pipeline, items, params["model"], training,
                          _progress_or_stop(jobs, job_id), promotion_items=held_out,
                          promotion_margin=params.get("promotion_margin"))
@@ -187,7 +188,7 @@ def enroll(self: JobTask, job_id: str) -> None:
     params = jobs.start(job_id)["params"]
     items = load_items(storage, params.get("dataset_prefix"), params.get("dataset_manifest"))
     record = enroll_people(storage, runtime.face_pipeline, items, params["model"],
-                           on_progress=_progress_or_stop(jobs, job_id))
+                           on_progress=_progress_or_stop(jobs, job_id), min_quality=params.get("min_quality", 0.0))
     jobs.succeed(job_id, _version_result(record, enrolled=record["enrolled"]))
 
 

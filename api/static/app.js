@@ -75,7 +75,9 @@ function recognizePage() {
     boxes.replaceChildren();
     list.replaceChildren();
     answer.faces.forEach((face, i) => {
-      const name = face.score >= threshold ? face.best_guess : "unknown";
+      // A face that lost its best person to another face of the photo keeps its answer: the slider never
+      // names one person twice.
+      const name = face.assigned ? face.identity : (face.score >= threshold ? face.best_guess : "unknown");
       const [x, y, w, h] = face.box;
       const box = el("div", { class: "box" + (name === "unknown" ? " unknown" : ""), "data-face": i });
       box.style.left = x * scaleX + "px"; box.style.top = y * scaleY + "px";
