@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,11 +46,12 @@ TABLE = "faces"
 DIM = 128
 # Below this many faces a brute-force scan takes about a millisecond: no ANN index is worth building.
 ANN_MIN_FACES = 50_000
-# IVF-PQ, tuned by bench.vector_stores at 1,000,000 LFW-like faces: 32 sub-vectors of 4 dimensions
-# (32 bytes a face), about sqrt(faces) partitions; a search probes NPROBES of them and re-ranks the best
-# REFINE_FACTOR x k by their full vectors.
+# IVF-PQ, tuned at 1,000,000 LFW faces and lookalikes (bench.vector_stores, README): 32 sub-vectors of 4
+# dimensions (32 bytes a face), about sqrt(faces) partitions; a search probes PROBE_SHARE of them and
+# re-ranks the best REFINE_FACTOR x k by their full vectors. dlib's descriptors fill a narrow cone, so a
+# face's nearest neighbours spread over many partitions: 4% of them found 92% of the true top 10, 16% 99%.
 SUB_VECTORS = 32
-NPROBES = 40
+PROBE_SHARE = 0.16
 REFINE_FACTOR = 10
 # Rebuild the partitions once the faces have grown this much since they were trained: partitions trained on
 # few faces become unbalanced as others are added to them.
@@ -57,6 +59,7 @@ RETRAIN_GROWTH = 2.0
 COLUMNS = ["key", "face", "box", "landmarks", "detector_score", "main", "job", "chunk"]
 # A table handle kept open (open_index) looks for other writers' commits at most this often.
 REFRESH_S = 2
+ANN_RECORD_S = 60
 INDEXES_KEPT = 8
 
 
@@ -113,6 +116,7 @@ class FaceIndex:
         self.prefix = f"{PREFIX}/{name}"
         self._table = None
         self._info: dict | None = None
+        self._ann_record: tuple[float, dict] | None = None
 
     # -- what the index is ------------------------------------------------------------------------
     def info(self) -> dict:
@@ -173,6 +177,17 @@ class FaceIndex:
         result = self.table().merge_insert("id").when_not_matched_insert_all().execute(rows)
         return int(result.num_inserted_rows)
 
+    def _ann(self) -> dict:
+        """ann.json: how many faces the ANN index was trained on, in how many partitions ({} without one);
+        read again after ANN_RECORD_S, as another process may have rebuilt the index meanwhile."""
+        if self._ann_record is None or time.monotonic() - self._ann_record[0] > ANN_RECORD_S:
+            key = f"{self.prefix}/ann.json"
+            self._ann_record = (time.monotonic(), self.storage.get_json(key) if self.storage.exists(key) else {})
+        return self._ann_record[1]
+
+    def _partitions(self) -> int:
+        return self._ann().get("partitions", 1)
+
     def vector_of(self, job: str, key: str, face: int) -> np.ndarray:
         """The embedding of a face a job added; LookupError naming it if the index does not hold it."""
         found = self.table().search().where(f"id = '{face_id(job, key, face)}'").select(["vector"]).limit(1).to_arrow()
@@ -188,7 +203,10 @@ class FaceIndex:
         where = filter_sql(jobs, key_prefix)
         if where:
             query = query.where(where, prefilter=True)
-        query = query.bypass_vector_index() if exact else query.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+        if exact:
+            query = query.bypass_vector_index()
+        else:
+            query = query.nprobes(probes(self._partitions())).refine_factor(REFINE_FACTOR)
         found = query.select([*COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist()
         return [Hit(row["key"], row["face"], row["box"], _pairs(row["landmarks"]), row["detector_score"],
                     row["main"], row["job"], 1.0 - row["_distance"]) for row in found]
@@ -199,15 +217,14 @@ class FaceIndex:
         table = self.table()
         faces = table.count_rows()
         vector_index = next((index for index in table.list_indices() if "vector" in index.columns), None)
-        trained_on = (self.storage.get_json(f"{self.prefix}/ann.json")["faces"]
-                      if vector_index and self.storage.exists(f"{self.prefix}/ann.json") else 0)
+        trained_on = self._ann().get("faces", 0) if vector_index else 0
         if faces >= min_faces and (vector_index is None or faces >= RETRAIN_GROWTH * trained_on):
             from lancedb.index import IvfPq
 
-            config = IvfPq(distance_type="cosine", num_partitions=max(1, int(np.sqrt(faces))),
-                           num_sub_vectors=SUB_VECTORS)
+            config = IvfPq(distance_type="cosine", num_partitions=partitions(faces), num_sub_vectors=SUB_VECTORS)
             table.create_index("vector", config=config, replace=True)
-            self.storage.put_json(f"{self.prefix}/ann.json", {"faces": faces})
+            self.storage.put_json(f"{self.prefix}/ann.json", {"faces": faces, "partitions": partitions(faces)})
+            self._ann_record = None
             action = "built the ANN index"
         else:
             action = "kept the ANN index" if vector_index else "no ANN index yet (brute force is fast enough)"
@@ -244,6 +261,16 @@ def add_chunk_faces(storage: Storage, name: str, job: str, chunk: int, found: di
             calibration = {**calibration, "source": f"the validation photos of model {model} version {version}"}
         index.ensure(embedder, calibration, {"job": job, "model": model, "model_version": version})
     return index.add(face_rows(job, chunk, found, embedder))
+
+
+def partitions(faces: int) -> int:
+    """The IVF partitions of an ANN index of this many faces: about sqrt(faces)."""
+    return max(1, int(np.sqrt(faces)))
+
+
+def probes(partitions: int) -> int:
+    """The partitions a search probes: PROBE_SHARE of them."""
+    return max(1, int(np.ceil(PROBE_SHARE * partitions)))
 
 
 def face_rows(job: str, chunk: int, found: dict[str, PhotoFaces], embedder: str) -> pa.Table:
