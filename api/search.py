@@ -12,7 +12,7 @@ from __future__ import annotations
 import mimetypes
 import uuid
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import BadRequest, Conflict, HTTPException, NotFound, RequestEntityTooLarge
 
@@ -21,10 +21,10 @@ from api.endpoints import HTML, JSONL, READ, SUBMIT, endpoint, page
 from api.jobs import QUEUED, _submitted, find_job
 from api.photos import MULTIPART_OVERHEAD, _uploaded_photo
 from api.validation import parse, parse_body
-from api.web import _page
+from api.web import _current_key, _page
 from pipeline import registry
 from pipeline.decode import MAX_BYTES
-from pipeline.face_index import list_indexes
+from pipeline.face_index import FaceIndex, list_indexes
 from pipeline.storage import MissingKey
 from workers import interactive
 from workers.jobs import JOB_ID, SUCCEEDED
@@ -119,8 +119,19 @@ def search_photo(token: str):
 @search.get("/v1/indexes")
 @endpoint(READ)
 def get_indexes():
-    """The face indexes: their names (a recognition job with "index": NAME creates one)."""
-    return jsonify(indexes=list_indexes(runtime().storage))
+    """The face indexes (a recognition job with "index": NAME creates one): each one's embedder, who created it,
+    and its calibration: the default threshold, the lowest false-accept rate it can set, and its ROC/DET figure."""
+    storage = runtime().storage
+    indexes = []
+    for name in list_indexes(storage):
+        info = FaceIndex(storage, name).info()
+        calibration = info.get("calibration")
+        if calibration:
+            calibration = {k: calibration.get(k) for k in ("source", "default", "genuine", "impostor", "lowest_far",
+                                                           "figure")}
+        indexes.append({**{k: info.get(k) for k in ("name", "embedder", "created_by", "created_at")},
+                        "calibration": calibration})
+    return jsonify(indexes=indexes)
 
 
 @search.post("/v1/jobs/search")
@@ -143,6 +154,15 @@ def get_search_job_results(job_id: str):
 @endpoint(READ, answers=HTML)
 def get_search_job_report(job_id: str):
     """A finished search job's HTML report: each person's photos as thumbnails with the face boxed."""
+    return _search_job_file(job_id, "report", "text/html")
+
+
+@search.get("/jobs/<job_id>/people.html")
+@page
+def search_job_report_page(job_id: str):
+    """A finished search job's report, linked from the job's page (the session stands for the key)."""
+    if _current_key() is None:
+        return redirect(url_for("web.login", next=request.path))
     return _search_job_file(job_id, "report", "text/html")
 
 

@@ -258,7 +258,8 @@ def add_chunk_faces(storage: Storage, name: str, job: str, chunk: int, found: di
     else:
         calibration = registry.get_version(storage, model, version).get("face_pairs")
         if calibration is not None:
-            calibration = {**calibration, "source": f"the validation photos of model {model} version {version}"}
+            calibration = {**calibration, "source": f"the validation photos of model {model} version {version}",
+                           "figure": f"{registry.version_prefix(model, version)}/figures/roc_det.png"}
         index.ensure(embedder, calibration, {"job": job, "model": model, "model_version": version})
     return index.add(face_rows(job, chunk, found, embedder))
 

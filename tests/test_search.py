@@ -49,7 +49,9 @@ def test_a_recognition_job_adds_every_face_it_found_to_the_index_once(system, ar
     index = FaceIndex(system["storage"], "archive")
     assert index.count() == archive["result"]["faces"] == index.count(f"job = '{archive['id']}'")
     assert index.info()["created_by"]["model"] == "gallery"
-    assert call(system, "GET", "/indexes").json()["indexes"] == ["archive"]
+    listed = call(system, "GET", "/indexes").json()["indexes"]
+    assert [i["name"] for i in listed] == ["archive"] and listed[0]["created_by"]["job"] == archive["id"]
+    assert listed[0]["calibration"]["genuine"] > 0 and listed[0]["calibration"]["figure"].endswith("roc_det.png")
 
 
 def test_a_photo_of_someone_finds_their_photos_in_the_archive(system, archive, lfw_dir):

@@ -6,7 +6,7 @@ var/test-artifacts/web-search.png (or under FACEREC_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
-from tests.system import API_KEY
+from tests.system import API_KEY, call, wait_for_job
 from tests.test_search import INBOX, TRAIN, archive  # noqa: F401 - the indexed archive, as a fixture
 from tests.test_web import ARTIFACTS, WAIT_S, browser  # noqa: F401 - the headless browser, as a fixture
 
@@ -64,3 +64,14 @@ def test_drop_a_photo_see_the_photos_of_that_person_then_search_one_of_their_fac
     browser.find_element(By.ID, "photo").send_keys(str(not_a_photo))
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Could not search"))
     assert "not a photo" in browser.find_element(By.ID, "status").text
+
+    # The batch form: a search job's page links to its report, every person's photos as thumbnails.
+    job = wait_for_job(system, call(system, "POST", "/jobs/search", json={"model": "gallery", "index": "archive"})
+                       .json()["id"])
+    browser.get(f"{site}/jobs/{job['id']}")
+    browser.find_element(By.LINK_TEXT, "Where each person appears (report with thumbnails)").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section h2")))
+    people = [h2.text for h2 in browser.find_elements(By.CSS_SELECTOR, "section h2")]
+    assert any(h2.startswith(PERSON) for h2 in people), people
+    assert len(browser.find_elements(By.CSS_SELECTOR, "figure img")) >= 4 * (INBOX - 1)
+    browser.save_screenshot(str(ARTIFACTS / "web-search-job-report.png"))
