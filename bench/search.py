@@ -39,6 +39,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,8 @@ def build_scale_index(storage: Storage, name: str, vectors: np.ndarray, keys: np
     again = index.add(chunk)
     chunk_ms = (time.perf_counter() - started) * 1000 / 2
     index.table().delete("job = 'new'")  # copies of faces already there: not part of what is searched
+    # The index as searched: no file of an earlier version kept (the face index keeps them an hour).
+    index.table().optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
     size = sum(_sizes(storage, index.prefix))
     return {"faces": index.count(), "rows_s": round(rows_s, 1), "build_s": round(build_s, 1),
             "ann": optimized["action"], "index_mb": round(size / 1e6, 1),

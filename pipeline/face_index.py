@@ -59,6 +59,7 @@ RETRAIN_GROWTH = 2.0
 COLUMNS = ["key", "face", "box", "landmarks", "detector_score", "main", "job", "chunk"]
 # A table handle kept open (open_index) looks for other writers' commits at most this often.
 REFRESH_S = 2
+KEEP_VERSIONS = timedelta(hours=1)
 ANN_RECORD_S = 60
 INDEXES_KEPT = 8
 
@@ -228,7 +229,9 @@ class FaceIndex:
             action = "built the ANN index"
         else:
             action = "kept the ANN index" if vector_index else "no ANN index yet (brute force is fast enough)"
-        table.optimize()  # compacts files and adds the rows the ANN index lacks to it
+        # Compacts files, adds the rows the ANN index lacks to it, and removes the files of versions older than
+        # KEEP_VERSIONS (a search still reading one that old is long finished; LanceDB's default keeps a week).
+        table.optimize(cleanup_older_than=KEEP_VERSIONS)
         return {"faces": faces, "action": action}
 
 
