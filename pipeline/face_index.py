@@ -220,10 +220,14 @@ class FaceIndex:
         vector_index = next((index for index in table.list_indices() if "vector" in index.columns), None)
         trained_on = self._ann().get("faces", 0) if vector_index else 0
         if faces >= min_faces and (vector_index is None or faces >= RETRAIN_GROWTH * trained_on):
-            from lancedb.index import IvfPq
+            from lancedb.index import BTree, IvfPq
 
             config = IvfPq(distance_type="cosine", num_partitions=partitions(faces), num_sub_vectors=SUB_VECTORS)
             table.create_index("vector", config=config, replace=True)
+            if not any(index.columns == ["id"] for index in table.list_indices()):
+                # The merge-insert of every chunk joins on id: without an index it reads every id (0.4 to 1.5 s at
+                # 1,000,000 faces here), with one it looks them up (3.6 times faster in the same conditions).
+                table.create_index("id", config=BTree())
             self.storage.put_json(f"{self.prefix}/ann.json", {"faces": faces, "partitions": partitions(faces)})
             self._ann_record = None
             action = "built the ANN index"
