@@ -321,6 +321,12 @@ def impostors_at(vectors: np.ndarray, person: np.ndarray, threshold: float) -> t
     return hits, totals
 
 
+def save_partial(summary: dict) -> None:
+    """What is measured so far, in case a later stage never ends: a run is long."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.with_suffix(".partial.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=100_000, help="faces in the scale indexes (LFW's and distractors)")
@@ -345,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         system.start_all()
         summary["lfw_job"] = index_lfw(system, storage, lfw)
+        save_partial(summary)
         faces = lfw_faces(storage)
         lfw_index = FaceIndex(storage, "lfw").info()
         summary["far"] = thresholds(faces, FARS)
         print("thresholds", summary["far"], flush=True)
+        save_partial(summary)
 
         real = unit(faces["embeddings"])
         extra = max(0, args.faces - len(real))
@@ -376,12 +384,14 @@ def main(argv: list[str] | None = None) -> int:
                             "ann_recall_at_10": round(float(recall), 4),
                             "peak_rss_mb": round(searched["peak_rss_mb"], 1)}
             print(place, scale[place], flush=True)
+            save_partial(summary)
         summary["scale"] = scale
         del vectors
         photos = [p for d in sorted(lfw.iterdir()) for p in sorted(d.glob("*.jpg"))[:1]][::50][:args.api_photos + 5]
         summary["api"] = api_searches(system, photos, "scale" if not args.skip_s3 else "lfw")
         summary["api"]["index_faces"] = scale["faces"] if not args.skip_s3 else len(real)
         print("api", summary["api"], flush=True)
+        save_partial(summary)
         summary["accuracy"] = accuracy(faces, work)
         print("accuracy", summary["accuracy"], flush=True)
     except Exception:

@@ -60,6 +60,7 @@ COLUMNS = ["key", "face", "box", "landmarks", "detector_score", "main", "job", "
 # A table handle kept open (open_index) looks for other writers' commits at most this often.
 REFRESH_S = 2
 KEEP_VERSIONS = timedelta(hours=1)
+S3_REQUEST_TIMEOUT = "120s"  # one request of LanceDB's S3 client (a data file's part, a manifest)
 ANN_RECORD_S = 60
 INDEXES_KEPT = 8
 
@@ -360,7 +361,10 @@ def lance_location(storage: Storage, prefix: str) -> tuple[str, dict[str, str]]:
         # boto3 does not show a client's credentials publicly; _get_credentials is how botocore reads them.
         credentials = storage.client._get_credentials().get_frozen_credentials()
         options = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key,
-                   "aws_region": storage.client.meta.region_name}
+                   "aws_region": storage.client.meta.region_name,
+                   # Without these a request on a connection the server has closed waited forever: a merge-insert
+                   # into a 1,000,000-face index on SeaweedFS hung that way. Now it fails and is retried.
+                   "timeout": S3_REQUEST_TIMEOUT, "connect_timeout": "10s", "pool_idle_timeout": "15s"}
         if credentials.token:
             options["aws_session_token"] = credentials.token
         if storage.endpoint_url:
