@@ -21,7 +21,7 @@ from api.endpoints import HTML, JSONL, READ, SUBMIT, endpoint, page
 from api.jobs import QUEUED, _submitted, find_job
 from api.photos import MULTIPART_OVERHEAD, _uploaded_photo
 from api.validation import parse, parse_body
-from api.web import _current_key, _page
+from api.web import _current_key, _page, page_headers
 from pipeline import registry
 from pipeline.decode import MAX_BYTES
 from pipeline.face_index import FaceIndex, list_indexes
@@ -93,9 +93,9 @@ def get_search(request_id: str):
         raise NotFound(f"no search {request_id}")
     storage = runtime().storage
     answer = interactive.stored_answer(storage, request_id)
-    if answer is not None:
+    if answer is not None and ("index" in answer or "status" in answer):  # not a single photo's recognition
         return _answered(answer)
-    if storage.exists(interactive.request_key(request_id)):
+    if answer is None and storage.exists(interactive.request_key(request_id)):
         return _pending(request_id)
     raise NotFound(f"no search {request_id}")
 
@@ -172,6 +172,16 @@ def search_page():
     """Search: drop a photo, see the photos where that face appears."""
     return _page("search.html", indexes=list_indexes(runtime().storage), active="search",
                  models=registry.list_models(runtime().storage))
+
+
+@search.after_request
+def headers(response: Response) -> Response:
+    """The Search page gets the pages' Content-Security-Policy; a search job's report, self-contained with its
+    own inline style, only nosniff (as a version's report)."""
+    if request.path.endswith("/people.html"):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+    return page_headers(response)
 
 
 @search.app_errorhandler(IndexConflict)

@@ -425,6 +425,10 @@ def search_faces(self: Task, request_id: str, params: dict) -> None:
     except TRANSIENT_ERRORS as err:
         log.warning("search_faces %s: %s", request_id, err)
         answer = {"error": f"could not search ({type(err).__name__}); try again", "status": 503}
+    except Exception:  # someone is waiting: they get an answer, the log gets the details
+        log.exception("search_faces %s failed", request_id)
+        answer = {"error": f"internal error searching (request {request_id}); the worker's log has the details",
+                  "status": 500}
     answer.update(id=request_id, timings_ms={"worker_total": round((time.perf_counter() - started) * 1000, 1)})
     interactive.publish_answer(runtime, request_id, answer)
 
