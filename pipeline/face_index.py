@@ -60,6 +60,7 @@ COLUMNS = ["key", "face", "box", "landmarks", "detector_score", "main", "job", "
 # A table handle kept open (open_index) looks for other writers' commits at most this often.
 REFRESH_S = 2
 KEEP_VERSIONS = timedelta(hours=1)
+MERGE_TIMEOUT = timedelta(minutes=5)  # one chunk's merge-insert: about 0.1 s at 1,000,000 faces here
 S3_REQUEST_TIMEOUT = "120s"  # one request of LanceDB's S3 client (a data file's part, a manifest)
 ANN_RECORD_S = 60
 INDEXES_KEPT = 8
@@ -176,7 +177,9 @@ class FaceIndex:
         many rows were new."""
         if rows.num_rows == 0:
             return 0
-        result = self.table().merge_insert("id").when_not_matched_insert_all().execute(rows)
+        # Bounded: a merge-insert into an index on SeaweedFS, in the process that had just built it, once never
+        # returned. A TimeoutError is transient to the tasks: the chunk is retried, and adds nothing twice.
+        result = self.table().merge_insert("id").when_not_matched_insert_all().execute(rows, timeout=MERGE_TIMEOUT)
         return int(result.num_inserted_rows)
 
     def _ann(self) -> dict:
