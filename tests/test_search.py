@@ -19,10 +19,19 @@ TRAIN = 8  # photos of each person to train on; the next INBOX go to the archive
 INBOX = 4
 
 
+_archives: dict[str, dict] = {}  # per running system: made once, whichever module asks first
+
+
 @pytest.fixture(scope="module")
 def archive(system, lfw_dir):
     """A centroid model of PEOPLE, and a recognition job that indexed an inbox of their other photos and
-    strangers' into the index "archive"."""
+    strangers' into the index "archive" (the job)."""
+    if system["base"] not in _archives:
+        _archives[system["base"]] = make_archive(system, lfw_dir)
+    return _archives[system["base"]]
+
+
+def make_archive(system, lfw_dir) -> dict:
     files = [(person, (path.name, path.read_bytes(), "image/jpeg"))
              for person in PEOPLE for path in sorted((lfw_dir / person).glob("*.jpg"))[:TRAIN]]
     assert call(system, "POST", "/datasets/gallery", files=files).status_code == 201
@@ -49,9 +58,10 @@ def test_a_recognition_job_adds_every_face_it_found_to_the_index_once(system, ar
     index = FaceIndex(system["storage"], "archive")
     assert index.count() == archive["result"]["faces"] == index.count(f"job = '{archive['id']}'")
     assert index.info()["created_by"]["model"] == "gallery"
-    listed = call(system, "GET", "/indexes").json()["indexes"]
-    assert [i["name"] for i in listed] == ["archive"] and listed[0]["created_by"]["job"] == archive["id"]
-    assert listed[0]["calibration"]["genuine"] > 0 and listed[0]["calibration"]["figure"].endswith("roc_det.png")
+    listed = {i["name"]: i for i in call(system, "GET", "/indexes").json()["indexes"]}
+    assert listed["archive"]["created_by"]["job"] == archive["id"]
+    assert listed["archive"]["calibration"]["genuine"] > 0
+    assert listed["archive"]["calibration"]["figure"].endswith("roc_det.png")
 
 
 def test_a_photo_of_someone_finds_their_photos_in_the_archive(system, archive, lfw_dir):
