@@ -94,7 +94,7 @@ body { font-family: system-ui, sans-serif; color: #222; max-width: 1100px; margi
 h1 { border-bottom: 2px solid #345; } h2 small { color: #667; font-weight: 400; font-size: .75em; }
 table { border-collapse: collapse; } th, td { text-align: left; padding: .2em .8em; border-bottom: 1px solid #ddd; }
 .grid { display: flex; flex-wrap: wrap; gap: .5em; }
-figure { margin: 0; width: 112px; font-size: .75em; color: #556; text-align: center; overflow: hidden; }
+figure { margin: 0; width: 112px; font-size: .75em; color: #556; text-align: center; overflow-wrap: anywhere; }
 figure img { display: block; margin: 0 auto; border-radius: 4px; }
 .missing { height: 112px; background: #eee; display: grid; place-items: center; }
 """
