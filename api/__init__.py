@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None 
     from api.openapi import openapi_document
     from api.photos import photos
     from api.schedules import schedules
+    from api.search import search
     from api.sessions import configure_sessions
     from api.uploads import uploads
     from api.web import web
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None 
     # On the app, not on a module-level blueprint: a blueprint takes no hooks once registered, so
     # create_app could run only once per process.
     app.before_request(authenticate)
-    for blueprint in (health, jobs, models, schedules, photos, uploads, web):
+    for blueprint in (health, jobs, models, schedules, photos, uploads, web, search):
         app.register_blueprint(blueprint)
 
     @app.get("/v1/openapi.json", endpoint="openapi")

@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _source(sub, "inbox")
     sub.add_argument("--version", help="the model version (default: current)")
     sub.add_argument("--output-prefix")
+    sub.add_argument("--index", help="also add every face found to this face index (for facerec search)")
     _watch(sub)
 
     sub = command("recognize", recognize, "recognise the faces in one photo and print them")
@@ -170,6 +171,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"the model (default: the model named '{DEFAULT_MODEL}'; facerec models lists them)")
     sub.add_argument("--version", help="the model version (default: current)")
     _wait(sub, 30.0)
+
+    sub = command("search", search, "find the faces of a face index most like a photo's face, a job's face or a "
+                  "person of a model")
+    sub.add_argument("photo", type=Path, nargs="?", help="a photo: its main face (or --face) is searched")
+    sub.add_argument("--index", required=True, help="the face index (a recognition job with --index fills it)")
+    sub.add_argument("--job", help="search with a face of this job's results (with --key and --face)")
+    sub.add_argument("--key", help="the photo's key in that job's results")
+    sub.add_argument("--face", type=int, help="the face's number in the photo (default for a photo: its main face)")
+    sub.add_argument("--model", help="search with a person of this model (with --person)")
+    sub.add_argument("--person")
+    sub.add_argument("--version", help="the model version (default: current)")
+    sub.add_argument("-k", "--top", type=int, default=10, dest="k", help="how many faces (default 10)")
+    sub.add_argument("--key-prefix", help="only photos under this prefix")
+    sub.add_argument("--in-job", action="append", default=[], dest="in_jobs", metavar="JOB",
+                     help="only faces this job added (repeatable)")
+    rule = sub.add_mutually_exclusive_group()
+    rule.add_argument("--far", type=float, help="match at this false-accept rate per comparison")
+    rule.add_argument("--gallery-far", type=float, help="match at this false-accept rate per search of the index")
+    rule.add_argument("--threshold", type=float, help="match at this similarity")
+    _wait(sub, 30.0)
+
+    sub = command("search-job", search_job, "find, for every person of a gallery model, the photos of a face index "
+                  "where they appear")
+    sub.add_argument("model")
+    sub.add_argument("--index", required=True)
+    sub.add_argument("--version", help="the model version (default: current)")
+    sub.add_argument("-k", "--top", type=int, dest="k", help="faces searched per person (default 100)")
+    sub.add_argument("--threshold", type=float, help="match at this similarity (default: the model's threshold)")
+    sub.add_argument("-o", "--output", type=Path, help="when it succeeds, write people.jsonl here")
+    _watch(sub)
 
     sub = command("recognition", recognition, "show the answer to an earlier `facerec recognize` that had none yet")
     sub.add_argument("request_id")
@@ -180,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _watch(sub)
 
     sub = command("jobs", list_jobs, "list jobs, newest first")
-    sub.add_argument("--type", choices=("training", "recognition", "enroll"))
+    sub.add_argument("--type", choices=("training", "recognition", "enroll", "search"))
     sub.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
     sub.add_argument("--limit", type=int, default=20)
     sub.add_argument("--offset", type=int, default=0)
@@ -293,6 +324,8 @@ def recognize_job(client: Client, args) -> int:
         body["model_version"] = args.version
     if args.output_prefix:
         body["output_prefix"] = args.output_prefix
+    if args.index:
+        body["index"] = args.index
     return _submit(client, args, "/jobs/recognition", body)
 
 
@@ -318,6 +351,73 @@ def recognition(client: Client, args) -> int:
     deadline = time.monotonic() + args.wait
     response = client.call("GET", f"/recognize/{args.request_id}")
     return _show_answer(client, args, response, deadline, f"request {args.request_id}")
+
+
+def search(client: Client, args) -> int:
+    asked = [what for what, given in (("a photo", args.photo), ("--job", args.job or args.key),
+                                      ("--model/--person", args.model or args.person)) if given]
+    if len(asked) != 1:
+        raise CliError("search with exactly one of: a photo, --job JOB --key KEY --face N, or --model MODEL "
+                       "--person PERSON" + (f" (got {' and '.join(asked)})" if asked else ""), 2)
+    deadline = time.monotonic() + args.wait
+    fields: dict[str, Any] = {"index": args.index, "k": args.k, "wait_s": min(args.wait, MAX_SERVER_WAIT_S)}
+    fields.update({name: value for name, value in (
+        ("key_prefix", args.key_prefix), ("far", args.far), ("gallery_far", args.gallery_far),
+        ("threshold", args.threshold), ("face", args.face)) if value is not None})
+    if args.in_jobs:
+        fields["in_jobs"] = args.in_jobs
+    if args.photo:
+        if not args.photo.is_file():
+            raise CliError(f"{args.photo} is not a file", 2)
+        with open(args.photo, "rb") as file:
+            response = client.call("POST", "/search", files={"photo": (args.photo.name, file)},
+                                   data={name: value if isinstance(value, list) else str(value)
+                                         for name, value in fields.items()})
+        what = f"the {'main face' if args.face is None else f'face {args.face}'} of {args.photo.name}"
+    elif args.job:
+        if not args.key or args.face is None:
+            raise CliError("--job needs --key (the photo's key in the job's results) and --face (its number)", 2)
+        response = client.call("POST", "/search", json={**fields, "job": args.job, "key": args.key})
+        what = f"face {args.face} of {args.key} (job {args.job})"
+    else:
+        if not (args.model and args.person):
+            raise CliError("a person is searched with both --model and --person", 2)
+        body = {**fields, "model": args.model, "person": args.person}
+        if args.version:
+            body["model_version"] = args.version
+        response = client.call("POST", "/search", json=body)
+        what = f"{args.person} of model {args.model}"
+    answer = response.json()
+    while response.status_code == 202 and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(1.0, left))
+        response = client.call("GET", f"/search/{answer['id']}")
+        answer = response.json()
+    if response.status_code == 202:
+        raise CliError(f"no answer within {args.wait:g} s (are the workers running?)")
+    threshold = "no threshold" if answer["threshold"] is None else f"threshold {answer['threshold']:.3f}"
+    lines = [f"{len(answer['faces'])} faces in index {answer['index']} most like {what}, {answer['matches']} "
+             f"matching ({threshold}: {answer['threshold_rule']})"]
+    for rank, face in enumerate(answer["faces"], start=1):
+        x, y, w, h = face["box"]
+        match = {True: "match", False: "-", None: "?"}[face["match"]]
+        lines.append(f"{rank:>4}. {face['similarity']:.3f} {match:<5} {face['key']}  face {face['face']}  "
+                     f"box {x:.0f},{y:.0f} {w:.0f}x{h:.0f}  job {face['job'][:8]}")
+    return _print(args, answer, "\n".join(lines))
+
+
+def search_job(client: Client, args) -> int:
+    body: dict[str, Any] = {"model": args.model, "index": args.index}
+    body.update({name: value for name, value in (("model_version", args.version), ("k", args.k),
+                                                 ("threshold", args.threshold)) if value is not None})
+    job = client.json("POST", "/jobs/search", json=body)
+    if not (args.watch or args.output):
+        return _print(args, job, f"submitted search job {job['id']} ({job['state']}); "
+                                 f"follow it with: facerec job {job['id']} --watch")
+    _follow(client, args, job["id"])
+    if args.output:
+        args.output.write_bytes(client.call("GET", f"/jobs/{job['id']}/people").content)
+        print(f"wrote the people to {args.output}", file=sys.stderr)
+    return 0
 
 
 def show_job(client: Client, args) -> int:
@@ -509,6 +609,10 @@ def _describe(job: dict) -> str:
     if job["type"] == "recognition" and result:
         lines.append(f"  {result.get('images')} photos, {result.get('faces')} faces, {result.get('unknown_faces')} "
                      f"unknown, {result.get('errors')} errors; download: facerec results {job['id']} -o results.jsonl")
+    elif job["type"] == "search" and result:
+        lines.append(f"  {result.get('people_found')} of {result.get('people_searched')} people found in index "
+                     f"{result.get('index')}, {result.get('faces')} faces; "
+                     f"report: GET /v1/jobs/{job['id']}/people/report")
     elif result.get("trained") is False:  # a scheduled run that found nothing new to train on
         lines.append(f"  nothing trained: {result.get('decision')}")
     elif result.get("version"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 
 import numpy as np
@@ -32,9 +32,11 @@ def load_model(storage: Storage, name: str, version: str) -> LoadedModel:
 
 
 def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: Iterable[tuple[str, bytes]],
-              batch_size: int | None = None) -> Iterator[dict]:
+              batch_size: int | None = None, keep_faces: dict[str, PhotoFaces] | None = None) -> Iterator[dict]:
     """One JSON-ready result per (key, bytes) photo, in order: its faces with identities, or its error.
-    Photos go through the pipeline batch_size at a time (default: the pipeline's batch size).
+    Photos go through the pipeline batch_size at a time (default: the pipeline's batch size). With a dict
+    as keep_faces, each photo's faces and embeddings (not its chips) are also kept in it by key, for a face
+    index.
 
     Raises ValueError if the model was trained on embeddings of another kind than the pipeline makes:
     its answers would look right and be wrong."""
@@ -45,6 +47,8 @@ def recognize(pipeline: FacePipeline, loaded: LoadedModel, photos: Iterable[tupl
     batch_size = batch_size or pipeline.batch_size
     found = pipeline.process_stream(photos, batch_size)
     while batch := list(islice(found, batch_size)):
+        if keep_faces is not None:
+            keep_faces.update((photo.key, replace(photo, chips=photo.chips[:0])) for photo in batch)
         yield from _name_faces(loaded, batch)
 
 

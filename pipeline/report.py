@@ -18,6 +18,7 @@ from matplotlib.textpath import text_to_path
 
 from pipeline.dataset import Item
 from pipeline.evaluate import INTERVAL_METHOD, display_name, figure_png, plot_text
+from pipeline.thresholds import thresholds_html
 
 GRID_COLUMNS = 8
 CHIP_INCHES = 1.4  # a grid's chip; its column is as wide, or as its widest caption line and a gap
@@ -157,6 +158,9 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     ]
     if "open_set" in report:
         sections.append(_section("Open set: strangers and enrolled people", _open_set(report["open_set"], figures)))
+    if "thresholds" in report:
+        sections.append(_section("Thresholds: false accepts and false rejects",
+                                 thresholds_html(report["thresholds"], figures.get("roc_det"))))
     sections.append(_section("Parameters", _key_value_table(_flatten(report.get("params", {})))))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -38,6 +38,7 @@ from pipeline.models.params import validate_model_params
 from pipeline.quality import Quality, face_quality, passes
 from pipeline.report import explore, misclassified_png, render_html
 from pipeline.storage import MissingKey, Storage
+from pipeline.thresholds import face_pairs, model_thresholds, set_far_threshold
 
 CODE_VERSION = "3"  # 3: three-way split, figures from the test split
 SAMPLE_FACES = 24  # people shown in the report's grid of sample faces
@@ -56,6 +57,8 @@ class TrainingParams:
     validation_fraction: float = 0.2  # share of each person's photos tuned on: early stopping, unknown threshold
     test_fraction: float = 0.2  # share of each person's photos every reported figure is measured on
     stranger_fraction: float = 0.0  # share of people held out of training, as strangers for open-set figures
+    far: float | None = None  # the unknown threshold for this false-accept rate per comparison (pipeline.thresholds)
+    gallery_far: float | None = None  # ... or per search of the whole gallery; neither: the balanced default
     seed: int = 0
     batch_size: int = 32
     # Faces whose quality score (pipeline.quality) is below this are left out of fitting (training and
@@ -356,6 +359,7 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     extracted = extract_training_faces(run, lambda done: on_progress("extracting faces", done, photo_count))
     extract_seconds = time.perf_counter() - started
     fit_model(run, extracted, lambda done, total: on_progress("fitting", done, total))
+    rule = set_threshold(run, extracted)
     reached("evaluating")
     evaluation = evaluate_test_split(run, extracted)
     reached("comparing with the current version")
@@ -364,6 +368,7 @@ def train_model(storage: Storage, pipeline: FacePipeline, items: list[Item], mod
     reached("writing the report")
     report, figures = build_report(run, extracted, evaluation, version, decision, extract_seconds)
     add_open_set(run, extracted, evaluation, report, figures)
+    add_thresholds(run, extracted, rule, report, figures)
     files, record = version_files(run, report, figures), version_record(run, report, version)
     # The last moment to stop: the caller may raise here (a cancelled job); from here on the version
     # is written and, as decided, made current, with nothing checking for a cancel in between.
@@ -428,6 +433,14 @@ def fit_model(run: TrainingRun, extracted: ExtractedFaces, on_progress: Callable
         raise ValueError(f"no face was found at min_quality {run.params.min_quality} in any validation photo")
     on_progress(0, len(run.photos))
     run.model.fit(train_faces, val_faces, on_epoch=on_progress)
+
+
+def set_threshold(run: TrainingRun, extracted: ExtractedFaces) -> str:
+    """Set the unknown threshold for the asked false-accept rate on the validation split, if one was asked
+    (the model calibrated its balanced default while fitting); returns the rule in words."""
+    if run.params.far is None and run.params.gallery_far is None:
+        return "balanced accuracy of genuine and impostor scores on the validation split (the default)"
+    return set_far_threshold(run.model, extracted.of(run.split.validation)[1], run.params.far, run.params.gallery_far)
 
 
 def evaluate_test_split(run: TrainingRun, extracted: ExtractedFaces) -> Evaluation:
@@ -503,6 +516,18 @@ def add_open_set(run: TrainingRun, extracted: ExtractedFaces, evaluation: Evalua
         figures["open_set"] = open_set_png(report["open_set"])
 
 
+def add_thresholds(run: TrainingRun, extracted: ExtractedFaces, rule: str, report: dict,
+                   figures: dict[str, bytes]) -> None:
+    """Add the threshold section (its rule; false accepts and rejects measured on the test split, with
+    intervals; the face-pair calibration face indexes match at) and the ROC/DET figure."""
+    validation, test = extracted.of(run.split.validation)[1], extracted.of(run.split.test)[1]
+    report["face_pairs"] = face_pairs(validation)
+    if len(test) == 0:
+        return
+    report["thresholds"], figures["roc_det"] = model_thresholds(run.model, validation, test, rule,
+                                                                report["face_pairs"])
+
+
 def version_files(run: TrainingRun, report: dict, figures: dict[str, bytes]) -> dict[str, bytes]:
     """Every file of the version but version.json: the model, the reports, figures and manifests."""
     return {
@@ -524,6 +549,11 @@ def version_record(run: TrainingRun, report: dict, version: str) -> dict:
     summary = {"evaluated_on": "test split", **{k: metrics[k] for k in SUMMARY_METRICS}}
     if "open_set" in report:
         summary.update({k: report["open_set"][k] for k in OPEN_SET_SUMMARY})
+    if "thresholds" in report:
+        test = report["thresholds"]["test"]
+        summary.update(threshold=report["thresholds"]["threshold"], threshold_rule=report["thresholds"]["rule"],
+                       **{f"test_{name}": test[name]["rate"] for name in ("far", "far_per_search", "frr")},
+                       **{f"test_{name}_interval": test[name]["interval"] for name in ("far", "far_per_search", "frr")})
     prefix = registry.version_prefix(run.model_name, version)
     return {
         "model_type": run.model.model_type,
@@ -536,6 +566,8 @@ def version_record(run: TrainingRun, report: dict, version: str) -> dict:
         "photos": report["photos"],
         "report_key": f"{prefix}/report.json",
         "report_html_key": f"{prefix}/report.html",
+        # What a face index created by a job with this version matches faces at (pipeline.face_index).
+        "face_pairs": {k: v for k, v in report["face_pairs"].items() if k != "roc"},
     }
 
 

@@ -28,6 +28,9 @@ def celery_config(settings: Settings) -> dict:
             task_names.FINISH_RECOGNITION: {"queue": default},
             # Single photos: GPU workers consume it before their bulk queue (-Q interactive,gpu).
             task_names.RECOGNIZE_PHOTO: {"queue": interactive},
+            task_names.SEARCH_FACES: {"queue": interactive},  # a photo's embedding, then the index
+            task_names.OPTIMIZE_INDEX: {"queue": default},
+            task_names.SEARCH_PEOPLE: {"queue": default},  # no network: index searches and thumbnails
         },
         task_annotations={
             "*": {"max_retries": settings.task_max_retries},

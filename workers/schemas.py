@@ -18,6 +18,10 @@ from pipeline.storage import check_key
 RESERVED_PREFIXES = {"jobs", "models", "schedules", "idempotency", "datasets", "interactive"}
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]
+IndexName = Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]  # a face index (pipeline.face_index)
+JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+# A false-accept rate: per comparison (far) or per search of a whole gallery (gallery_far); pipeline.thresholds.
+FalseAcceptRate = Annotated[float, Field(gt=0, lt=0.5)]
 StorageKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 # The model types of pipeline.models, named here so that submitting never imports the models.
 ModelType = Literal["embedding", "centroid", "cnn", "finetune"]
@@ -56,12 +60,16 @@ class TrainingRequest(DatasetSource):
     min_quality: float = Field(0.0, ge=0, le=1)
     skip_if_unchanged: bool = False
     schedule_id: str | None = None
+    # The unknown threshold set for a false-accept rate instead of the balanced default (at most one).
+    far: FalseAcceptRate | None = None
+    gallery_far: FalseAcceptRate | None = None
 
     @model_validator(mode="after")
     def bounded_model_params(self):
         self.model_params = validate_model_params(self.model_type, self.model_params)
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise ValueError("validation_fraction + test_fraction must leave at least 10% of the photos to train on")
+        _check_at_most_one(far=self.far, gallery_far=self.gallery_far)
         return self
 
 
@@ -97,10 +105,13 @@ class RecognitionRequest(BaseModel):
     # Read only each photo's header: the unreadable and oversized photos, and what the job would cost; no model
     # is loaded (and none need exist).
     dry_run: bool = False
+    index: IndexName | None = None  # also add every face found to this face index (created on first use)
 
     @model_validator(mode="after")
     def one_source(self):
         _check_one_source(self.input_prefix, self.input_manifest, "input_prefix", "input_manifest")
+        if self.dry_run and self.index:
+            raise ValueError("a dry run reads only the photos' headers: it finds no faces to add to an index")
         if self.output_prefix:
             check_key(self.output_prefix.rstrip("/"))
             _check_output_prefix(self.output_prefix)
@@ -123,6 +134,89 @@ class PhotoRequest(BaseModel):
         if self.key is not None:
             check_key(self.key)
         return self
+
+
+class SearchFilters(BaseModel):
+    """What a search looks among, and when a face found is a match."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    index: IndexName
+    in_jobs: list[JobId] = Field(default_factory=list, max_length=100)  # only faces these jobs added
+    key_prefix: StorageKey | None = None  # only faces of photos under this prefix
+    # A face found is a match at the index's calibrated threshold, or at one set for a false-accept rate
+    # (per comparison, or per search of the whole index), or at a similarity given outright.
+    far: FalseAcceptRate | None = None
+    gallery_far: FalseAcceptRate | None = None
+    threshold: float | None = Field(None, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def one_rule(self):
+        _check_at_most_one(far=self.far, gallery_far=self.gallery_far, threshold=self.threshold)
+        return self
+
+
+class SearchRequest(SearchFilters):
+    """Find the k faces of a face index most like one face: a face of a job's results (job, key, face), a
+    person of a model (model, person; the person's mean face), or, sent as multipart, a photo (file field
+    ``photo``, its main face unless ``face`` says which). The answer comes within wait_s seconds, else 202."""
+
+    k: int = Field(10, ge=1, le=1000)
+    job: JobId | None = None
+    key: StorageKey | None = None
+    face: int | None = Field(None, ge=0, le=10_000)
+    model: ModelName | None = None
+    model_version: str | None = None
+    person: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    exact: bool = False  # scan every face instead of the ANN index (slow on a large index; for checking it)
+    wait_s: float = Field(10.0, ge=0, le=30)
+
+    def query_kind(self, photo: bool) -> str:
+        """Which face the request searches with: "photo", "face" or "person"; ValueError naming what is
+        missing or extra."""
+        kinds = [kind for kind, given in (("photo", photo), ("face", self.job or self.key),
+                                          ("person", self.model or self.person)) if given]
+        if len(kinds) != 1:
+            raise ValueError("search with exactly one of: a photo (multipart field 'photo'), a face of a job's "
+                             'results ({"job", "key", "face"}) or a person of a model ({"model", "person"})'
+                             + (f"; got {' and '.join(kinds)}" if kinds else ""))
+        kind = kinds[0]
+        if kind == "face" and (not self.job or not self.key or self.face is None):
+            raise ValueError('a face of a job\'s results needs all of "job", "key" and "face" (its number in the '
+                             "photo's faces)")
+        if kind == "person" and (not self.model or not self.person):
+            raise ValueError('a person of a model needs both "model" and "person"')
+        if kind == "person" and (self.far or self.gallery_far):
+            raise ValueError("a person is matched at the model's own threshold (set when it was trained, "
+                             "with far or gallery_far there): give threshold, or no rule")
+        if kind != "person" and self.model_version:
+            raise ValueError("model_version goes with a person of a model")
+        if self.key is not None:
+            check_key(self.key)
+        return kind
+
+
+class SearchJobRequest(SearchFilters):
+    """Every person of a gallery model (centroid or embedding) against a face index: per person, the photos
+    where they appear (the faces that match, at most k per person), as JSONL and an HTML report."""
+
+    model: ModelName
+    model_version: str | None = None
+    k: int = Field(100, ge=1, le=10_000)
+    people: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=10_000)  # only these people (default: all of the model's)
+
+    @model_validator(mode="after")
+    def person_threshold(self):
+        if self.far or self.gallery_far:
+            raise ValueError("people are matched at the model's own threshold (set when it was trained, with "
+                             "far or gallery_far there): give threshold, or no rule")
+        return self
+
+
+def _check_at_most_one(**rules: float | None) -> None:
+    given = [name for name, value in rules.items() if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of {', '.join(rules)}: got {' and '.join(given)}")
 
 
 def _check_one_source(prefix: str | None, manifest: str | None, prefix_name: str, manifest_name: str) -> None:

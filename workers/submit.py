@@ -12,10 +12,19 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from pipeline import registry
+from pipeline.face_index import FaceIndex, IndexNotFound
 from workers import interactive
+from workers.jobs import JobNotFound
 from workers.runtime import Runtime
-from workers.schemas import EnrollRequest, PhotoRequest, RecognitionRequest, TrainingRequest
-from workers.task_names import ENTRY_TASKS
+from workers.schemas import (
+    EnrollRequest,
+    PhotoRequest,
+    RecognitionRequest,
+    SearchJobRequest,
+    SearchRequest,
+    TrainingRequest,
+)
+from workers.task_names import ENTRY_TASKS, SEARCH_FACES
 
 CLAIM = ".facerec-job.json"  # under an output prefix: the job that owns it
 
@@ -26,6 +35,10 @@ class InputNotFound(LookupError):
 
 class OutputPrefixTaken(Exception):
     """The output prefix already holds objects, another job's output perhaps."""
+
+
+class IndexConflict(Exception):
+    """A face index holds another embedder's faces than the model named with it makes."""
 
 
 def submit_training(runtime: Runtime, request: TrainingRequest, idempotency_key: str | None = None,
@@ -54,7 +67,9 @@ def submit_recognition(runtime: Runtime, request: RecognitionRequest, idempotenc
     storage = runtime.storage
     _check_dataset(storage, request.input_prefix, request.input_manifest)
     if not request.dry_run:  # a dry run loads no model: one need not exist yet
-        _check_model_version(storage, request.model, request.model_version)
+        version = _check_model_version(storage, request.model, request.model_version)
+        if request.index:
+            _check_index_embedder(storage, request.index, request.model, version)
 
     def claim_output(job: dict) -> Callable[[], None] | None:
         if not request.output_prefix:
@@ -79,6 +94,35 @@ def submit_photo(runtime: Runtime, request: PhotoRequest, request_id: str, key: 
     version = _check_model_version(runtime.storage, request.model, request.model_version)
     interactive.send(runtime, request_id, key, request.model, version)
     return version
+
+
+def submit_search(runtime: Runtime, request: SearchRequest, request_id: str, photo_key: str | None) -> None:
+    """Enqueue a search on the interactive queue (a worker makes the photo's embedding and searches).
+    InputNotFound for an index, job or model version that does not exist; IndexConflict for a model whose
+    embedder is not the index's."""
+    storage = runtime.storage
+    _check_index(storage, request.index)
+    if request.job:
+        try:
+            runtime.jobs.get(request.job)
+        except JobNotFound as err:
+            raise InputNotFound(str(err)) from None
+    if request.model:
+        version = _check_model_version(storage, request.model, request.model_version)
+        _check_index_embedder(storage, request.index, request.model, version)
+        request = request.model_copy(update={"model_version": version})
+    params = {**request.model_dump(exclude_none=True), "photo_key": photo_key}
+    runtime.send(SEARCH_FACES, [request_id, params], queue=runtime.settings.queue_interactive)
+
+
+def submit_search_job(runtime: Runtime, request: SearchJobRequest, idempotency_key: str | None = None,
+                      client: str = "") -> tuple[dict, bool]:
+    """Record and enqueue a search job (every person of a gallery model against an index); returns (job, created)."""
+    storage = runtime.storage
+    _check_index(storage, request.index)
+    version = _check_model_version(storage, request.model, request.model_version)
+    _check_index_embedder(storage, request.index, request.model, version)
+    return _submit(runtime, "search", request, idempotency_key, client)
 
 
 def resume_job(runtime: Runtime, job_id: str) -> dict:
@@ -106,6 +150,27 @@ def _check_dataset(storage, prefix: str | None, manifest: str | None) -> None:
 def _check_manifest(storage, key: str, what: str) -> None:
     if not storage.exists(key):
         raise InputNotFound(f"{what} {key!r} does not exist in storage")
+
+
+def _check_index(storage, name: str) -> FaceIndex:
+    index = FaceIndex(storage, name)
+    try:
+        index.info()
+    except IndexNotFound as err:
+        raise InputNotFound(str(err)) from None
+    return index
+
+
+def _check_index_embedder(storage, name: str, model: str, version: str) -> None:
+    """IndexConflict if the index exists and holds faces of another embedder than the model version's."""
+    index = FaceIndex(storage, name)
+    if not index.exists():
+        return
+    embedder = registry.get_version(storage, model, version).get("embedder")
+    held = index.info()["embedder"]
+    if embedder and embedder != held:
+        raise IndexConflict(f"face index {name!r} holds {held} embeddings, but model {model} version {version} "
+                            f"uses {embedder} embeddings: their similarities would mean nothing; use another index")
 
 
 def _check_model_version(storage, model: str, version: str | None) -> str:

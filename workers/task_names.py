@@ -7,6 +7,9 @@ PLAN_RECOGNITION = "facerec.plan_recognition"
 RECOGNIZE_CHUNK = "facerec.recognize_chunk"
 FINISH_RECOGNITION = "facerec.finish_recognition"
 RECOGNIZE_PHOTO = "facerec.recognize_photo"
+SEARCH_FACES = "facerec.search_faces"  # one search, for someone waiting (interactive queue)
+OPTIMIZE_INDEX = "facerec.optimize_index"  # fold a recognition job's new faces into the ANN index
+SEARCH_PEOPLE = "facerec.search_people"  # a search job: every person of a model against an index
 
 # The task that starts a job of each type, and starts it again when it is resumed.
-ENTRY_TASKS = {"training": TRAIN, "enroll": ENROLL, "recognition": PLAN_RECOGNITION}
+ENTRY_TASKS = {"training": TRAIN, "enroll": ENROLL, "recognition": PLAN_RECOGNITION, "search": SEARCH_PEOPLE}

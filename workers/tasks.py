@@ -169,7 +169,8 @@ def train(self: JobTask, job_id: str) -> None:
                               validation_fraction=params.get("validation_fraction", 0.2),
                               test_fraction=params.get("test_fraction", 0.2),
                               stranger_fraction=params.get("stranger_fraction", 0.0),
-                              min_quality=params.get("min_quality", 0.0))
+                              min_quality=params.get("min_quality", 0.0),
+                              far=params.get("far"), gallery_far=params.get("gallery_far"))
     record = train_model(storage, runtime.face_pipeline, items, params["model"], training,
                          _progress_or_stop(jobs, job_id), promotion_items=held_out,
                          promotion_margin=params.get("promotion_margin"))
@@ -224,7 +225,7 @@ _progress_saved: dict[str, float] = {}  # job id -> when this process last saved
 def plan_for_chunk(plan: dict, job: dict, window: int) -> dict:
     params = job["params"]
     return {**plan, "annotate": bool(params.get("annotate")), "output": bulk.output_prefix(job),
-            "priority": params.get("priority", "normal"), "window": window}
+            "priority": params.get("priority", "normal"), "window": window, "index": params.get("index")}
 
 
 @app.task(bind=True, base=JobTask, name=task_names.PLAN_RECOGNITION)
@@ -277,7 +278,7 @@ def recognize_chunk(self: JobTask, job_id: str, index: int, plan: dict) -> None:
         if plan.get("dry_run"):
             lines, timings = bulk.read_headers(storage, keys, public)
         else:
-            lines, timings = _recognize(runtime, plan, keys)
+            lines, timings = _recognize(runtime, job_id, index, plan, keys)
         timings["total"] = (time.perf_counter() - started) * 1000
         storage.put_json(bulk.stats_key(job_id, index), {"images": len(keys), "timings_ms": timings})
         storage.put(bulk.predictions_key(job_id, index), "".join(json.dumps(line) + "\n" for line in lines).encode())
@@ -290,8 +291,10 @@ def recognize_chunk(self: JobTask, job_id: str, index: int, plan: dict) -> None:
         runtime.jobs.save_chunk_progress(job_id)
 
 
-def _recognize(runtime: Runtime, plan: dict, keys: list[str]) -> tuple[list[dict], dict]:
-    """Every face of each photo named by the plan's model: a result line per key, in order."""
+def _recognize(runtime: Runtime, job_id: str, index: int, plan: dict, keys: list[str]) -> tuple[list[dict], dict]:
+    """Every face of each photo named by the plan's model: a result line per key, in order; and each face
+    added to the plan's face index, if it names one."""
+    from pipeline.face_index import add_chunk_faces
     from pipeline.recognize import recognize
 
     storage = runtime.storage
@@ -306,9 +309,13 @@ def _recognize(runtime: Runtime, plan: dict, keys: list[str]) -> tuple[list[dict
             else:
                 yield key, data
 
-    found = {result["key"]: result for result in recognize(faces, model, photos())}
+    kept: dict = {}  # each photo's faces and embeddings, for a face index
+    found = {result["key"]: result for result in recognize(faces, model, photos(), keep_faces=kept)}
     if plan["annotate"]:
         _write_annotated(storage, plan["output"], found)
+    if plan.get("index"):  # before the predictions, like the annotated copies; each face is added once
+        add_chunk_faces(storage, plan["index"], job_id, index, kept, faces.embedder_name, plan["model"],
+                        plan["model_version"])
     lines = [found.get(key) or {"key": key, "model": plan["model"], "model_version": plan["model_version"],
                                 "error": errors[key]} for key in keys]
     return lines, dict(faces.timings_ms)
@@ -345,6 +352,8 @@ def finish_recognition(self: JobTask, job_id: str) -> None:
                    dry_run=dry_run)
     storage.put_json(summary_key, summary)
     counts = ("images", "errors", "readable") if dry_run else ("images", "faces", "unknown_faces", "errors")
+    if job["params"].get("index"):  # fold the faces the job added into the index's ANN index
+        runtime.send(task_names.OPTIMIZE_INDEX, [job["params"]["index"]])
     jobs.succeed(job_id, {
         "results": results_key, "summary": summary_key, "output_prefix": output,
         **({"annotated": f"{output}/annotated/"} if job["params"].get("annotate") else {}),
@@ -381,3 +390,95 @@ def recognize_photo(self: Task, request_id: str, key: str, model: str, version: 
         result = {"key": key, "error": f"could not recognise the photo ({type(err).__name__}); try again"}
     result.update(id=request_id, model=model, model_version=version)
     interactive.publish_answer(runtime, request_id, result)
+
+
+# -- face index and search ---------------------------------------------------------------------------
+
+@app.task(bind=True, name=task_names.OPTIMIZE_INDEX, acks_late=True, ignore_result=True,
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, max_retries=5)
+def optimize_index(self: Task, name: str) -> None:
+    """Fold the faces a recognition job added into the index's ANN index (sent when the job finishes)."""
+    from pipeline.face_index import FaceIndex
+
+    log.info("face index %s: %s", name, FaceIndex(self.app.runtime.storage, name).optimize())
+
+
+@app.task(bind=True, name=task_names.SEARCH_FACES, acks_late=True, ignore_result=True)
+def search_faces(self: Task, request_id: str, params: dict) -> None:
+    """One search for someone waiting (workers.interactive): the query face from the photo (embedded here),
+    the job's face or the model's person, then the index; the answer, or {"error", "status"}."""
+    from pipeline import search
+
+    runtime: Runtime = self.app.runtime
+    started = time.perf_counter()
+    try:
+        answer = search.search(*_search_query(runtime, params), k=params["k"], in_jobs=params.get("in_jobs", []),
+                               key_prefix=params.get("key_prefix"), far=params.get("far"),
+                               gallery_far=params.get("gallery_far"), threshold=params.get("threshold"),
+                               exact=params.get("exact", False))
+    except LookupError as err:
+        answer = {"error": str(err), "status": 404}
+    except ValueError as err:
+        answer = {"error": public_message(err, runtime.settings), "status": 400}
+    except TRANSIENT_ERRORS as err:
+        log.warning("search_faces %s: %s", request_id, err)
+        answer = {"error": f"could not search ({type(err).__name__}); try again", "status": 503}
+    except Exception:  # someone is waiting: they get an answer, the log gets the details
+        log.exception("search_faces %s failed", request_id)
+        answer = {"error": f"internal error searching (request {request_id}); the worker's log has the details",
+                  "status": 500}
+    answer.update(id=request_id, timings_ms={"worker_total": round((time.perf_counter() - started) * 1000, 1)})
+    interactive.publish_answer(runtime, request_id, answer)
+
+
+def _search_query(runtime: Runtime, params: dict):
+    """(index, query) of a search request: the index, cached in this process, and the face to search with."""
+    from pipeline import search
+    from pipeline.face_index import open_index
+
+    index = open_index(runtime.storage, params["index"])
+    if params.get("photo_key"):
+        faces = runtime.face_pipeline
+        index.check_embedder(faces.embedder_name)
+        photo = faces.process([(params["photo_key"], runtime.storage.get(params["photo_key"]))])[0]
+        return index, search.photo_query(photo, params.get("face"))
+    if params.get("job"):
+        return index, search.face_query(index, params["job"], params["key"], params["face"])
+    loaded = runtime.model(params["model"], params["model_version"])
+    index.check_embedder(loaded.embedder)
+    return index, search.person_query(loaded, params["person"])
+
+
+@app.task(bind=True, base=JobTask, name=task_names.SEARCH_PEOPLE)
+def search_people(self: JobTask, job_id: str) -> None:
+    """A search job: every person of a gallery model against a face index; people.jsonl and report.html
+    under jobs/<id>/output/."""
+    from pipeline.face_index import open_index
+    from pipeline.people_search import find_people, report_html
+
+    runtime = self.runtime
+    jobs, storage = runtime.jobs, runtime.storage
+    params = jobs.start(job_id)["params"]
+    version = registry.resolve_version(storage, params["model"], params.get("model_version"))
+    loaded = runtime.model(params["model"], version)
+    index = open_index(storage, params["index"])
+    index.check_embedder(loaded.embedder)
+    people = params.get("people") or list(loaded.model.labels_)
+    unknown = sorted(set(people) - set(loaded.model.labels_))
+    if unknown:
+        raise LookupError(f"model {params['model']} version {version} has no person {', '.join(unknown[:5])}")
+    progress = _progress_or_stop(jobs, job_id)
+    lines = list(find_people(index, loaded, people, params.get("k", 100), params.get("in_jobs", []),
+                             params.get("key_prefix"), params.get("threshold"),
+                             on_person=lambda done: progress("searching", done, len(people))))
+    output = f"jobs/{job_id}/output"
+    facts = {"model": f"{params['model']} version {version}", "index": params["index"],
+             "faces searched per person": str(params.get("k", 100)),
+             "threshold": "the model's own" if params.get("threshold") is None else str(params["threshold"])}
+    storage.put(f"{output}/people.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
+    storage.put(f"{output}/report.html", report_html(storage, lines, f"Where {params['model']}'s people appear in "
+                                                                     f"{params['index']}", facts).encode())
+    jobs.succeed(job_id, {"people": f"{output}/people.jsonl", "report": f"{output}/report.html",
+                          "model": params["model"], "model_version": version, "index": params["index"],
+                          "people_searched": len(lines), "people_found": sum(bool(line["faces"]) for line in lines),
+                          "faces": sum(len(line["faces"]) for line in lines)})

@@ -236,10 +236,148 @@ async function showWorkerWarnings(banner) {
   } catch (e) { /* the API itself is away: the page's own calls say so */ }
 }
 
+// -- Search --------------------------------------------------------------------------------------
+function searchPage() {
+  const index = document.getElementById("index");
+  const k = document.getElementById("k");
+  const prefix = document.getElementById("key-prefix");
+  const rule = document.getElementById("rule");
+  const input = document.getElementById("photo");
+  const drop = document.getElementById("drop");
+  const status = document.getElementById("status");
+  const preview = document.getElementById("preview");
+  const boxes = document.getElementById("boxes");
+  const note = document.getElementById("query-note");
+  const hits = document.getElementById("hits");
+  let file = null;
+  let sent = 0;  // only the latest search's answer is shown
+
+  function fields() {
+    const body = { index: index.value, k: parseInt(k.value, 10) || 12 };
+    if (prefix.value.trim()) body.key_prefix = prefix.value.trim();
+    if (rule.value) { const [name, value] = rule.value.split(":"); body[name] = parseFloat(value); }
+    return body;
+  }
+
+  // A face of the photo searched with: the one searched boxed in blue, the others dashed (click to search them).
+  function drawQuery(query) {
+    boxes.replaceChildren();
+    if (!query || query.kind !== "photo") return;
+    const scaleX = preview.clientWidth / query.width, scaleY = preview.clientHeight / query.height;
+    query.faces_in_photo.forEach((face, i) => {
+      const [x, y, w, h] = face.box;
+      const box = el("div", { class: "box " + (i === query.face ? "query" : "other"), "data-face": i,
+                              title: i === query.face ? "the face searched for" : "search this face instead" });
+      box.style.left = x * scaleX + "px"; box.style.top = y * scaleY + "px";
+      box.style.width = w * scaleX + "px"; box.style.height = h * scaleY + "px";
+      if (i !== query.face) box.addEventListener("click", () => searchPhoto(i));
+      boxes.append(box);
+    });
+  }
+
+  // A thumbnail: the face and some of its surroundings, cut from the photo, the face boxed.
+  function thumbnail(face) {
+    const canvas = el("canvas", { width: "320", height: "320", "aria-label": face.key });
+    const image = new Image();
+    image.onload = () => {
+      const [x, y, w, h] = face.box;
+      const side = Math.max(w, h) * 1.8, cx = x + w / 2, cy = y + h / 2;
+      const sx = Math.max(0, Math.min(image.naturalWidth - side, cx - side / 2));
+      const sy = Math.max(0, Math.min(image.naturalHeight - side, cy - side / 2));
+      const context = canvas.getContext("2d"), scale = 320 / side;
+      context.drawImage(image, sx, sy, side, side, 0, 0, 320, 320);
+      context.lineWidth = 5;
+      context.strokeStyle = face.match ? "#19c37d" : "#f5a524";
+      context.strokeRect((x - sx) * scale, (y - sy) * scale, w * scale, h * scale);
+    };
+    image.src = face.photo_url;
+    return canvas;
+  }
+
+  function show(answer, started) {
+    hits.replaceChildren(...answer.faces.map((face) => {
+      const again = el("button", { type: "button" }, "search this face");
+      again.addEventListener("click", () => searchFace(face));
+      return el("li", { class: "hit" + (face.match ? " match" : ""), "data-key": face.key },
+        thumbnail(face),
+        el("div", {}, el("span", { class: "similarity" }, face.similarity.toFixed(3)),
+           el("span", { class: "badge" }, face.match ? "match" : face.match === false ? "no match" : "?")),
+        el("div", { class: "key", title: face.key }, face.key), again);
+    }));
+    const threshold = answer.threshold === null ? "no threshold" : `threshold ${answer.threshold.toFixed(3)}`;
+    status.textContent = `${answer.matches} of ${answer.faces.length} faces match (${threshold}: ${answer.threshold_rule}) · ` +
+      `${Math.round(performance.now() - started)} ms`;
+    if (!answer.faces.length) hits.append(el("li", {}, "No face in this index matches the filters."));
+  }
+
+  async function run(send, describe) {
+    if (!index.value) { status.textContent = "Run a recognition job with an index first."; return; }
+    const ticket = ++sent;
+    status.textContent = "Searching…";
+    hits.replaceChildren();
+    const started = performance.now();
+    try {
+      let { status: code, data } = await send();
+      while (code === 202 && ticket === sent) {  // the workers are busy: poll until the answer is there
+        status.textContent = "Queued behind other work…";
+        await new Promise((r) => setTimeout(r, 1000));
+        ({ status: code, data } = await api("GET", data.location));
+      }
+      if (ticket !== sent) return;
+      describe(data.query);
+      show(data, started);
+    } catch (e) {
+      if (ticket === sent) status.textContent = "Could not search: " + e.message;
+    }
+  }
+
+  function searchPhoto(face) {
+    if (!file) return;
+    run(() => {
+      const form = new FormData();
+      form.append("photo", file);
+      for (const [name, value] of Object.entries(fields())) form.append(name, value);
+      if (face !== undefined) form.append("face", face);
+      return api("POST", "/v1/search", form);
+    }, (query) => {
+      note.textContent = `${query.faces_in_photo.length} face(s) in the photo; the blue one was searched for` +
+        (query.faces_in_photo.length > 1 ? " (click another to search it)." : ".");
+      if (preview.complete) drawQuery(query); else preview.onload = () => drawQuery(query);
+      window.onresize = () => drawQuery(query);
+    });
+  }
+
+  function searchFace(face) {
+    document.getElementById("query").hidden = true;
+    file = null;
+    run(() => api("POST", "/v1/search", { ...fields(), job: face.job, key: face.key, face: face.face }),
+        (query) => { status.textContent = `Searching with face ${query.face} of ${query.key}`; });
+  }
+
+  function choose(chosen) {
+    if (!chosen) return;
+    file = chosen;
+    preview.src = URL.createObjectURL(chosen);
+    document.getElementById("query").hidden = false;
+    boxes.replaceChildren();
+    note.textContent = "";
+    searchPhoto();
+  }
+
+  input.addEventListener("change", () => choose(input.files[0]));
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault(); drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => choose(e.dataTransfer.files[0]));
+}
+
 fillBars();
 const banner = document.getElementById("worker-warnings");
 if (banner) { showWorkerWarnings(banner); setInterval(() => showWorkerWarnings(banner), 10000); }
 const page = document.querySelector("[data-page]");
 if (page) {
-  ({ recognize: recognizePage, jobs: jobsPage, job: jobPage, models: modelsPage })[page.dataset.page](page);
+  ({ recognize: recognizePage, search: searchPage, jobs: jobsPage, job: jobPage, models: modelsPage })[page.dataset.page](page);
 }
