@@ -20,8 +20,9 @@ from api.context import runtime
 from api.endpoints import HTML, JSONL, READ, SUBMIT, endpoint, page
 from api.jobs import QUEUED, _submitted, find_job
 from api.photos import MULTIPART_OVERHEAD, _uploaded_photo
+from api.sessions import session_key
 from api.validation import parse, parse_body
-from api.web import _current_key, _page, page_headers
+from api.web import _page, page_headers
 from pipeline import registry
 from pipeline.decode import MAX_BYTES
 from pipeline.face_index import FaceIndex, list_indexes
@@ -161,7 +162,7 @@ def get_search_job_report(job_id: str):
 @page
 def search_job_report_page(job_id: str):
     """A finished search job's report, linked from the job's page (the session stands for the key)."""
-    if _current_key() is None:
+    if session_key() is None:
         return redirect(url_for("web.login", next=request.path))
     return _search_job_file(job_id, "report", "text/html")
 

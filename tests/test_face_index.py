@@ -181,6 +181,28 @@ def put(key, data):
 storage.put = put
 job, _ = jobs.create("recognition", {"model": "two", "input_prefix": "inbox", "index": "eager"})
 tasks.plan_recognition.apply(args=[job["id"]])
+
+
+def run_what_was_sent():
+    # The tasks the plan and each chunk sent (the chunks, the summary), run here one at a time as a worker would.
+    while True:
+        with app.connection_for_read() as connection:
+            for name in ("gpu", "default"):
+                queue = connection.SimpleQueue(name)
+                try:
+                    message = queue.get(block=False)
+                except queue.Empty:
+                    queue.close()
+                    continue
+                app.tasks[message.headers["task"]].apply(args=message.payload[0])
+                message.ack()
+                queue.close()
+                break
+            else:
+                return
+
+
+run_what_was_sent()
 job = jobs.get(job["id"])
 index = FaceIndex(storage, "eager")
 table = index.table().to_arrow()
