@@ -23,6 +23,18 @@ def test_the_worker_pipeline_takes_its_device_and_batch_sizes_from_the_environme
     assert (pipeline.embedder.batch_size, pipeline.embedder.device) == (256, "cpu:0")
 
 
+def test_the_worker_embeds_at_the_precision_of_the_environment(monkeypatch, face_resnet_cache):
+    from workers.runtime import Runtime
+
+    monkeypatch.setenv("FACEREC_CACHE_DIR", str(face_resnet_cache))
+    monkeypatch.setenv("FACEREC_PRECISION", "bfloat16")
+    assert Runtime(load_settings()).face_pipeline.embedder.precision == "bfloat16"
+    monkeypatch.setenv("FACEREC_PRECISION", "float32")
+    assert Runtime(load_settings()).face_pipeline.embedder.precision == "float32"
+    monkeypatch.delenv("FACEREC_PRECISION")
+    assert load_settings().precision == "auto"
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("FACEREC_DEVICE", "gpu1", "FACEREC_DEVICE must be a device such as gpu:0"),
     ("FACEREC_DEVICE", "cuda:0", "FACEREC_DEVICE must be a device such as gpu:0"),
@@ -30,6 +42,7 @@ def test_the_worker_pipeline_takes_its_device_and_batch_sizes_from_the_environme
     ("FACEREC_PHOTO_BATCH", "-5", "FACEREC_PHOTO_BATCH must be at least 1"),
     ("FACEREC_DETECT_BATCH", "lots", "FACEREC_DETECT_BATCH must be an integer"),
     ("FACEREC_DECODE_PROCESSES", "-1", "FACEREC_DECODE_PROCESSES must be at least 0"),
+    ("FACEREC_PRECISION", "half", "FACEREC_PRECISION must be one of auto, float32, bfloat16"),
 ])
 def test_a_bad_setting_is_refused_by_name(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
