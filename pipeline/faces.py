@@ -22,8 +22,8 @@ from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
 # 32 megapixels is about ten working-size photos; the detector cuts its own batches finer still.
 MAX_BATCH_PIXELS = 32_000_000
 
-# Threads that decode, detect and align batches while the embedding runs: detection's small ops leave a
-# core idle, that a second batch's use.
+# Threads that decode, detect and align batches while the embedding runs: detection's small ops leave
+# cores idle that a second batch's detection uses.
 DETECTION_THREADS = 2
 
 # A photo where no face is found is searched again with a margin of this share of each side added around
