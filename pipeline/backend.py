@@ -69,7 +69,10 @@ def networks_run_on_cpu(device: str | None) -> bool:
     """Whether the networks run on a CPU: device names one, or none is named and the backend sees no GPU."""
     if device:
         return device.lower().startswith("cpu")
-    return not keras.distribution.list_devices("gpu")
+    try:
+        return not keras.distribution.list_devices("gpu")
+    except RuntimeError:  # JAX's answer when it has no GPU platform at all
+        return True
 
 
 def resolved_precision(precision: str, device: str | None) -> str:

@@ -255,6 +255,8 @@ found = keras_face_detector().detect(list(photos))
 (work / "jax_faces.json").write_text(json.dumps(faces_as_json(found)))
 
 from pipeline.align import ChipCutter
+from pipeline.backend import networks_run_on_cpu
+assert networks_run_on_cpu(None)  # JAX on its CPU platform alone: no GPU to ask about
 landmarks = [np.asarray([face.landmarks for face in faces]).reshape(-1, 5, 2) for faces in found]
 np.savez(work / "jax_landmarks.npz", *landmarks)
 np.save(work / "jax_chips.npy", ChipCutter().cut(list(photos), landmarks))
