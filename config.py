@@ -40,6 +40,26 @@ def _env_device(name: str) -> str:
     return device
 
 
+def _env_float(name: str, default: float, above: float, below: float) -> float:
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+    if not above < value < below:
+        raise ValueError(f"environment variable {name} must be between {above} and {below}, got {value}")
+    return value
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default).lower()
+    if value not in choices:
+        raise ValueError(f"environment variable {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = ""
@@ -70,6 +90,11 @@ class Settings:
     detect_batch: int = 32
     embed_batch: int = 64
     decode_processes: int = 0
+    # MTCNN's image pyramid: the smallest face looked for (pixels) and each level's size over the last's.
+    min_face_size: int = 20
+    pyramid_factor: float = 0.709
+    # The face ResNet's arithmetic: "auto" is bfloat16 on a CPU that has it natively, float32 elsewhere.
+    precision: str = "auto"
     heartbeat_s: int = 10
     job_stall_s: int = 60
     max_resumes: int = 3
@@ -133,6 +158,9 @@ def load_settings() -> Settings:
         detect_batch=_env_int("FACEREC_DETECT_BATCH", 32, minimum=1),
         embed_batch=_env_int("FACEREC_EMBED_BATCH", 64, minimum=1),
         decode_processes=_env_int("FACEREC_DECODE_PROCESSES", 0, minimum=0),
+        min_face_size=_env_int("FACEREC_MIN_FACE_SIZE", 20, minimum=12),
+        pyramid_factor=_env_float("FACEREC_PYRAMID_FACTOR", 0.709, above=0.0, below=1.0),
+        precision=_env_choice("FACEREC_PRECISION", "auto", ("auto", "float32", "bfloat16")),
         heartbeat_s=_env_int("FACEREC_HEARTBEAT_S", 10),
         job_stall_s=_env_int("FACEREC_JOB_STALL_S", 60),
         max_resumes=_env_int("FACEREC_MAX_RESUMES", 3),

@@ -2,6 +2,13 @@
 
 Run as `python -m bench.detection [--count N]`. Both sides get the same decoded photos (decoding is
 not timed) and are timed after a warm-up call. Ours runs at several batch sizes; the best counts.
+Then the image pyramid's cost: ours at other smallest face sizes and scale factors (FACEREC_MIN_FACE_SIZE,
+FACEREC_PYRAMID_FACTOR), with the faces each finds of the default's.
+`host_ms_per_photo` is what a GPU worker's process does on its host core per photo, whatever the GPU:
+detection at FACEREC_DETECT_BATCH photos a batch and the chips cut on the device (align.ChipCutter), under
+cProfile with the thread's CPU time as its clock (a shared machine's other work does not count), less the
+time inside TensorFlow's op and function calls; `host_ms_per_photo_pillow` the same with the chips cut by
+Pillow on the host, as on a CPU worker.
 The last line printed is a JSON summary, also written to bench/results/detection.json.
 The machine may be shared: compare the two sides of one run, not numbers across runs.
 """
@@ -9,8 +16,10 @@ The machine may be shared: compare the two sides of one run, not numbers across 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +28,9 @@ import numpy as np
 
 from bench.machine import machine_info
 from config import load_settings
+from pipeline.align import ChipCutter, align_faces
 from pipeline.decode import decode_image
-from pipeline.detect import Face, FaceDetector
+from pipeline.detect import SCALE_FACTOR, Face, FaceDetector
 
 BATCH_SIZES = (16, 32, 64)
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "detection.json"
@@ -29,6 +39,10 @@ KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 MATCH_IOU = 0.5
 # Photos on which the package's unrounded output (output_type="numpy") is compared too, untimed.
 UNROUNDED_PHOTOS = 100
+# (smallest face size, scale factor) of the pyramids timed beside the default (20, 0.709).
+PYRAMIDS = ((40, SCALE_FACTOR), (80, SCALE_FACTOR), (20, 0.6), (20, 0.8))
+# The calls inside which TensorFlow runs ops (eagerly or a compiled function's): not host work.
+BACKEND_CALLS = ("TFE_Py_Execute", "TFE_Py_FastPathExecute")
 
 
 def lfw_photos(count: int) -> list[np.ndarray]:
@@ -75,6 +89,43 @@ def from_rows(rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(row[1:5], row[6:16].reshape(2, 5).T) for row in np.asarray(rows).reshape(-1, 16)]
 
 
+def same_faces(found: list[list[Face]], reference: list[list[Face]]) -> float:
+    """Share of the reference's faces that found has too (boxes overlapping by MATCH_IOU)."""
+    matched = [any(iou(np.asarray(face.box), np.asarray(other.box)) >= MATCH_IOU for other in ours)
+               for ours, theirs in zip(found, reference) for face in theirs]
+    return sum(matched) / max(1, len(matched))
+
+
+def host_ms_per_photo(detector: FaceDetector, photos: list[np.ndarray], on_device: bool) -> float:
+    """Host milliseconds per photo of detecting and aligning photos in the detector's batches: thread CPU
+    time under cProfile outside BACKEND_CALLS. Chips cut by ChipCutter when on_device, else by Pillow."""
+    cutter = ChipCutter(device=detector.device)
+
+    def detect_and_align(some: list[np.ndarray]) -> None:
+        found = detector.detect(some)
+        points = [np.asarray([face.landmarks for face in faces]).reshape(-1, 5, 2) for faces in found]
+        if on_device:
+            cutter.cut(some, points)
+        else:
+            for photo, landmarks in zip(some, points):
+                align_faces(photo, list(landmarks))
+
+    batches = [photos[i:i + detector.batch_size] for i in range(0, len(photos), detector.batch_size)]
+    # Warm-up: two batch sizes, after which TensorFlow's functions take any size without tracing again.
+    detect_and_align(batches[0])
+    detect_and_align(batches[0][:3])
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    for batch in batches:
+        detect_and_align(batch)
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    backend = sum(tottime for (_, _, name), (_, _, tottime, _, _) in stats.items()
+                  if any(call in name for call in BACKEND_CALLS))
+    total = sum(tottime for _, _, tottime, _, _ in stats.values())
+    return 1000 * (total - backend) / len(photos)
+
+
 def recall(detections: list[list]) -> float:
     """Share of photos with at least one face."""
     return sum(bool(faces) for faces in detections) / len(detections)
@@ -99,6 +150,26 @@ def main() -> None:
         print(f"ours, batch {batch_size:2d}: {speeds[batch_size]:.1f} photos/s "
               f"({1000 / speeds[batch_size]:.1f} ms/photo), a face in {recall(ours):.1%} of photos")
     best_batch_size = max(speeds, key=speeds.get)
+    detector.batch_size = best_batch_size
+
+    pyramids = {}
+    for min_face_size, scale_factor in PYRAMIDS:
+        other = FaceDetector(min_face_size=min_face_size, scale_factor=scale_factor, batch_size=best_batch_size)
+        other.detect(photos[:best_batch_size])  # warm-up
+        found, seconds = timed(lambda detector=other: detector.detect(photos))
+        pyramids[f"{min_face_size}px_{scale_factor}"] = entry = {
+            "photos_per_s": round(len(photos) / seconds, 2), "recall": round(recall(found), 4),
+            "faces": sum(map(len, found)), "default_faces_found": round(same_faces(found, ours), 4)}
+        print(f"ours, smallest face {min_face_size} px, scale factor {scale_factor}: {entry['photos_per_s']:.1f} "
+              f"photos/s, a face in {recall(found):.1%} of photos, {entry['default_faces_found']:.1%} of the "
+              "default's faces")
+
+    settings = load_settings()
+    host_detector = FaceDetector(batch_size=settings.detect_batch)
+    host_ms = host_ms_per_photo(host_detector, photos, on_device=True)
+    host_ms_pillow = host_ms_per_photo(host_detector, photos, on_device=False)
+    print(f"host work per photo at detection batch {settings.detect_batch}: {host_ms:.2f} ms with the chips cut on "
+          f"the device, {host_ms_pillow:.2f} ms with Pillow")
 
     from mtcnn import MTCNN
 
@@ -129,6 +200,10 @@ def main() -> None:
         "best_batch_size": best_batch_size,
         "mean_landmark_diff_px": round(float(np.mean(distances)), 4),
         "mean_landmark_diff_unrounded_px": float(np.mean(unrounded)),
+        "pyramids": pyramids,
+        "host_ms_per_photo": round(host_ms, 3),
+        "host_ms_per_photo_pillow": round(host_ms_pillow, 3),
+        "host_detect_batch": settings.detect_batch,
         **machine_info(load_at_start),
     }
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,10 @@ Run as `python -m bench.embedding`. Both sides embed the same 150x150 chips, cut
 itself (HOG detector, 5-point landmarks, get_face_chip), so only the network is timed. Both are timed
 the same way: at each batch size (chips per call; dlib's compute_face_descriptor takes a list of
 chips too), a warm-up call, then the median of TIMED_RUNS embeddings of all the chips; each side's
-best batch size counts.
+best batch size counts. Ours runs at the workers' precision (FACEREC_PRECISION; auto is bfloat16 on a
+CPU that has it natively) and, for the record, at float32; `ours_precision_min_cosine` is the least cosine
+between the two's descriptors. `ours_mirrored_faces_per_s` is the workers' default (FACEREC_MIRROR_FACES:
+each face embedded with its mirror image) at the best batch size.
 The last line printed is a JSON summary, also written to bench/results/embedding.json.
 """
 
@@ -147,21 +150,34 @@ def main() -> None:
 
     # A fresh cache, so that every run also converts the weights from dlib's file.
     with tempfile.TemporaryDirectory() as cache_dir:
-        embedder = FaceResNetEmbedder(cache_dir)
+        float32 = FaceResNetEmbedder(cache_dir)
+        embedder = FaceResNetEmbedder(cache_dir, precision=load_settings().precision)
+        mirrored = FaceResNetEmbedder(cache_dir, mirror=True, precision=load_settings().precision)
 
-    def embed(batch_size: int, some: np.ndarray) -> np.ndarray:
-        embedder.batch_size = batch_size
-        return embedder.embed(some)
+    def embedding_with(model: FaceResNetEmbedder) -> Callable[[int, np.ndarray], np.ndarray]:
+        def embed(batch_size: int, some: np.ndarray) -> np.ndarray:
+            model.batch_size = batch_size
+            return model.embed(some)
+        return embed
 
-    speeds = speeds_by_batch_size("ours", embed, chips)
+    speeds = speeds_by_batch_size(f"ours ({embedder.precision})", embedding_with(embedder), chips)
     best_batch_size = max(speeds, key=speeds.get)
     ours_faces_per_s = speeds[best_batch_size]
+    float32_speeds = speeds if embedder.precision == "float32" else speeds_by_batch_size(
+        "ours (float32)", embedding_with(float32), chips)
 
-    embedder.batch_size = best_batch_size
+    embedder.batch_size = float32.batch_size = best_batch_size
     ours = embedder.embed(chips)
     cosines = cosine_similarities(ours, reference)
     max_abs_diff = float(np.max(np.abs(ours - reference)))
     print(f"parity: min cosine {cosines.min():.7f}, max |difference| {max_abs_diff:.2e}")
+    precision_cosines = cosine_similarities(ours, float32.embed(chips))
+    print(f"{embedder.precision} against float32: min cosine {precision_cosines.min():.7f}")
+
+    mirrored.batch_size = best_batch_size
+    mirrored.embed(chips[:best_batch_size])
+    mirrored_faces_per_s = len(chips) / median_time(lambda: mirrored.embed(chips), repeats=TIMED_RUNS)
+    print(f"ours mirrored, batch {best_batch_size}: {mirrored_faces_per_s:.1f} faces/s")
 
     gflops = gflops_per_face(embedder.model)
     peak = cpu_peak_gflops()
@@ -171,6 +187,10 @@ def main() -> None:
         "speedup": round(ours_faces_per_s / dlib_faces_per_s, 2),
         "parity_min_cosine": float(cosines.min()),
         "parity_max_abs_diff": max_abs_diff,
+        "ours_precision": embedder.precision,
+        "ours_precision_min_cosine": float(precision_cosines.min()),
+        "ours_float32_faces_per_s": round(max(float32_speeds.values()), 2),
+        "ours_mirrored_faces_per_s": round(mirrored_faces_per_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "best_batch_size": best_batch_size,
         "dlib_best_batch_size": dlib_batch_size,

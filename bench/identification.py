@@ -94,7 +94,8 @@ def main() -> None:
     from pipeline.face_resnet import FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir, mirror=settings.mirror_faces))
+    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir, mirror=settings.mirror_faces,
+                                                                  precision=settings.precision))
     extracted = extract_faces(LocalStorage(lfw), pipeline, items, batch_size=64)
     print(f"ours: faces in {len(extracted.items)} photos, no face in {len(extracted.no_face)}")
     with BaselineEncoder() as encoder:  # one process per core
@@ -127,6 +128,7 @@ def main() -> None:
 
     figures = {
         "people": len({i.label for i in items}), "photos": len(items), "folds": args.folds, "folds_run": len(splits),
+        "precision": pipeline.embedder.precision,
         "top1": {t: round(float(np.mean(s)), 4) for t, s in scores.items() if t != "baseline"},
         "top1_std": {t: round(float(np.std(s)), 4) for t, s in scores.items()},
         "top1_with_unknown": {t: round(float(np.mean(s)), 4) for t, s in with_unknown.items()},

@@ -13,7 +13,8 @@ embedder); `ours_accuracy` is the product's setting (FACEREC_MIRROR_FACES, on by
 that are embedded and averaged (face_resnet.Crop): `plain` is the default pipeline, `accurate` the
 accurate mode (FACEREC_ACCURATE_FACES), the others one kind of crop each beside the chip itself, to
 measure what each kind adds. `ours_embed_faces_per_s` is the cost: faces embedded per second in the
-reported setting (mirrored or not), all crops included.
+reported setting (mirrored or not), all crops included. The ResNet runs at FACEREC_PRECISION (auto:
+bfloat16 on a CPU that has it natively), as the workers run it; `precision` in the JSON says which.
 
 LFW's unrestricted protocol: for each fold, the distance threshold that maximises accuracy on the
 other folds is applied to this fold. Accuracy is the mean over folds, ± the sample standard deviation
@@ -38,6 +39,7 @@ from bench.baseline import encode_photos
 from bench.lfw import Pair, read_pairs
 from bench.machine import machine_info
 from config import load_settings
+from pipeline.backend import resolved_precision
 from pipeline.face_resnet import ACCURATE, PLAIN, Crop
 
 BATCH_SIZE = 64  # photos per FacePipeline.process call
@@ -135,7 +137,9 @@ def embed_ours(paths: list[Path], batch_size: int = BATCH_SIZE, crops: tuple[Cro
     from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
     from pipeline.faces import FacePipeline
 
-    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(load_settings().cache_dir, crops=crops))
+    settings = load_settings()
+    pipeline = FacePipeline(FaceDetector(), FaceResNetEmbedder(settings.cache_dir, crops=crops,
+                                                               precision=settings.precision))
     pipeline.process([(str(p), p.read_bytes()) for p in paths[:WARM_UP_PHOTOS]])
 
     plain = np.full((len(paths), DESCRIPTOR_SIZE), np.nan, dtype=np.float32)
@@ -174,7 +178,8 @@ def embedding_cost(chips: np.ndarray, crops: tuple[Crop, ...], mirror: bool) -> 
     embeddings of the chips, as bench.embedding times it."""
     from pipeline.face_resnet import FaceResNetEmbedder
 
-    embedder = FaceResNetEmbedder(load_settings().cache_dir, mirror=mirror, crops=crops)
+    settings = load_settings()
+    embedder = FaceResNetEmbedder(settings.cache_dir, mirror=mirror, crops=crops, precision=settings.precision)
     embedder.embed(chips[:embedder.batch_size])
     timings = []
     for _ in range(COST_RUNS):
@@ -255,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_mirrored": mirror,
         "crops": args.crops,
         "crop_views": [crop.label for crop in crops],
+        "precision": resolved_precision(load_settings().precision, None),
         "ours_embed_faces_per_s": round(embed_faces_per_s, 2),
         "baseline_accuracy": round(chosen["baseline"]["accuracy"], 4) if baseline else None,
         "baseline_std": round(chosen["baseline"]["std"], 4) if baseline else None,
@@ -281,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_s": round(time.perf_counter() - bench_started, 1),
     }
     # The default run keeps the usual file; other crop sets and ours-only runs get their own.
-    name = "lfw_pairs" if args.crops == "plain" and baseline else f"lfw_pairs_{args.crops}"
+    name = "lfw_pairs" if args.crops == "plain" and baseline else f"lfw_pairs_{args.crops}_{summary['precision']}"
     results = RESULTS.with_name(f"{name}.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(summary, indent=2) + "\n")

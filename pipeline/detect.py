@@ -65,12 +65,13 @@ class FaceDetector:
     """
 
     def __init__(self, min_face_size: int = 20, min_score: float = 0.9, fallback_score: float = 0.8,
-                 batch_size: int = 32, device: str | None = None) -> None:
+                 batch_size: int = 32, device: str | None = None, scale_factor: float = SCALE_FACTOR) -> None:
         # Here, not at the top, so that importing Face or main_face does not load Keras.
         from pipeline.backend import device_scope
         from pipeline.mtcnn_keras import MTCNNNetworks
 
         self.min_face_size = min_face_size
+        self.scale_factor = scale_factor  # each pyramid level's size over the last's (the package's 0.709)
         self.min_score = min_score
         self.fallback_score = fallback_score
         self.batch_size = batch_size
@@ -140,7 +141,7 @@ class FaceDetector:
         """PNet over the image pyramid: squared candidate boxes, rows (image, x1, y1, x2, y2, score)."""
         height, width = normalized.shape[1:3]
         kept_per_scale = []
-        for scale in pyramid_scales(width, height, min_face_size):
+        for scale in pyramid_scales(width, height, min_face_size, self.scale_factor):
             # Truncated like the package's resize (tf.image.resize casts the float size to int).
             size = (np.asarray([height, width]) * scale).astype(np.int32)
             cells, regression, scores = self._networks.pnet(normalized, tuple(size), PNET_THRESHOLD)
@@ -191,9 +192,9 @@ def main_face(faces: list[Face], width: int, height: int) -> int | None:
                                       + (faces[i].box[1] + faces[i].box[3] / 2 - height / 2) ** 2)
 
 
-def pyramid_scales(width: int, height: int, min_face_size: int) -> np.ndarray:
+def pyramid_scales(width: int, height: int, min_face_size: int, scale_factor: float = SCALE_FACTOR) -> np.ndarray:
     """The scales at which PNet sees the photo: the first maps a face of min_face_size pixels onto
-    PNet's 12-pixel window, each next one is SCALE_FACTOR smaller, down to the last at which the
+    PNet's 12-pixel window, each next one scale_factor times the last, down to the last at which the
     photo's short side still holds one window.
 
     For the default min_face_size of 20 these are the package's scales (but for a narrow band of photo
@@ -205,8 +206,8 @@ def pyramid_scales(width: int, height: int, min_face_size: int) -> np.ndarray:
     first = PNET_WINDOW / min_face_size
     # Enough levels to reach the window, plus one; the filter drops those below it. Powers rather
     # than repeated products give the package's scales to the last bit.
-    count = max(0, int(np.log(short_side * first / PNET_WINDOW) / -np.log(SCALE_FACTOR)) + 2)
-    scales = first * SCALE_FACTOR ** np.arange(count)
+    count = max(0, int(np.log(short_side * first / PNET_WINDOW) / -np.log(scale_factor)) + 2)
+    scales = first * scale_factor ** np.arange(count)
     return scales[short_side * scales >= PNET_WINDOW]
 
 

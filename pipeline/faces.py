@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.align import CHIP_SIZE, align_faces
+from pipeline.align import CHIP_SIZE, ChipCutter, align_faces
+from pipeline.backend import networks_run_on_cpu
 from pipeline.decode import DecodePool, Photo, decode_photos
 from pipeline.detect import Face, FaceDetector, main_face
 from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
@@ -19,6 +21,10 @@ from pipeline.face_resnet import DESCRIPTOR_SIZE, FaceResNetEmbedder
 # would be 96 megapixels held at once (300 MB of pixels, and the detector's activations on top).
 # 32 megapixels is about ten working-size photos; the detector cuts its own batches finer still.
 MAX_BATCH_PIXELS = 32_000_000
+
+# Threads that decode, detect and align batches while the embedding runs: detection's small ops leave
+# cores idle that a second batch's detection uses.
+DETECTION_THREADS = 2
 
 # A photo where no face is found is searched again with a margin of this share of each side added around
 # it, in mid grey: a face that fills the whole photo (a tight crop, no margin around the head) is one
@@ -53,17 +59,27 @@ class FacePipeline:
 
     batch_size is the photos per batch when process_stream is not told; with decode_processes, photos
     are decoded in that many processes (a DecodePool, started on first use) rather than on the
-    detection thread: for GPU nodes, where decoding is what the CPU cores do.
+    detection threads: for GPU nodes, where decoding is what the CPU cores do. detection_threads batches
+    are decoded, detected and aligned at once. Chips are cut on the networks' device in one call per
+    batch (align.ChipCutter) when align_on_device, else by Pillow face by face on the host; by default
+    on the device when the networks run on a GPU (on a CPU, Pillow's C loop is about 3 times cheaper than
+    the gathers, and there is no host to spare).
     """
 
     def __init__(self, detector: FaceDetector, embedder: FaceResNetEmbedder, batch_size: int = 32,
-                 decode_processes: int = 0) -> None:
+                 decode_processes: int = 0, detection_threads: int = DETECTION_THREADS,
+                 align_on_device: bool | None = None) -> None:
         self.detector = detector
         self.embedder = embedder
         self.batch_size = batch_size
         self.decode_processes = decode_processes
+        self.detection_threads = detection_threads
+        if align_on_device is None:
+            align_on_device = not networks_run_on_cpu(detector.device)
+        self.chip_cutter = ChipCutter(device=detector.device) if align_on_device else None
         self._decode_pool: DecodePool | None = None
         self.timings_ms: dict[str, float] = {}
+        self._timing = threading.Lock()  # the detection threads and the embedding add to timings_ms
 
     @property
     def embedder_name(self) -> str:
@@ -78,19 +94,35 @@ class FacePipeline:
                        max_batch_pixels: int = MAX_BATCH_PIXELS) -> Iterator[PhotoFaces]:
         """process() over any number of photos, yielding one result per photo in order. A batch holds at
         most batch_size photos and max_batch_pixels decoded pixels (large photos make smaller batches).
-        While the network embeds one batch, a second thread decodes, detects and aligns the next:
-        detection's small TensorFlow ops leave cores idle that the embedding uses (about 15% more
-        photos per second on 2 cores). timings_ms adds up over the whole stream; "decode" includes waiting
+        While the network embeds one batch, detection_threads threads decode, detect and align the next
+        ones: detection's small TensorFlow ops leave cores idle that the embedding and another batch's
+        detection use (one thread beside the embedding gave about 15% more photos per second on 2 cores).
+        timings_ms adds up over the whole stream; "decode" includes waiting
         for the photos' bytes and, with decode processes, is only the time spent waiting for them."""
         batch_size = batch_size or self.batch_size
         self.timings_ms = {"decode": 0.0, "detect": 0.0, "align": 0.0, "embed": 0.0}
-        # Advanced only on the detection thread, one batch per _find call.
-        batches = self._decoded_batches(iter(photos), batch_size, max_batch_pixels)
-        with ThreadPoolExecutor(1, thread_name_prefix="face-detection") as detection:
-            found = detection.submit(self._find, batches)
-            while (batch := found.result()) is not None:
-                found = detection.submit(self._find, batches)
-                yield from self._embed(*batch)
+        batches = enumerate(self._decoded_batches(iter(photos), batch_size, max_batch_pixels))
+        taking = threading.Lock()  # the batches are decoded by one thread at a time, in order
+
+        def find_next() -> tuple[int, tuple] | None:
+            with taking:
+                numbered = next(batches, None)
+            return None if numbered is None else (numbered[0], self._find(*numbered[1]))
+
+        threads = self.detection_threads
+        with ThreadPoolExecutor(threads, thread_name_prefix="face-detection") as detection:
+            pending = [detection.submit(find_next) for _ in range(threads)]
+            found: dict[int, tuple] = {}  # detected batches by number, until their turn to be embedded
+            turn = 0
+            while pending:
+                numbered = pending.pop(0).result()
+                if numbered is None:
+                    continue
+                pending.append(detection.submit(find_next))
+                found[numbered[0]] = numbered[1]
+                while turn in found:
+                    yield from self._embed(*found.pop(turn))
+                    turn += 1
 
     def _decoded_batches(self, photos: Iterator[tuple[str, bytes]], batch_size: int, max_batch_pixels: int
                          ) -> Iterator[tuple[list[PhotoFaces], dict[int, Photo]]]:
@@ -142,14 +174,10 @@ class FacePipeline:
             self._decode_pool.close()
             self._decode_pool = None
 
-    def _find(self, batches: Iterator[tuple[list[PhotoFaces], dict[int, Photo]]]
-              ) -> tuple[list[PhotoFaces], list[np.ndarray], list[int]] | None:
-        """Decode, detect and align the next batch: the photos' results so far, their faces' chips and
-        each chip's photo; None when there are no more photos."""
-        batch = next(batches, None)
-        if batch is None:
-            return None
-        results, decoded = batch
+    def _find(self, results: list[PhotoFaces], decoded: dict[int, Photo]
+              ) -> tuple[list[PhotoFaces], list[np.ndarray], list[int]]:
+        """Detect and align a decoded batch: the photos' results so far, their faces' chips and each
+        chip's photo."""
 
         start = time.perf_counter()
         order = list(decoded)
@@ -170,12 +198,17 @@ class FacePipeline:
         self._tick("detect", start)
 
         start = time.perf_counter()
-        chips, owners = [], []
+        owners = [index for index, faces in zip(order, detections) for _ in faces]
+        if self.chip_cutter is not None:
+            chips = list(self.chip_cutter.cut([searched[i][0] for i in order],
+                                              [np.asarray([f.landmarks for f in faces]).reshape(-1, 5, 2)
+                                               for faces in detections]))
+        else:
+            chips = [chip for index, faces in zip(order, detections)
+                     for chip in align_faces(searched[index][0], [face.landmarks for face in faces])]
         for index, faces in zip(order, detections):
             photo = decoded[index]
-            pixels, left, top = searched[index]
-            chips.extend(align_faces(pixels, [face.landmarks for face in faces]))
-            owners.extend([index] * len(faces))
+            _, left, top = searched[index]
             # Chips are cut from the pixels the detector saw; results speak of the original photo.
             results[index].faces = [_in_original(_unpadded(face, left, top, photo), photo) for face in faces]
         self._tick("align", start)
@@ -194,7 +227,8 @@ class FacePipeline:
         return results
 
     def _tick(self, stage: str, start: float) -> None:
-        self.timings_ms[stage] += (time.perf_counter() - start) * 1000
+        with self._timing:
+            self.timings_ms[stage] += (time.perf_counter() - start) * 1000
 
 
 def _with_margin(pixels: np.ndarray) -> tuple[np.ndarray, int, int]:

@@ -314,9 +314,10 @@ class MTCNNNetworks:
         resize_inputs = (np.asarray(size, np.int32),) if self._tensorflow else area_inputs(height, width, size)
         regression, probabilities = self._pnet(normalized, *resize_inputs)
         # The windows are chosen here rather than in the compiled function: their count varies.
-        probabilities = keras.ops.convert_to_numpy(probabilities)
+        # np.asarray, not keras.ops.convert_to_numpy, which copies the whole maps again on the host.
+        probabilities = np.asarray(probabilities)
         cells = np.argwhere(probabilities > threshold)
-        regression = keras.ops.convert_to_numpy(regression)[cells[:, 0], cells[:, 1], cells[:, 2]]
+        regression = np.asarray(regression)[cells[:, 0], cells[:, 1], cells[:, 2]]
         return cells, regression, probabilities[cells[:, 0], cells[:, 1], cells[:, 2]]
 
     def rnet(self, normalized, boxes: np.ndarray, box_images: np.ndarray) -> list[np.ndarray]:
@@ -338,4 +339,4 @@ class MTCNNNetworks:
             outputs = network(normalized, boxes, box_images)
         else:
             outputs = network(normalized, box_images, *crop_inputs(tuple(normalized.shape), boxes, crop_size))
-        return [keras.ops.convert_to_numpy(output)[:count] for output in outputs]
+        return [np.asarray(output)[:count] for output in outputs]

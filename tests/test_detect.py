@@ -181,3 +181,17 @@ def test_a_photo_with_no_confident_face_keeps_its_best_face_above_the_fallback_s
     assert [len(faces) for faces in FaceDetector(min_score=1.01).detect(sample)] == [1] * len(sample)
     # ...unless the fallback score cannot be reached either.
     assert FaceDetector(min_score=1.01, fallback_score=1.01).detect(sample) == [[] for _ in sample]
+
+
+def test_a_coarser_pyramid_runs_fewer_levels_and_still_finds_the_lfw_faces(detector: FaceDetector,
+                                                                          ours: list[list[Face]],
+                                                                          photos: list[np.ndarray]) -> None:
+    from pipeline.detect import pyramid_scales
+
+    default, coarse = pyramid_scales(250, 250, 20), pyramid_scales(250, 250, 20, scale_factor=0.5)
+    np.testing.assert_allclose(coarse, 0.6 * 0.5 ** np.arange(len(coarse)))
+    assert len(coarse) < len(default) and 250 * coarse[-1] >= 12 > 250 * coarse[-1] * 0.5
+
+    found = FaceDetector(scale_factor=0.5).detect(photos[:20])
+    for faces, expected in zip(found, ours[:20]):
+        assert faces and np.linalg.norm(np.subtract(faces[0].box, expected[0].box)) < 0.2 * expected[0].box[2]

@@ -249,6 +249,7 @@ class RecordingDetector:
 
     def __init__(self, detector) -> None:
         self.detector = detector
+        self.device = detector.device
         self.calls: list[tuple[int, int]] = []
 
     def detect(self, images: list[np.ndarray]) -> list:
@@ -268,7 +269,8 @@ def test_a_stream_of_large_photos_is_batched_by_pixels_not_by_count(
         photo.save(buffer, "JPEG", quality=90)
         large.append((f"large-{i}.jpg", buffer.getvalue()))
     small = read_photos(sorted(lfw_dir.glob("*/*.jpg"))[:20])
-    recording = FacePipeline(RecordingDetector(face_pipeline.detector), face_pipeline.embedder)
+    # One detection thread: the calls in the batches' order.
+    recording = FacePipeline(RecordingDetector(face_pipeline.detector), face_pipeline.embedder, detection_threads=1)
 
     results = list(recording.process_stream(iter(small + large), batch_size=32, max_batch_pixels=7_000_000))
 

@@ -251,7 +251,15 @@ work = Path(sys.argv[1])
 photos = np.load(work / "photos.npy")
 normalized = keras.ops.convert_to_tensor((photos.astype(np.float32) - 127.5) / 128)
 np.savez(work / "jax_stages.npz", **stage_outputs(mtcnn_keras.MTCNNNetworks(), normalized, work))
-(work / "jax_faces.json").write_text(json.dumps(faces_as_json(keras_face_detector().detect(list(photos)))))
+found = keras_face_detector().detect(list(photos))
+(work / "jax_faces.json").write_text(json.dumps(faces_as_json(found)))
+
+from pipeline.align import ChipCutter
+from pipeline.backend import networks_run_on_cpu
+assert networks_run_on_cpu(None)  # JAX on its CPU platform alone: no GPU to ask about
+landmarks = [np.asarray([face.landmarks for face in faces]).reshape(-1, 5, 2) for faces in found]
+np.savez(work / "jax_landmarks.npz", *landmarks)
+np.save(work / "jax_chips.npy", ChipCutter().cut(list(photos), landmarks))
 
 from pipeline.face_resnet import FaceResNetEmbedder
 # batch_size 16 on 24 chips: the second batch is padded to a compiled size and cut back.
@@ -316,3 +324,18 @@ def test_face_resnet_under_jax_matches_tensorflow(jax_run, face_resnet_cache):
     assert found.shape == expected.shape == (CHIP_COUNT, 128)
     cosines = np.sum(found * expected, axis=1) / np.linalg.norm(found, axis=1) / np.linalg.norm(expected, axis=1)
     assert cosines.min() >= MIN_COSINE
+
+
+@pytest.mark.system
+def test_chips_cut_under_jax_match_tensorflow(jax_run):
+    """align.ChipCutter, for GPU workers, on both backends: the same faces' chips to within one level."""
+    from pipeline.align import ChipCutter
+
+    photos = np.load(jax_run / "photos.npy")
+    saved = np.load(jax_run / "jax_landmarks.npz")
+    landmarks = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    expected = ChipCutter().cut(list(photos), landmarks)
+    found = np.load(jax_run / "jax_chips.npy")
+    assert found.shape == expected.shape and len(found) >= len(photos)
+    apart = np.abs(found.astype(int) - expected.astype(int))
+    assert apart.max() <= 1 and (apart > 0).mean() <= 1e-3

@@ -81,7 +81,8 @@ class Runtime:
 
     @cached_property
     def face_pipeline(self) -> FacePipeline:
-        """The face pipeline configured by the settings (device, batch sizes, decoding processes)."""
+        """The face pipeline configured by the settings (device, batch sizes, decoding processes, pyramid,
+        precision)."""
         from pipeline.detect import FaceDetector
         from pipeline.face_resnet import ACCURATE, PLAIN, FaceResNetEmbedder
         from pipeline.faces import FacePipeline
@@ -89,9 +90,12 @@ class Runtime:
         config = self.settings
         device = config.device or None
         crops = ACCURATE if config.accurate_faces else PLAIN
-        return FacePipeline(FaceDetector(batch_size=config.detect_batch, device=device),
+        detector = FaceDetector(min_face_size=config.min_face_size, batch_size=config.detect_batch, device=device,
+                                scale_factor=config.pyramid_factor)
+        return FacePipeline(detector,
                             FaceResNetEmbedder(config.cache_dir, batch_size=config.embed_batch,
-                                               mirror=config.mirror_faces, crops=crops, device=device),
+                                               mirror=config.mirror_faces, crops=crops, device=device,
+                                               precision=config.precision),
                             batch_size=config.photo_batch, decode_processes=config.decode_processes)
 
     def model(self, name: str, version: str):
