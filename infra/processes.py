@@ -192,12 +192,16 @@ class Client:
 
     def wait_until(self, job_id: str, predicate: Callable[[dict], bool], what: str, timeout: float = 600,
                    every: float = 0.5) -> dict:
-        """The job once predicate holds; polls through an API restart."""
+        """The job once predicate holds; polls through an API restart and through 503s (storage or
+        broker briefly unavailable: the API's answer is "try again shortly")."""
         def check() -> dict | None:
             try:
-                job = self.job(job_id)
+                response = self.call("GET", f"/jobs/{job_id}")
             except requests.ConnectionError:
                 return None
+            if response.status_code == 503:
+                return None
+            job = response.json()
             return job if predicate(job) else None
 
         try:
