@@ -27,7 +27,7 @@ web: $(VENV)/.installed
 
 # Two test processes (pytest-xdist), a module in each at a time: each has its own Redis database and
 # system. Redis and SeaweedFS are started first if none answers, and only those are stopped after.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 TEST_SERVICES := var/test-services
 
 test: $(VENV)/.installed lint browser

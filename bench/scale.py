@@ -21,8 +21,10 @@ Phases (each runs alone with --phase, `all` runs them in this order on one syste
   planning and finishing times, peak RSS per kind of process.
 - lfw-real: a recognition job of --lfw-photos real LFW photos (repeated under different keys) on the real
   pipeline: photos/s and peak RSS (the 13,233-photo run made 63 photos/s).
-- fairness: a 5-photo job alone, then the same and a training job submitted while a dry run of
-  --fair-photos keys runs: small_job_alone_s, small_job_wait_s, training_wait_s.
+- fairness: a 5-photo job alone, then the same and a training job submitted while a big job runs: with
+  --fair-big real (the default) a recognition job of --fair-lfw-photos real LFW photos on the GPU workers the
+  small job needs too; with --fair-big dry a dry run of --fair-photos keys (it shares only the default queue,
+  where jobs are planned and finished): small_job_alone_s, small_job_wait_s, training_wait_s.
 
 Dry runs send {"dry_run": true} (and --priority, if given, as "priority"). The figures of each phase are
 merged into bench/results/scale.json (each phase's details under "phases"); the last line printed is that JSON.
@@ -312,6 +314,7 @@ def kind(name: str) -> str:
 def run_job(system: System, body: dict, photos: int, chunk_size: int, timeout: float) -> dict:
     """Submit a recognition job and measure it from submit to end: the figures per photo and per chunk."""
     system.meter.reset_peaks()
+    at_start = system.meter.peak_rss_mb()  # just reset: what each process holds before the job
     before = system.snapshot()
     job = system.watch(system.submit("/jobs/recognition", body), timeout)
     after = system.snapshot()
@@ -347,6 +350,8 @@ def run_job(system: System, body: dict, photos: int, chunk_size: int, timeout: f
         "cpu_ms_per_photo": {k: round(1000 * s / photos, 3) for k, s in sorted(cpu_by_kind.items())},
         "bench_process_cpu_ms_per_photo": round(1000 * (after["bench_cpu"] - before["bench_cpu"]) / photos, 3),
         "peak_rss_mb": peaks,
+        "rss_at_start_mb": {k: max(max(t["main"], t["children"]) for n, t in at_start.items() if kind(n) == k)
+                            for k in peaks},
         "peak_rss_mb_by_process": trees,
         "seen_s": job["seen"],
         "result": {k: v for k, v in (job.get("result") or {}).items() if isinstance(v, int | float | str)},
@@ -469,12 +474,18 @@ def fairness(system: System, args: argparse.Namespace, lfw: Path) -> dict:
     alone_s = time.perf_counter() - started
     print(f"{len(small)}-photo job alone: {alone['state']} in {alone_s:.1f} s", flush=True)
 
-    keys = generated_keys("fair/photos", args.fair_photos)
-    put_generated(system.storage, keys)
+    if args.fair_big == "real":
+        keys = put_lfw(system.storage, lfw, "fair/photos", args.fair_lfw_photos)
+        big_body = {"model": MODEL, "input_prefix": "fair/photos"}
+    else:
+        keys = generated_keys("fair/photos", args.fair_photos)
+        put_generated(system.storage, keys)
+        big_body = dry_run_body("fair/photos", args)
     upload_photos(system.storage, lfw, TRAIN_PEOPLE, "fair/train", 6, 12)
-    big_id = system.submit("/jobs/recognition", dry_run_body("fair/photos", args))
+    big_id = system.submit("/jobs/recognition", big_body)
     system.watch(big_id, 3600, until=lambda job: (job.get("progress") or {}).get("done", 0) > 0)
-    print(f"big dry run {big_id} is running; submitting a {len(small)}-photo job and a training job", flush=True)
+    print(f"big job ({args.fair_big}, {len(keys):,} photos) {big_id} is running; submitting a {len(small)}-photo "
+          "job and a training job", flush=True)
     submitted = time.perf_counter()
     small_id = system.submit("/jobs/recognition", small_body)
     training_id = system.submit("/jobs/training", {"model": f"{MODEL}-fair", "dataset_prefix": "fair/train",
@@ -483,7 +494,8 @@ def fairness(system: System, args: argparse.Namespace, lfw: Path) -> dict:
         small_job, training = pool.map(lambda job_id: system.watch(job_id, 3600), [small_id, training_id])
     small_s = time.perf_counter() - submitted  # the small job's own end is within a poll of this
     big = system.client.job(big_id)
-    figures = {"small_job_alone_s": round(alone_s, 1), "small_job_wait_s": small_job["seen"]["ended"],
+    figures = {"fair_big_job": {"kind": args.fair_big, "photos": len(keys)},
+               "small_job_alone_s": round(alone_s, 1), "small_job_wait_s": small_job["seen"]["ended"],
                "training_wait_s": training["seen"].get("running"), "training_s": training["seen"]["ended"],
                "small_job_state": small_job["state"], "training_state": training["state"],
                "big_job_state_after": big["state"], "big_job_progress_after": big.get("progress"),
@@ -509,7 +521,11 @@ def targets(summary: dict) -> dict[str, bool]:
     if "storage_requests_per_photo" in summary:
         met["storage_requests_per_photo <= 1.05"] = summary["storage_requests_per_photo"] <= 1.05
     if "peak_rss_mb" in summary:
-        met["peak RSS under 1 GB"] = all(mb < 1024 for mb in summary["peak_rss_mb"].values())
+        # The processes whose memory a job's size could drive: the API, planning and the finishing task
+        # (the default worker's pool child). A GPU worker's child holds the networks from its start (about
+        # 0.9 GB under TensorFlow) and takes no part in a dry run: its figures are reported, not judged here.
+        met["peak RSS under 1 GB (API, planning, finishing task)"] = all(
+            mb < 1024 for kind_, mb in summary["peak_rss_mb"].items() if kind_ != "gpu_worker")
     if "results_check" in summary:
         met["every key exactly once in results.jsonl"] = summary["results_check"]["ok"]
     if "small_job_wait_s" in summary:
@@ -544,7 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-photos", type=int, default=20_000, help="keys in each control-plane dry run")
     parser.add_argument("--check-photos", type=int, default=512, help="LFW photos in the harness check's job")
     parser.add_argument("--lfw-photos", type=int, default=50_000, help="LFW photos in the real job")
-    parser.add_argument("--fair-photos", type=int, default=100_000, help="keys in the big job of the fairness phase")
+    parser.add_argument("--fair-big", choices=["real", "dry"], default="real",
+                        help="the fairness phase's big job: real recognition on the GPU workers, or a dry run")
+    parser.add_argument("--fair-lfw-photos", type=int, default=5_000, help="LFW photos in a real big job")
+    parser.add_argument("--fair-photos", type=int, default=100_000, help="keys in a dry-run big job")
     parser.add_argument("--workers", type=int, default=4, help="GPU-queue worker processes (-c 1 each)")
     parser.add_argument("--chunk-size", type=int, default=0, help="FACEREC_CHUNK_SIZE (0: the product's default)")
     parser.add_argument("--delay-ms", type=int, default=20, help="the delay added to every storage request")
