@@ -280,8 +280,11 @@ def recognize_chunk(self: JobTask, job_id: str, index: int, plan: dict) -> None:
         else:
             lines, timings = _recognize(runtime, job_id, index, plan, keys)
         timings["total"] = (time.perf_counter() - started) * 1000
-        storage.put_json(bulk.stats_key(job_id, index), {"images": len(keys), "timings_ms": timings})
-        storage.put(bulk.predictions_key(job_id, index), "".join(json.dumps(line) + "\n" for line in lines).encode())
+        # Both at once, one round trip: the predictions mark the chunk done; its timings are a nicety the
+        # summary does without if a worker dies between the two writes.
+        _at_once(lambda: storage.put_json(bulk.stats_key(job_id, index), {"images": len(keys), "timings_ms": timings}),
+                 lambda: storage.put(bulk.predictions_key(job_id, index),
+                                     "".join(json.dumps(line) + "\n" for line in lines).encode()))
     if runtime.jobs.chunks.finish(job_id, index, len(keys), plan["chunks"]):
         runtime.send(task_names.FINISH_RECOGNITION, [job_id], priority=plan["priority"])
         return
