@@ -36,11 +36,11 @@ def test_search_a_photo_a_jobs_face_and_a_person_from_the_command_line(system, a
                    "--face", str(first["face"]), "-k", "2")
     assert done.returncode == 0 and "1.000 match" in done.stdout.splitlines()[1], done.stdout
 
-    done = facerec(system, "search", "--index", "archive", "--model", "gallery", "--person", PERSON,
+    done = facerec(system, "search", "--index", "archive", "--model", "album", "--person", PERSON,
                    "--key-prefix", "inboxes/")
-    assert done.returncode == 0 and f"{PERSON} of model gallery" in done.stdout
+    assert done.returncode == 0 and f"{PERSON} of model album" in done.stdout
 
-    done = facerec(system, "search-job", "gallery", "--index", "archive", "--watch")
+    done = facerec(system, "search-job", "album", "--index", "archive", "--watch")
     assert done.returncode == 0, done.stderr
     assert "4 of 4 people found in index archive" in done.stdout
 
@@ -49,7 +49,7 @@ def test_search_mistakes_get_a_clear_message_and_exit_status(system, archive, lf
     nothing = facerec(system, "search", "--index", "archive")
     assert nothing.returncode == 2 and "search with exactly one of: a photo" in nothing.stderr
     photo = sorted((lfw_dir / PERSON).glob("*.jpg"))[0]
-    both = facerec(system, "search", str(photo), "--index", "archive", "--model", "gallery", "--person", PERSON)
+    both = facerec(system, "search", str(photo), "--index", "archive", "--model", "album", "--person", PERSON)
     assert both.returncode == 2 and "(got a photo and --model/--person)" in both.stderr
     missing = facerec(system, "search", str(tmp_path / "nope.jpg"), "--index", "archive")
     assert missing.returncode == 2 and "nope.jpg is not a file" in missing.stderr

@@ -66,7 +66,7 @@ def test_drop_a_photo_see_the_photos_of_that_person_then_search_one_of_their_fac
     assert "not a photo" in browser.find_element(By.ID, "status").text
 
     # The batch form: a search job's page links to its report, every person's photos as thumbnails.
-    job = wait_for_job(system, call(system, "POST", "/jobs/search", json={"model": "gallery", "index": "archive"})
+    job = wait_for_job(system, call(system, "POST", "/jobs/search", json={"model": "album", "index": "archive"})
                        .json()["id"])
     browser.get(f"{site}/jobs/{job['id']}")
     browser.find_element(By.LINK_TEXT, "Where each person appears (report with thumbnails)").click()
