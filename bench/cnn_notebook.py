@@ -14,13 +14,13 @@ the frozen ResNet embedding's nearest centroid gets 100% and 99.8% on the same t
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from bench.lfw import lfw_items
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline.dataset import Item, stratified_split
 from pipeline.detect import FaceDetector
@@ -70,9 +70,7 @@ def main() -> None:
         print(f">= {min_photos} photos: top-1 {accuracy:.1%} after {epochs} epochs", flush=True)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary |= machine_info(load_at_start)
-    RESULTS_PATH.parent.mkdir(exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(summary) + "\n")
-    print(json.dumps(summary))
+    publish(summary, RESULTS_PATH)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline.align import ChipCutter, align_faces
 from pipeline.decode import decode_image
@@ -206,9 +206,7 @@ def main() -> None:
         "host_detect_batch": settings.detect_batch,
         **machine_info(load_at_start),
     }
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    publish(summary, RESULTS_PATH)
 
 
 if __name__ == "__main__":

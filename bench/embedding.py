@@ -13,7 +13,6 @@ The last line printed is a JSON summary, also written to bench/results/embedding
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import tempfile
@@ -27,6 +26,7 @@ import keras
 import numpy as np
 
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline.face_resnet import CHIP_SIZE, FaceResNetEmbedder
 
@@ -203,9 +203,7 @@ def main() -> None:
     }
     print(f"speed-up {summary['speedup']}x at batch {best_batch_size}; "
           f"{gflops:.2f} GFLOP/face, {gflops * ours_faces_per_s:.1f} GFLOP/s achieved")
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    publish(summary, RESULTS_PATH)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ The last line printed is the JSON written to bench/results/identification.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from sklearn.svm import LinearSVC
 from bench.baseline import BaselineEncoder
 from bench.lfw import lfw_items
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline.dataset import Item, stratified_split
 from pipeline.models import MODEL_TYPES, UNKNOWN, create_model
@@ -142,9 +142,7 @@ def main() -> None:
               f"known accuracy {result['known_accuracy']:.4f}")
     figures["seconds"] = round(time.perf_counter() - started)
     figures |= {"baseline_processes": encoder.processes, **machine_info(load_at_start)}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures))
+    publish(figures, RESULTS)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import tempfile
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 import requests
 
 from bench.machine import machine_info
+from bench.output import publish
 from bench.system import API_KEY, S3, BenchSystem, system_env
 from config import REPO_ROOT, load_settings
 from infra.processes import wait_for
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                "p99_ms": sequential["p99_ms"], "errors": sequential["errors"] + result["concurrent"]["errors"],
                **result, **machine_info(load_at_start),
                "photos": args.photos, "people_trained": PEOPLE}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    publish(summary, RESULTS)
     return 0
 
 

@@ -28,7 +28,6 @@ The last line printed is the JSON also written to bench/results/lfw_pairs.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from bench.baseline import encode_photos
 from bench.lfw import Pair, read_pairs
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline.backend import resolved_precision
 from pipeline.face_resnet import ACCURATE, PLAIN, Crop
@@ -289,9 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     # The default run keeps the usual file; other crop sets and ours-only runs get their own.
     name = "lfw_pairs" if args.crops == "plain" and baseline else f"lfw_pairs_{args.crops}_{summary['precision']}"
     results = RESULTS.with_name(f"{name}.json")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    publish(summary, results)
     return 0
 
 

@@ -39,6 +39,7 @@ from bench.lfw import lfw_items, read_pairs
 from bench.lfw_faces import cosine_distances, describe, face_pipeline
 from bench.lfw_pairs import best_threshold
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline.assignment import name_jointly
 from pipeline.dataset import three_way_split
@@ -246,10 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "groups"):
         summary["groups"] = groups_part(pipeline, lfw, args.group_photos)
     summary.update(machine_info(load_at_start), bench_s=round(time.perf_counter() - started, 1))
-    if not args.limit_folds and args.group_photos == GROUP_PHOTOS:  # quick runs leave the results alone
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    full_run = not args.limit_folds and args.group_photos == GROUP_PHOTOS  # quick runs leave the results alone
+    publish(summary, RESULTS if full_run else None)
     return 0
 
 

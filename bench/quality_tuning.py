@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import time
 from collections import defaultdict
@@ -37,6 +36,7 @@ from bench.lfw import read_pairs
 from bench.lfw_faces import Subjects, cosine_distances, describe, face_pipeline
 from bench.lfw_pairs import best_threshold
 from bench.machine import machine_info
+from bench.output import publish
 from config import load_settings
 from pipeline import quality
 
@@ -196,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "tuning_photo_verdicts": verdicts,
         **machine_info(load_at_start), "bench_s": round(time.perf_counter() - started, 1),
     }
-    if not args.limit:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    publish(summary, RESULTS if not args.limit else None)
     return 0
 
 

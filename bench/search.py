@@ -46,6 +46,7 @@ import numpy as np
 import requests
 
 from bench.machine import machine_info
+from bench.output import publish
 from bench.scale_faces import distractors, exact_top_k, unit
 from bench.system import API_KEY, S3, BenchSystem, system_env
 from bench.vector_stores import FACES_FILE
@@ -439,9 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "peak_rss_mb")},
         **machine_info(load_at_start),
     })
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+    publish(summary, RESULTS)
     return 0
 
 

@@ -31,6 +31,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.output import publish
+
 RESULTS = Path(__file__).resolve().parent / "results" / "storage_client.json"
 CLIENTS = ("boto3", "obstore", "obstore-async", "aiobotocore")
 WARM_UP = 100  # GETs before counting: connections opened, code paths warmed
@@ -207,10 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["latency_hidden_ratio"] = {
         f"{client} x{concurrency} +{delay:.0f} ms": round(rate / rates[(client, concurrency, 0.0)], 2)
         for (client, concurrency, delay), rate in rates.items() if delay and (client, concurrency, 0.0) in rates}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(summary)
-    RESULTS.write_text(line + "\n")
-    print(line)
+    publish(summary, RESULTS)
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import cpu_model
+from bench.output import publish
 from bench.scale_faces import distractors, exact_top_k, load_faces, recall_against, unit
 from config import REPO_ROOT
 from pipeline.face_index import REFINE_FACTOR, SUB_VECTORS, partitions, probes
@@ -241,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                "embeddings (bench.scale_faces)", "stores": results, "cores": os.cpu_count(),
                "cpu_model": cpu_model(), "load_average_1m_start": round(load_start, 2),
                "load_average_1m_end": round(os.getloadavg()[0], 2)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
+    publish(summary, RESULTS)
     return 0
 
 
