@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import registry
+from config import load_settings
+from pipeline import registry, search_graph
 from pipeline.registry import NAME_PATTERN
 from pipeline.storage import LocalStorage, MissingKey, S3Storage, Storage
 
@@ -113,10 +114,12 @@ class Hit:
 class FaceIndex:
     """One named index in a storage. Opening it costs nothing; the table is opened on first use and kept."""
 
-    def __init__(self, storage: Storage, name: str) -> None:
+    def __init__(self, storage: Storage, name: str, cache_dir: Path | None = None) -> None:
         self.storage = storage
         self.name = check_index_name(name)
         self.prefix = f"{PREFIX}/{name}"
+        self.cache_dir = cache_dir
+        self._graphs: search_graph.GraphCache | None = None
         self._table = None
         self._info: dict | None = None
         self._ann_record: tuple[float, dict] | None = None
@@ -204,8 +207,19 @@ class FaceIndex:
                exact: bool = False) -> list[Hit]:
         """The k faces most similar to vector (cosine), among those of the given jobs and under key_prefix
         when given; exact=True scans every face instead of using the ANN index."""
-        query = self.table().search(unit(vector)[0], vector_column_name="vector").distance_type("cosine")
+        return self.find(vector, k, jobs, key_prefix, exact)[0]
+
+    def find(self, vector: np.ndarray, k: int, jobs: Iterable[str] = (), key_prefix: str | None = None,
+             exact: bool = False) -> tuple[list[Hit], str]:
+        """search(), and how it was searched: "graph" (an index at rest, no filters: pipeline.search_graph),
+        "lancedb" (its ANN index where built, and a scan of the faces not in it) or "exact"."""
         where = filter_sql(jobs, key_prefix)
+        if not exact and where is None:
+            graph = self._graph_cache().usable(self.table().version)
+            if graph is not None:
+                found = graph.search(unit(vector)[0], k)
+                return [_hit(row, similarity) for row, similarity in zip(found.rows, found.similarities)], "graph"
+        query = self.table().search(unit(vector)[0], vector_column_name="vector").distance_type("cosine")
         if where:
             query = query.where(where, prefilter=True)
         if exact:
@@ -213,12 +227,26 @@ class FaceIndex:
         else:
             query = query.nprobes(probes(self._partitions())).refine_factor(REFINE_FACTOR)
         found = query.select([*COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist()
-        return [Hit(row["key"], row["face"], row["box"], _pairs(row["landmarks"]), row["detector_score"],
-                    row["main"], row["job"], 1.0 - row["_distance"]) for row in found]
+        return [_hit(row, 1.0 - row["_distance"]) for row in found], "exact" if exact else "lancedb"
 
-    def optimize(self, min_faces: int = ANN_MIN_FACES) -> dict:
+    def graph_ready(self, wait: float = 0.0) -> bool:
+        """Whether searches without filters go through a search graph of the index as it is now, waiting up
+        to `wait` seconds for this process to load one (a new graph loads in the background)."""
+        return self._graph_cache().ready(self.table().version, wait)
+
+    def _local_dir(self) -> Path:
+        """Where this process keeps its copies of search graphs, and builds them."""
+        return self.cache_dir or load_settings().cache_dir / "search-graphs"
+
+    def _graph_cache(self) -> search_graph.GraphCache:
+        if self._graphs is None:
+            self._graphs = search_graph.GraphCache(self.storage, self.prefix, self._local_dir())
+        return self._graphs
+
+    def optimize(self, min_faces: int = ANN_MIN_FACES, graph_min_faces: int = search_graph.GRAPH_MIN_FACES) -> dict:
         """Fold new faces into the ANN index (building it once the index holds min_faces, and rebuilding its
-        partitions after it has grown RETRAIN_GROWTH times) and compact the table's files. Returns what it did."""
+        partitions after it has grown RETRAIN_GROWTH times), compact the table's files, and build the search
+        graph of the result once the index holds graph_min_faces. Returns what it did."""
         table = self.table()
         faces = table.count_rows()
         vector_index = next((index for index in table.list_indices() if "vector" in index.columns), None)
@@ -240,7 +268,14 @@ class FaceIndex:
         # Compacts files, adds the rows the ANN index lacks to it, and removes the files of versions older than
         # KEEP_VERSIONS (a search still reading one that old is long finished; LanceDB's default keeps a week).
         table.optimize(cleanup_older_than=KEEP_VERSIONS)
-        return {"faces": faces, "action": action}
+        done = {"faces": faces, "action": action}
+        graph = search_graph.record(self.storage, self.prefix)
+        if faces < graph_min_faces:
+            if graph is not None:
+                search_graph.remove(self.storage, self.prefix)
+        elif graph is None or graph["version"] != table.version:
+            done["graph"] = search_graph.build(self.storage, self.prefix, table, self._local_dir() / "building")
+        return done
 
 
 _open: OrderedDict[tuple[int, str], FaceIndex] = OrderedDict()
@@ -344,6 +379,11 @@ def filter_sql(jobs: Iterable[str], key_prefix: str | None) -> str | None:
 
 def _quoted(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _hit(row: dict, similarity: float) -> Hit:
+    return Hit(row["key"], row["face"], row["box"], _pairs(row["landmarks"]), row["detector_score"], row["main"],
+               row["job"], similarity)
 
 
 def _pairs(flat: list[float]) -> list[list[float]]:

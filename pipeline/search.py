@@ -103,8 +103,9 @@ def search(index: FaceIndex, query: Query, k: int, in_jobs: list[str] = (), key_
     most similar first, each with whether it is a match."""
     faces_searched = index.count(filter_sql(in_jobs, key_prefix)) if gallery_far else None
     limit, rule = match_threshold(index, query, far, gallery_far, threshold, faces_searched or 0)
-    hits = index.search(unit(query.vector)[0], k, in_jobs, key_prefix, exact=exact)
+    hits, searched_with = index.find(unit(query.vector)[0], k, in_jobs, key_prefix, exact=exact)
     faces = [{**hit.to_json(), "match": None if limit is None else hit.similarity >= limit} for hit in hits]
     return {"index": index.name, "query": query.described, "k": k, "threshold": limit, "threshold_rule": rule,
-            "filters": {"in_jobs": list(in_jobs), "key_prefix": key_prefix}, "exact": exact, "faces": faces,
+            "filters": {"in_jobs": list(in_jobs), "key_prefix": key_prefix}, "exact": exact,
+            "searched_with": searched_with, "faces": faces,
             "matches": sum(bool(face["match"]) for face in faces)}

@@ -130,17 +130,8 @@ def test_the_ann_index_answers_as_exact_search_does(tmp_path, found, face_pipeli
     index.ensure(embedder, None, {"job": "j"})
     real = found
     index.add(face_rows("j", 0, real, embedder))
-    # Lookalikes of the real faces, so that the ANN index has partitions to search (bench.scale_faces).
-    from bench.scale_faces import distractors
-    from pipeline.detect import Face
-    from pipeline.faces import PhotoFaces
-
-    vectors = np.concatenate([photo.embeddings for photo in real.values()])
-    extra = distractors(vectors, 3000)
-    fake = {f"lookalikes/{i}.jpg": PhotoFaces(key=f"lookalikes/{i}.jpg", size=(100, 100), embeddings=extra[i:i + 1],
-                                              faces=[Face((1.0, 1.0, 50.0, 50.0), 0.99, np.zeros((5, 2)))])
-            for i in range(len(extra))}
-    index.add(face_rows("j", 1, fake, embedder))
+    # Lookalikes of the real faces, so that the ANN index has partitions to search.
+    index.add(face_rows("j", 1, lookalikes(real, 3000), embedder))
     assert index.optimize(min_faces=1000)["action"] == "built the ANN index"
     assert {tuple(i.columns) for i in index.table().list_indices()} == {("vector",), ("id",)}
     probe = next(iter(real))
@@ -149,6 +140,56 @@ def test_the_ann_index_answers_as_exact_search_does(tmp_path, found, face_pipeli
     exact = [face["key"] for face in search(index, query, k=10, exact=True)["faces"]]
     assert len(set(ann) & set(exact)) >= 9
 
+
+
+def lookalikes(found: dict, count: int) -> dict:
+    """PhotoFaces of `count` lookalikes of the real faces (bench.scale_faces), one face each."""
+    from bench.scale_faces import distractors
+    from pipeline.detect import Face
+    from pipeline.faces import PhotoFaces
+
+    extra = distractors(np.concatenate([photo.embeddings for photo in found.values()]), count)
+    return {f"lookalikes/{i}.jpg": PhotoFaces(key=f"lookalikes/{i}.jpg", size=(100, 100), embeddings=extra[i:i + 1],
+                                              faces=[Face((1.0, 1.0, 50.0, 50.0), 0.99, np.zeros((5, 2)))])
+            for i in range(len(extra))}
+
+
+def test_an_index_at_rest_is_searched_through_its_graph_and_faces_added_since_are_never_missed(
+        storage, tmp_path, found, face_pipeline):
+    index = FaceIndex(storage, "graph", cache_dir=tmp_path / "cache")
+    embedder = face_pipeline.embedder_name
+    index.ensure(embedder, None, {"job": "j"})
+    index.add(face_rows("j", 0, found, embedder))
+    index.add(face_rows("j", 1, lookalikes(found, 3000), embedder))
+    assert not index.graph_ready()
+    built = index.optimize(min_faces=1000, graph_min_faces=1000)
+    assert built["graph"]["faces"] == index.count()
+    assert index.graph_ready(wait=60)
+    probe = next(iter(found))
+    query = face_query(index, "j", probe, 0)
+    answer = search(index, query, k=10)
+    assert answer["searched_with"] == "graph"
+    through_graph = answer["faces"]
+    exact = search(index, query, k=10, exact=True)["faces"]
+    assert through_graph[0] == exact[0] and through_graph[0]["key"] == probe  # its own face, all its columns
+    assert len({face["key"] for face in through_graph} & {face["key"] for face in exact}) >= 9
+
+    # A face added after the graph was built: the graph no longer answers, and the new face is found.
+    copy = {"copies/probe.jpg": found[probe]}
+    index.add(face_rows("later", 0, copy, embedder))
+    assert not index.graph_ready()
+    answer = search(index, query, k=2)
+    assert answer["searched_with"] == "lancedb"
+    assert {face["key"] for face in answer["faces"]} == {probe, "copies/probe.jpg"}
+    # Optimized again: a new graph holds it, and the old graph's files are gone from storage.
+    old = [key for key in storage.list(f"{index.prefix}/graph/")]
+    rebuilt = index.optimize(min_faces=1000, graph_min_faces=1000)["graph"]
+    assert rebuilt["faces"] == built["graph"]["faces"] + 1
+    assert index.graph_ready(wait=60)
+    assert {face["key"] for face in search(index, query, k=2)["faces"]} == {probe, "copies/probe.jpg"}
+    assert not set(old) & set(storage.list(f"{index.prefix}/graph/"))
+    # Filtered searches go to LanceDB and still honour their filter.
+    assert {face["job"] for face in search(index, query, k=5, in_jobs=["later"])["faces"]} == {"later"}
 
 EAGER = """
 import json, sys
