@@ -123,7 +123,8 @@ class SearchGraph:
 
         self.version = version
         self.graph = faiss.read_index(str(folder / "graph.faiss"), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-        self.rows: pa.Table = pq.read_table(folder / "rows.parquet")
+        # One chunk per column: taking 10 rows from a million split into a thousand chunks cost 20 ms a search.
+        self.rows: pa.Table = pq.read_table(folder / "rows.parquet").combine_chunks()
 
     def search(self, vector: np.ndarray, k: int) -> Found:
         import faiss
