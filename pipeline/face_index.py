@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -243,10 +244,12 @@ class FaceIndex:
             self._graphs = search_graph.GraphCache(self.storage, self.prefix, self._local_dir())
         return self._graphs
 
-    def optimize(self, min_faces: int = ANN_MIN_FACES, graph_min_faces: int = search_graph.GRAPH_MIN_FACES) -> dict:
+    def optimize(self, min_faces: int = ANN_MIN_FACES, graph_min_faces: int = search_graph.GRAPH_MIN_FACES,
+                 keep_versions: timedelta = KEEP_VERSIONS) -> dict:
         """Fold new faces into the ANN index (building it once the index holds min_faces, and rebuilding its
-        partitions after it has grown RETRAIN_GROWTH times), compact the table's files, and build the search
-        graph of the result once the index holds graph_min_faces. Returns what it did."""
+        partitions after it has grown RETRAIN_GROWTH times), compact the table's files, remove the files of
+        versions older than keep_versions, and build the search graph of the result once the index holds
+        graph_min_faces. Returns what it did."""
         table = self.table()
         faces = table.count_rows()
         vector_index = next((index for index in table.list_indices() if "vector" in index.columns), None)
@@ -267,7 +270,9 @@ class FaceIndex:
             action = "kept the ANN index" if vector_index else "no ANN index yet (brute force is fast enough)"
         # Compacts files, adds the rows the ANN index lacks to it, and removes the files of versions older than
         # KEEP_VERSIONS (a search still reading one that old is long finished; LanceDB's default keeps a week).
-        table.optimize(cleanup_older_than=KEEP_VERSIONS)
+        with warnings.catch_warnings():  # an erasure removes every older version on purpose
+            warnings.filterwarnings("ignore", message="optimize.cleanup_older_than=0", category=UserWarning)
+            table.optimize(cleanup_older_than=keep_versions)
         done = {"faces": faces, "action": action}
         graph = search_graph.record(self.storage, self.prefix)
         if faces < graph_min_faces:

@@ -96,9 +96,13 @@ def get_version(storage: Storage, name: str, version: str) -> dict:
     except ValueError as err:
         raise LookupError(f"model {name} has no version: {err}") from None
     try:
-        return storage.get_json(f"{version_prefix(name, version)}/version.json")
+        record = storage.get_json(f"{version_prefix(name, version)}/version.json")
     except MissingKey:
         raise LookupError(f"model {name} has no version {version}") from None
+    if record.get("retired"):
+        raise LookupError(f"model {name} version {version} was retired by erasure {record['retired']['erasure']} "
+                          "(it held a person erased since): it cannot be loaded or made current")
+    return record
 
 
 def list_versions(storage: Storage, name: str) -> list[dict]:
@@ -156,11 +160,20 @@ def roll_back(storage: Storage, name: str, expected: str | None | _AnyVersion = 
         if expected is not ANY and pointer.get("version") != expected:
             raise PointerMoved(f"model {name}: the current version is {pointer.get('version')}, "
                                f"not {expected} as expected")
-        if not pointer.get("history"):
-            raise LookupError(f"model {name} has no earlier current version to roll back to")
-        return {"version": pointer["history"][-1], "history": pointer["history"][:-1]}
+        history = [version for version in pointer.get("history", []) if not _retired(storage, name, version)]
+        if not history:
+            raise LookupError(f"model {name} has no earlier current version to roll back to (that was not "
+                              "retired by an erasure)")
+        return {"version": history[-1], "history": history[:-1]}
 
     return _change_pointer(storage, name, change)
+
+
+def _retired(storage: Storage, name: str, version: str) -> bool:
+    try:
+        return bool(storage.get_json(f"{version_prefix(name, version)}/version.json").get("retired"))
+    except MissingKey:
+        return True  # no longer there: nothing to roll back to
 
 
 def _pointer_prefix(name: str) -> str:
