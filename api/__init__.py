@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None 
     (name:scope:sha256hex, see api.keys) come from the settings unless given here; a malformed entry,
     such as a plain key, stops the app from starting."""
     from api.auth import authenticate
+    from api.clusters import clusters
+    from api.erasures import erasures
     from api.health import health
     from api.jobs import jobs
     from api.keys import parse_entries
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None, api_keys: Iterable[str] | None 
     # On the app, not on a module-level blueprint: a blueprint takes no hooks once registered, so
     # create_app could run only once per process.
     app.before_request(authenticate)
-    for blueprint in (health, jobs, models, schedules, photos, uploads, web, search):
+    for blueprint in (health, jobs, models, schedules, photos, uploads, web, search, clusters, erasures):
         app.register_blueprint(blueprint)
 
     @app.get("/v1/openapi.json", endpoint="openapi")

@@ -202,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--output", type=Path, help="when it succeeds, write people.jsonl here")
     _watch(sub)
 
+    sub = command("erase", erase, "erase a person from datasets, centroid models and face indexes, with a receipt "
+                  "(admin key)")
+    sub.add_argument("person")
+    sub.add_argument("--model", action="append", default=[], dest="models", help="a centroid model (repeat for more)")
+    sub.add_argument("--index", action="append", default=[], dest="indexes", help="a face index (repeat for more)")
+    sub.add_argument("--dataset", action="append", default=[], dest="datasets",
+                     help="a dataset: datasets/<name>/<person>/ (repeat for more)")
+    sub.add_argument("--redact-results", action="store_true", help="replace their name in job results by 'erased'")
+    sub.add_argument("-o", "--output", type=Path, help="when it succeeds, write the receipt (JSON) here")
+    _watch(sub)
+
     sub = command("recognition", recognition, "show the answer to an earlier `facerec recognize` that had none yet")
     sub.add_argument("request_id")
     _wait(sub, 0.0)
@@ -211,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _watch(sub)
 
     sub = command("jobs", list_jobs, "list jobs, newest first")
-    sub.add_argument("--type", choices=("training", "recognition", "enroll", "search"))
+    sub.add_argument("--type", choices=("training", "recognition", "enroll", "search", "cluster", "erasure"))
     sub.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
     sub.add_argument("--limit", type=int, default=20)
     sub.add_argument("--offset", type=int, default=0)
@@ -420,6 +431,20 @@ def search_job(client: Client, args) -> int:
     return 0
 
 
+def erase(client: Client, args) -> int:
+    body = {"person": args.person, "models": args.models, "indexes": args.indexes, "datasets": args.datasets,
+            "redact_results": args.redact_results}
+    job = client.json("POST", "/erasures", json=body)
+    if not (args.watch or args.output):
+        return _print(args, job, f"submitted erasure {job['id']} ({job['state']}); "
+                                 f"follow it with: facerec job {job['id']} --watch")
+    _follow(client, args, job["id"])
+    if args.output:
+        args.output.write_bytes(client.call("GET", f"/receipts/{job['id']}").content)
+        print(f"wrote the receipt to {args.output}", file=sys.stderr)
+    return 0
+
+
 def show_job(client: Client, args) -> int:
     if args.watch:
         return _follow(client, args, args.job_id)
@@ -613,6 +638,12 @@ def _describe(job: dict) -> str:
         lines.append(f"  {result.get('people_found')} of {result.get('people_searched')} people found in index "
                      f"{result.get('index')}, {result.get('faces')} faces; "
                      f"report: GET /v1/jobs/{job['id']}/people/report")
+    elif job["type"] == "erasure" and result:
+        counts = result["counts"]
+        lines.append(f"  {result['person']} erased: {counts['objects_deleted']} objects deleted, "
+                     f"{counts['objects_rewritten']} rewritten, {counts['model_versions_retired']} model versions "
+                     f"retired, {counts['index_faces_removed']} index faces removed; "
+                     f"receipt: GET /v1/receipts/{job['id']}/html")
     elif result.get("trained") is False:  # a scheduled run that found nothing new to train on
         lines.append(f"  nothing trained: {result.get('decision')}")
     elif result.get("version"):

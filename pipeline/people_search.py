@@ -39,9 +39,11 @@ def find_people(index: FaceIndex, loaded: LoadedModel, people: list[str], k: int
         on_person(done)
 
 
-def report_html(storage: Storage, lines: list[dict], title: str, facts: dict[str, str]) -> str:
-    """A self-contained page: per person with matches, their photo count and a thumbnail of each matching
-    face (up to THUMBNAILS_PER_PERSON), boxed, with its similarity."""
+def report_html(storage: Storage, lines: list[dict], title: str, facts: dict[str, str],
+                summary: str | None = None) -> str:
+    """A self-contained page: per person (or group) with faces, their photo count and a thumbnail of each
+    face (up to THUMBNAILS_PER_PERSON), boxed, with its similarity; `summary` replaces the sentence that
+    counts the people found."""
     found = [line for line in lines if line["faces"]]
     sections = []
     for line in found[:PEOPLE_IN_REPORT]:
@@ -63,7 +65,8 @@ def report_html(storage: Storage, lines: list[dict], title: str, facts: dict[str
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><table>{rows}</table>"
-            f"<p>{len(found)} of {len(lines)} people appear in the index.</p>{cut}{''.join(sections)}"
+            f"<p>{html.escape(summary or f'{len(found)} of {len(lines)} people appear in the index.')}</p>"
+            f"{cut}{''.join(sections)}"
             + (f"<h2>Not found</h2><p>{html.escape(', '.join(nobody))}</p>" if nobody else "")
             + "</body></html>\n")
 

@@ -21,7 +21,7 @@ from tests.system import API_KEY, READ_KEY, REPO
 PEOPLE = ["Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder"]
 STRANGER = "Jennifer_Aniston"
 COMMANDS = ["upload-dataset", "upload-inbox", "train", "enroll", "recognize-job", "recognize", "recognition", "job",
-            "jobs", "cancel", "results", "models", "promote", "rollback"]
+            "jobs", "cancel", "results", "models", "promote", "rollback", "erase"]
 
 
 def facerec(system, *args: str, key: str | None = API_KEY, url: str | None = None) -> subprocess.CompletedProcess:

@@ -31,11 +31,14 @@ def celery_config(settings: Settings) -> dict:
             task_names.SEARCH_FACES: {"queue": interactive},  # a photo's embedding, then the index
             task_names.OPTIMIZE_INDEX: {"queue": default},
             task_names.SEARCH_PEOPLE: {"queue": default},  # no network: index searches and thumbnails
+            task_names.CLUSTER_FACES: {"queue": default},  # no network: neighbours and Chinese whispers
+            task_names.ERASE: {"queue": gpu},  # embeds the person's dataset photos to find their faces
         },
         task_annotations={
             "*": {"max_retries": settings.task_max_retries},
             task_names.TRAIN: {"soft_time_limit": training_limit, "time_limit": training_limit + 60},
             task_names.ENROLL: {"soft_time_limit": training_limit, "time_limit": training_limit + 60},
+            task_names.ERASE: {"soft_time_limit": training_limit, "time_limit": training_limit + 60},
         },
         # Long GPU tasks: take one message at a time, acknowledge it only when done, and give it back
         # to the queue if the worker process dies (the tasks bound how often that may happen).

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-TYPES = ("training", "recognition", "enroll", "search")
+TYPES = ("training", "recognition", "enroll", "search", "cluster", "erasure")
 
 PUBLISHING = "publishing"  # the progress stage after which a job can no longer be cancelled
 JOB_ID = re.compile(r"[0-9a-f]{32}")

@@ -15,7 +15,8 @@ from pipeline.registry import NAME_PATTERN
 from pipeline.storage import check_key
 
 # interactive/: single photos sent to POST /v1/recognize, and their answers (workers.interactive).
-RESERVED_PREFIXES = {"jobs", "models", "schedules", "idempotency", "datasets", "interactive"}
+# receipts/: what each erasure removed (pipeline.erasure).
+RESERVED_PREFIXES = {"jobs", "models", "schedules", "idempotency", "datasets", "interactive", "receipts"}
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]
 IndexName = Annotated[str, StringConstraints(pattern=NAME_PATTERN.pattern)]  # a face index (pipeline.face_index)
@@ -25,6 +26,8 @@ FalseAcceptRate = Annotated[float, Field(gt=0, lt=0.5)]
 StorageKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 # The model types of pipeline.models, named here so that submitting never imports the models.
 ModelType = Literal["embedding", "centroid", "cnn", "finetune"]
+# A person's folder name in a dataset (as api.uploads accepts them): no separators, no '..', no hidden names.
+PersonName = Annotated[str, StringConstraints(pattern=r"^[^\W_]([\w.() +-]{0,126}[\w)])?$")]
 # Jobs of higher priority are taken first from a shared queue (on Redis); each job still gets its turn.
 Priority = Literal["high", "normal", "low"]
 
@@ -73,10 +76,34 @@ class TrainingRequest(DatasetSource):
         return self
 
 
+class ClusterSource(BaseModel):
+    """A cluster of a cluster job, to enrol as one person."""
+
+    model_config = ConfigDict(extra="forbid")
+    job: JobId
+    id: int = Field(ge=0)
+
+
 class EnrollRequest(DatasetSource):
-    """Add or update people in a centroid model, from a folder per person or a manifest."""
+    """Add or update people in a centroid model, from a folder per person, a manifest, or a cluster of a
+    cluster job (``{"cluster": {"job", "id"}, "name"}``: the photos where its faces are the subject)."""
 
     min_quality: float = Field(0.0, ge=0, le=1)  # faces of quality below this are not enrolled, and counted
+    cluster: ClusterSource | None = None
+    name: PersonName | None = None  # the person a cluster is enrolled as
+
+    @model_validator(mode="after")
+    def one_source(self):
+        if self.cluster is None:
+            if self.name is not None:
+                raise ValueError("name goes with a cluster: a dataset's folders name its people")
+            _check_one_source(self.dataset_prefix, self.dataset_manifest, "dataset_prefix", "dataset_manifest")
+            return self
+        if self.dataset_prefix or self.dataset_manifest:
+            raise ValueError("enrol from a cluster or from a dataset, not both")
+        if not self.name:
+            raise ValueError("a cluster is enrolled under a name: give name")
+        return self
 
 
 class ScheduleRequest(DatasetSource):
@@ -210,6 +237,59 @@ class SearchJobRequest(SearchFilters):
         if self.far or self.gallery_far:
             raise ValueError("people are matched at the model's own threshold (set when it was trained, with "
                              "far or gallery_far there): give threshold, or no rule")
+        return self
+
+
+class ClusterJobRequest(BaseModel):
+    """Group the faces of a face index (those of in_jobs, under key_prefix; with unknown_only, only the faces
+    those jobs' results left unknown) into clusters that are each probably one person: clusters.json and an
+    HTML report with each cluster's representative faces. A cluster can then be enrolled as a person."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    index: IndexName
+    in_jobs: list[JobId] = Field(default_factory=list, max_length=100)
+    key_prefix: StorageKey | None = None
+    unknown_only: bool = False
+    min_size: int = Field(2, ge=1, le=100_000)  # smaller groups are counted, not listed
+    threshold: float | None = Field(None, ge=-1, le=1)  # least similarity of a link (default: pipeline.clusters')
+    priority: Priority = "normal"
+
+    @model_validator(mode="after")
+    def jobs_for_unknowns(self):
+        if self.unknown_only and not self.in_jobs:
+            raise ValueError("unknown_only needs in_jobs: the recognition jobs whose results say which faces "
+                             "were left unknown")
+        return self
+
+
+
+
+class ErasureRequest(BaseModel):
+    """Erase a person: their photos from the datasets named, their faces from the face indexes named (deleted
+    and compacted away), their centroid from the centroid models named (a new current version without them;
+    every version that held them retired), single-photo answers that named them, and, with redact_results,
+    their name from job results. Name the person, or give photo_keys: photos of them (the models name them).
+    The job's result points to the receipt (receipts/<job id>.json and .html)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    person: PersonName | None = None
+    models: list[ModelName] = Field(default_factory=list, max_length=100)
+    indexes: list[IndexName] = Field(default_factory=list, max_length=100)
+    datasets: list[ModelName] = Field(default_factory=list, max_length=100)
+    photo_keys: list[StorageKey] = Field(default_factory=list, max_length=100)
+    redact_results: bool = False
+    # Faces at least this similar to the person's are erased from indexes (default: each index's calibration).
+    threshold: float | None = Field(None, ge=-1, le=1)
+    priority: Priority = "high"
+
+    @model_validator(mode="after")
+    def someone_somewhere(self):
+        if not self.person and not self.photo_keys:
+            raise ValueError("name the person to erase, or give photo_keys of photos of them")
+        if not (self.models or self.indexes or self.datasets):
+            raise ValueError("name at least one of models, indexes or datasets to erase the person from")
+        for key in self.photo_keys:
+            check_key(key)
         return self
 
 

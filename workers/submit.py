@@ -6,6 +6,7 @@ job runs through Celery. Tasks are sent by name: submitting never imports the pi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 
@@ -17,7 +18,10 @@ from workers import interactive
 from workers.jobs import JobNotFound
 from workers.runtime import Runtime
 from workers.schemas import (
+    ClusterJobRequest,
+    ClusterSource,
     EnrollRequest,
+    ErasureRequest,
     PhotoRequest,
     RecognitionRequest,
     SearchJobRequest,
@@ -37,6 +41,10 @@ class OutputPrefixTaken(Exception):
     """The output prefix already holds objects, another job's output perhaps."""
 
 
+class NotErasable(ValueError):
+    """A model named in an erasure cannot forget someone without being trained again."""
+
+
 class IndexConflict(Exception):
     """A face index holds another embedder's faces than the model named with it makes."""
 
@@ -53,11 +61,51 @@ def submit_training(runtime: Runtime, request: TrainingRequest, idempotency_key:
 
 def submit_enrollment(runtime: Runtime, request: EnrollRequest, idempotency_key: str | None = None,
                       client: str = "") -> tuple[dict, bool]:
-    """Record and enqueue an enrolment job; returns (job, created)."""
+    """Record and enqueue an enrolment job; returns (job, created). A cluster is enrolled through a manifest of
+    the photos whose subject is one of its faces, written beside the cluster job's output."""
     storage = runtime.storage
-    _check_dataset(storage, request.dataset_prefix, request.dataset_manifest)
     _check_model_version(storage, request.model, None)
-    return _submit(runtime, "enroll", request, idempotency_key, client)
+    if request.cluster is None:
+        _check_dataset(storage, request.dataset_prefix, request.dataset_manifest)
+        return _submit(runtime, "enroll", request, idempotency_key, client)
+    manifest = _cluster_manifest(runtime, request.cluster, request.name)
+    params = {**request.model_dump(exclude_none=True), "dataset_manifest": manifest}
+    return _submit(runtime, "enroll", request, idempotency_key, client, params=params)
+
+
+def _cluster_manifest(runtime: Runtime, cluster: ClusterSource, name: str) -> str:
+    """The key of a manifest of the cluster's photos in which its face is the subject, labelled name."""
+    try:
+        job = runtime.jobs.get(cluster.job)
+    except JobNotFound as err:
+        raise InputNotFound(str(err)) from None
+    if job["type"] != "cluster" or job["state"] != "succeeded":
+        raise InputNotFound(f"job {cluster.job} is a {job['state']} {job['type']} job, not a cluster job that "
+                            "succeeded")
+    clusters = runtime.storage.get_json(job["result"]["clusters"])["clusters"]
+    if cluster.id >= len(clusters):
+        raise InputNotFound(f"cluster job {cluster.job} has no cluster {cluster.id} (it has {len(clusters)})")
+    keys = list(dict.fromkeys(face["key"] for face in clusters[cluster.id]["faces"] if face["main"]))
+    if not keys:
+        raise InputNotFound(f"in no photo of cluster {cluster.id} is its face the photo's subject: nothing to enrol")
+    key = f"jobs/{cluster.job}/output/enrollments/{cluster.id}-{hashlib.sha256(name.encode()).hexdigest()[:12]}.jsonl"
+    runtime.storage.put(key, "".join(json.dumps({"key": k, "label": name}) + "\n" for k in keys).encode())
+    return key
+
+
+def submit_cluster_job(runtime: Runtime, request: ClusterJobRequest, idempotency_key: str | None = None,
+                       client: str = "") -> tuple[dict, bool]:
+    """Record and enqueue a cluster job (an index's faces grouped by person); returns (job, created)."""
+    _check_index(runtime.storage, request.index)
+    for job_id in request.in_jobs if request.unknown_only else ():
+        try:
+            job = runtime.jobs.get(job_id)
+        except JobNotFound as err:
+            raise InputNotFound(str(err)) from None
+        if job["type"] != "recognition" or job["state"] != "succeeded":
+            raise InputNotFound(f"unknown_only reads the results of recognition jobs that succeeded: job {job_id} is "
+                                f"a {job['state']} {job['type']} job")
+    return _submit(runtime, "cluster", request, idempotency_key, client)
 
 
 def submit_recognition(runtime: Runtime, request: RecognitionRequest, idempotency_key: str | None = None,
@@ -132,10 +180,34 @@ def resume_job(runtime: Runtime, job_id: str) -> dict:
     return job
 
 
+def submit_erasure(runtime: Runtime, request: ErasureRequest, idempotency_key: str | None = None,
+                   client: str = "") -> tuple[dict, bool]:
+    """Record and enqueue an erasure; returns (job, created). Every model named must be a centroid model (the
+    others can forget someone only by training again), every index and dataset must exist."""
+    storage = runtime.storage
+    for model in request.models:
+        version = _check_model_version(storage, model, None)
+        model_type = registry.get_version(storage, model, version).get("model_type")
+        if model_type != "centroid":
+            raise NotErasable(f"model {model} is a {model_type} model: erasing someone from it means training it "
+                             "again without their photos (erase them from its dataset, then train); erasure "
+                             "takes centroid models")
+    for name in request.indexes:
+        _check_index(storage, name)
+    for name in request.datasets:
+        _check_dataset(storage, f"datasets/{name}", None)
+    for key in request.photo_keys:
+        _check_manifest(storage, key, "the photo")
+    # Who asked is part of the receipt: the API key's name (or the embedded default's "no key").
+    params = {**request.model_dump(exclude_none=True), "asked_by": client or "no key (the embedded default)"}
+    return _submit(runtime, "erasure", request, idempotency_key, client, params=params)
+
+
 def _submit(runtime: Runtime, job_type: str, request: BaseModel, idempotency_key: str | None, client: str,
-            prepare=lambda job: None) -> tuple[dict, bool]:
+            prepare=lambda job: None, params: dict | None = None) -> tuple[dict, bool]:
     # Recorded and enqueued as one step: if either fails, nothing of the job is left behind.
-    return runtime.jobs.create(job_type, request.model_dump(exclude_none=True), idempotency_key, scope=client,
+    params = params if params is not None else request.model_dump(exclude_none=True)
+    return runtime.jobs.create(job_type, params, idempotency_key, scope=client,
                                prepare=prepare, enqueue=lambda job: runtime.send(
                                    ENTRY_TASKS[job_type], [job["id"]], priority=job["params"].get("priority")))
 

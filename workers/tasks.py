@@ -193,6 +193,80 @@ def enroll(self: JobTask, job_id: str) -> None:
     jobs.succeed(job_id, _version_result(record, enrolled=record["enrolled"]))
 
 
+@app.task(bind=True, base=JobTask, name=task_names.CLUSTER_FACES)
+def cluster_faces(self: JobTask, job_id: str) -> None:
+    """A cluster job: an index's faces grouped by person; clusters.json and report.html under jobs/<id>/output/."""
+    from pipeline.clusters import THRESHOLD, FaceClusterer, cluster_index
+    from pipeline.face_index import open_index
+    from pipeline.people_search import report_html
+
+    runtime = self.runtime
+    jobs, storage = runtime.jobs, runtime.storage
+    params = jobs.start(job_id)["params"]
+    progress = _progress_or_stop(jobs, job_id)
+    only = _unknown_faces(runtime, params["in_jobs"]) if params.get("unknown_only") else None
+    progress("clustering", 0, 1)
+    clusterer = FaceClusterer(threshold=params.get("threshold", THRESHOLD))
+    found = cluster_index(open_index(storage, params["index"]), clusterer, params.get("in_jobs", []),
+                          params.get("key_prefix"), params.get("min_size", 2), only)
+    output = f"jobs/{job_id}/output"
+    storage.put_json(f"{output}/clusters.json", {**found, "index": params["index"], "job": job_id})
+    lines = [{"person": f"Cluster {c['id']}: {c['size']} faces", "photos": c["photos"], "faces": c["representatives"]}
+             for c in found["clusters"]]
+    facts = {"index": params["index"], "faces clustered": f"{found['faces']:,}"
+             + (" (only those left unknown)" if only is not None else ""),
+             "least similarity of a link": str(clusterer.threshold)}
+    summary = (f"{len(found['clusters'])} clusters of at least {params.get('min_size', 2)} faces hold "
+               f"{found['faces_in_clusters']:,} faces; {found['faces_alone']:,} faces are in smaller groups.")
+    storage.put(f"{output}/report.html", report_html(storage, lines, f"Clusters of {params['index']}", facts,
+                                                     summary).encode())
+    jobs.succeed(job_id, {"clusters": f"{output}/clusters.json", "report": f"{output}/report.html",
+                          "index": params["index"], "faces": found["faces"], "clusters_found": len(found["clusters"]),
+                          "faces_in_clusters": found["faces_in_clusters"], "faces_alone": found["faces_alone"]})
+
+
+def _unknown_faces(runtime: Runtime, job_ids: list[str]) -> set[tuple[str, str, int]]:
+    """(job, photo key, face) of every face the recognition jobs' results left unknown."""
+    unknown = set()
+    for job_id in job_ids:
+        for line in runtime.storage.read_lines(runtime.jobs.get(job_id)["result"]["results"]):
+            result = json.loads(line)
+            unknown |= {(job_id, result["key"], number) for number, face in enumerate(result.get("faces", []))
+                        if face["identity"] == "unknown"}
+    return unknown
+
+
+@app.task(bind=True, base=JobTask, name=task_names.ERASE)
+def erase(self: JobTask, job_id: str) -> None:
+    """Erase a person (pipeline.erasure); the job's result points to the receipt."""
+    from pipeline.erasure import ErasureRequest, erase
+
+    runtime = self.runtime
+    jobs = runtime.jobs
+    params = dict(jobs.start(job_id)["params"])
+    jobs.mark_publishing(job_id)  # begun, an erasure is finished (if its worker dies, by the next): no cancel
+    asked_by = params.pop("asked_by")
+    params.pop("priority", None)
+    steps = iter(range(7))  # the stages erase() reports; the stage shown stays "publishing" (no cancel)
+    receipt = erase(runtime.storage, runtime.face_pipeline, ErasureRequest(**params), job_id, asked_by,
+                    result_prefixes=_recognition_outputs(jobs),
+                    on_progress=lambda stage: jobs.set_progress(job_id, next(steps, 6), 6, PUBLISHING))
+    jobs.succeed(job_id, {"receipt": f"receipts/{job_id}.json", "receipt_html": f"receipts/{job_id}.html",
+                          "person": receipt["person"], "counts": receipt["counts"]})
+
+
+def _recognition_outputs(jobs: JobStore) -> list[str]:
+    """The output prefixes recognition jobs wrote their results under, outside jobs/."""
+    prefixes, offset = set(), 0
+    while True:
+        page, total = jobs.list(job_type="recognition", limit=500, offset=offset)
+        prefixes |= {job["params"]["output_prefix"].rstrip("/") + "/" for job in page
+                     if job["params"].get("output_prefix")}
+        offset += len(page)
+        if not page or offset >= total:
+            return sorted(prefixes)
+
+
 @app.task(bind=True, name=task_names.SCHEDULED_TRAINING, acks_late=True)
 def scheduled_training(self: Task, schedule_id: str) -> None:
     """Run by celery beat: submit the schedule's training job (once per schedule and minute)."""

@@ -1,0 +1,169 @@
+"""Clusters of faces nobody has named: groups that are each probably one person, for a person to name at once.
+
+Method (chosen with bench.cluster on half of LFW's people, measured on the other half): each face's nearest
+neighbours (faiss: exact search up to EXACT_MAX faces, an HNSW graph above, so that a million faces never need a
+distance matrix); an edge between two faces whose similarity is at least `threshold`, weighted by it; then
+Chinese whispers (Biemann 2006, as dlib's face clustering): each face in turn takes the cluster with the most
+edge weight among its neighbours, until no face changes. Unlike single or average linkage, one lookalike edge
+cannot merge two people's groups: a face follows the weight of all its neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.face_index import FaceIndex
+
+EXACT_MAX = 200_000  # above this many faces, neighbours come from an HNSW graph
+# Chosen by bench.cluster on the tuning half of LFW's people (README, "Clusters of unknown faces").
+THRESHOLD = 0.955
+NEIGHBOURS = 20
+REPRESENTATIVES = 6  # chips shown per cluster: the faces nearest its mean
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, similarities) of each unit vector's k nearest others (-1 where there are fewer)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    k = min(k, len(vectors) - 1)
+    if k < 1:
+        return np.full((len(vectors), 0), -1), np.zeros((len(vectors), 0), np.float32)
+    if len(vectors) <= EXACT_MAX:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    else:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = max(64, 2 * k)
+    index.add(vectors)
+    similarities, indices = index.search(vectors, k + 1)
+    own = indices == np.arange(len(vectors))[:, None]
+    own[~own.any(axis=1), -1] = True  # itself not among them (a duplicate ranked first): drop the farthest
+    return indices[~own].reshape(len(vectors), k), similarities[~own].reshape(len(vectors), k)
+
+
+def chinese_whispers(count: int, a: np.ndarray, b: np.ndarray, weight: np.ndarray, iterations: int = 30,
+                     seed: int = 0) -> np.ndarray:
+    """A cluster number per node of the weighted graph with edges (a, b)."""
+    order = np.argsort(np.concatenate([a, b]), kind="stable")
+    heads = np.concatenate([a, b])[order]
+    tails = np.concatenate([b, a])[order]
+    weights = np.concatenate([weight, weight])[order]
+    starts = np.searchsorted(heads, np.arange(count + 1))
+    labels = np.arange(count)
+    rng = np.random.default_rng(seed)
+    for _ in range(iterations):
+        changed = 0
+        for node in rng.permutation(count):
+            start, stop = starts[node], starts[node + 1]
+            if start == stop:
+                continue
+            votes: dict[int, float] = {}
+            for tail, w in zip(tails[start:stop].tolist(), weights[start:stop].tolist()):
+                votes[labels[tail]] = votes.get(labels[tail], 0.0) + w
+            best = max(votes, key=votes.__getitem__)
+            if best != labels[node]:
+                labels[node] = best
+                changed += 1
+        if not changed:
+            break
+    return np.unique(labels, return_inverse=True)[1]
+
+
+@dataclass
+class FaceClusterer:
+    """fit_predict(vectors) -> a cluster number per face (a face alone is a cluster of one)."""
+
+    threshold: float = THRESHOLD
+    neighbours: int = NEIGHBOURS
+    iterations: int = 30
+    seed: int = 0
+
+    def fit_predict(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = unit(vectors)
+        if len(vectors) < 2:
+            return np.zeros(len(vectors), np.int64)
+        indices, similarities = nearest_neighbours(vectors, self.neighbours)
+        rows = np.repeat(np.arange(len(vectors)), indices.shape[1])
+        cols, sims = indices.ravel(), similarities.ravel()
+        keep = (cols >= 0) & (sims >= self.threshold)
+        a, b = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+        _, first = np.unique(a.astype(np.int64) * len(vectors) + b, return_index=True)  # each edge once
+        return chinese_whispers(len(vectors), a[first], b[first], sims[keep][first], self.iterations, self.seed)
+
+
+def cluster_index(index: FaceIndex, clusterer: FaceClusterer, jobs: list[str] = (), key_prefix: str | None = None,
+                  min_size: int = 2, only: set[tuple[str, str, int]] | None = None) -> dict:
+    """The clusters of an index's faces (those of the given jobs, under key_prefix, and when given only those
+    (job, key, face) in `only`): per cluster of at least min_size faces, largest first, its faces (job, key,
+    face, box, whether it is its photo's subject, similarity to the cluster's mean), its representatives (the
+    REPRESENTATIVES faces nearest its mean) and its photos; and the counts."""
+    from pipeline.face_index import filter_sql
+
+    query = index.table().search().select(["vector", "job", "key", "face", "box", "main"])
+    where = filter_sql(jobs, key_prefix)
+    if where:
+        query = query.where(where)
+    rows = query.limit(None).to_arrow()
+    if only is not None:
+        import pyarrow as pa
+
+        keep = [(j, k, f) in only for j, k, f in zip(rows["job"].to_pylist(), rows["key"].to_pylist(),
+                                                    rows["face"].to_pylist())]
+        rows = rows.filter(pa.array(keep, pa.bool_()))
+    vectors = unit(np.asarray(rows["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                              np.float32).reshape(rows.num_rows, -1)) if rows.num_rows else np.zeros((0, 128))
+    labels = clusterer.fit_predict(vectors)
+    meta = rows.drop(["vector"]).to_pylist()
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    clusters = []
+    for label in np.argsort(-sizes, kind="stable"):
+        if sizes[label] < max(min_size, 1):
+            break
+        members = np.flatnonzero(labels == label)
+        mean = unit(vectors[members].mean(axis=0))[0]
+        similarity = vectors[members] @ mean
+        ranked = members[np.argsort(-similarity)]
+        faces = [{**meta[i], "box": [round(v, 1) for v in meta[i]["box"]],
+                  "similarity": round(float(vectors[i] @ mean), 4)} for i in ranked]
+        clusters.append({"id": len(clusters), "size": len(members), "faces": faces,
+                         "representatives": faces[:REPRESENTATIVES],
+                         "photos": list(dict.fromkeys(face["key"] for face in faces))})
+    return {"faces": len(vectors), "clusters": clusters, "faces_in_clusters": sum(c["size"] for c in clusters),
+            "faces_alone": int(np.sum(sizes[sizes < max(min_size, 1)])),
+            "method": {"threshold": clusterer.threshold, "neighbours": clusterer.neighbours,
+                       "algorithm": "Chinese whispers on the k-nearest-neighbour graph"}}
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def bcubed(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """BCubed precision, recall and F of clusters against the true people (per face, averaged over faces)."""
+    _, cluster = np.unique(labels, return_inverse=True)
+    _, person = np.unique(truth, return_inverse=True)
+    _, pair, both = np.unique(cluster.astype(np.int64) * (person.max() + 1) + person, return_inverse=True,
+                              return_counts=True)
+    shared = both[pair]
+    precision = float(np.mean(shared / np.bincount(cluster)[cluster]))
+    recall = float(np.mean(shared / np.bincount(person)[person]))
+    return {"bcubed_precision": precision, "bcubed_recall": recall,
+            "bcubed_f": 2 * precision * recall / (precision + recall)}
+
+
+def pairwise_f(labels: np.ndarray, truth: np.ndarray) -> float:
+    """F of the pairs of faces put together against the pairs of faces of one person."""
+    def pairs(counts: np.ndarray) -> float:
+        return float(np.sum(counts * (counts - 1) / 2))
+
+    _, cluster = np.unique(labels, return_inverse=True)
+    _, person = np.unique(truth, return_inverse=True)
+    both = pairs(np.unique(cluster.astype(np.int64) * (person.max() + 1) + person, return_counts=True)[1])
+    precision, recall = both / max(pairs(np.bincount(cluster)), 1), both / max(pairs(np.bincount(person)), 1)
+    return 2 * precision * recall / max(precision + recall, 1e-12)

@@ -1,0 +1,117 @@
+"""Clusters of unknown faces (pipeline.clusters) on real LFW faces, and through the running system: faces group by
+person, one lookalike link does not merge two groups, a cluster job over the faces a recognition job left unknown
+finds the strangers, and a cluster enrolled under a name makes the model name that person."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.clusters import FaceClusterer, bcubed, chinese_whispers, cluster_index
+from pipeline.face_index import FaceIndex, face_rows
+from pipeline.storage import LocalStorage
+from tests.system import call, wait_for_job
+
+PEOPLE = ["Ariel_Sharon", "Colin_Powell", "Hugo_Chavez", "Serena_Williams", "Jean_Chretien"]
+SINGLES = ["Aaron_Eckhart", "Abba_Eban", "Adam_Sandler", "Alan_Greenspan"]
+
+
+@pytest.fixture(scope="module")
+def found(face_pipeline, lfw_dir):
+    """PhotoFaces of 10 photos of each of PEOPLE and one of each of SINGLES, by key (person/photo.jpg)."""
+    photos = [(f"{person}/{path.name}", path.read_bytes()) for person in PEOPLE + SINGLES
+              for path in sorted((lfw_dir / person).glob("*.jpg"))[:1 if person in SINGLES else 10]]
+    return {photo.key: photo for photo in face_pipeline.process(photos)}
+
+
+def test_faces_group_by_person_and_people_with_one_photo_stay_alone(found):
+    keys = sorted(found)
+    vectors = np.stack([found[key].embeddings[found[key].main_face] for key in keys])
+    truth = np.array([key.split("/")[0] for key in keys])
+    labels = FaceClusterer().fit_predict(vectors)
+    scores = bcubed(labels, truth)
+    # The default threshold puts precision first (bench.cluster): a person may be split, never merged.
+    assert scores["bcubed_precision"] == 1.0 and scores["bcubed_recall"] >= 0.8, scores
+    for single in SINGLES:
+        assert np.sum(labels == labels[truth == single][0]) == 1  # a cluster of one
+
+
+def test_one_lookalike_link_does_not_merge_two_groups():
+    # Two groups of five, all linked within; one link between them (a lookalike).
+    a, b = [], []
+    for group in (range(0, 5), range(5, 10)):
+        for i in group:
+            for j in group:
+                if i < j:
+                    a.append(i)
+                    b.append(j)
+    a.append(4)
+    b.append(5)
+    labels = chinese_whispers(10, np.array(a), np.array(b), np.ones(len(a)))
+    assert len(set(labels[:5])) == 1 and len(set(labels[5:])) == 1 and labels[0] != labels[9]
+
+
+def test_an_index_is_clustered_with_its_filters_and_each_cluster_says_its_faces_and_photos(tmp_path, found,
+                                                                                           face_pipeline):
+    index = FaceIndex(LocalStorage(tmp_path / "store"), "inbox")
+    index.ensure(face_pipeline.embedder_name, None, {"job": "a"})
+    keys = sorted(found)
+    index.add(face_rows("a", 0, {k: found[k] for k in keys[:25]}, face_pipeline.embedder_name))
+    index.add(face_rows("b", 0, {k: found[k] for k in keys[25:]}, face_pipeline.embedder_name))
+    everything = cluster_index(index, FaceClusterer())
+    assert everything["faces"] == index.count()
+    assert everything["faces_in_clusters"] + everything["faces_alone"] == everything["faces"]
+    biggest = everything["clusters"][0]
+    assert biggest["size"] == len(biggest["faces"]) >= 5
+    assert len({face["key"].split("/")[0] for face in biggest["faces"] if face["main"]}) == 1
+    assert biggest["representatives"] == biggest["faces"][:len(biggest["representatives"])]
+    assert [c["size"] for c in everything["clusters"]] == sorted((c["size"] for c in everything["clusters"]),
+                                                                 reverse=True)
+    only_b = cluster_index(index, FaceClusterer(), jobs=["b"], min_size=1)
+    assert {face["job"] for c in only_b["clusters"] for face in c["faces"]} == {"b"}
+    chosen = {("a", keys[0], 0), ("a", keys[1], 0)}
+    assert cluster_index(index, FaceClusterer(), only=chosen, min_size=1)["faces"] == 2
+
+
+@pytest.mark.system
+def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_afterwards(system, lfw_dir):
+    known, strangers = ["Colin_Powell", "Tony_Blair"], ["Hugo_Chavez", "Serena_Williams"]
+    files = [(person, (path.name, path.read_bytes(), "image/jpeg"))
+             for person in known for path in sorted((lfw_dir / person).glob("*.jpg"))[:8]]
+    assert call(system, "POST", "/datasets/club", files=files).status_code == 201
+    trained = wait_for_job(system, call(system, "POST", "/jobs/training", json={
+        "model": "club", "dataset_prefix": "datasets/club", "model_type": "centroid"}).json()["id"])
+    assert trained["state"] == "succeeded", trained
+    inbox = [("photos", (path.name, path.read_bytes(), "image/jpeg"))
+             for person in known + strangers for path in sorted((lfw_dir / person).glob("*.jpg"))[8:20]]
+    assert call(system, "POST", "/inboxes/lobby", files=inbox).status_code == 201
+    recognised = wait_for_job(system, call(system, "POST", "/jobs/recognition", json={
+        "model": "club", "input_prefix": "inboxes/lobby", "index": "lobby"}).json()["id"])
+    assert recognised["state"] == "succeeded", recognised
+
+    refused = call(system, "POST", "/jobs/cluster", json={"index": "lobby", "unknown_only": True})
+    assert refused.status_code == 400 and "unknown_only needs in_jobs" in refused.text
+    response = call(system, "POST", "/jobs/cluster", json={"index": "lobby", "in_jobs": [recognised["id"]],
+                                                          "unknown_only": True})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(system, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    clusters = call(system, "GET", f"/jobs/{job['id']}/clusters").json()["clusters"]
+    people = [{face["key"].rsplit("/", 1)[-1].rsplit("_", 1)[0] for face in c["faces"] if face["main"]}
+              for c in clusters]
+    assert {frozenset(p) for p in people[:2]} == {frozenset({s}) for s in strangers}, people
+    assert clusters[0]["size"] >= 5
+    page = call(system, "GET", f"/jobs/{job['id']}/clusters/report")
+    assert page.status_code == 200 and "Cluster 0" in page.text and "data:image/jpeg;base64" in page.text
+
+    stranger = people[0].pop()
+    missing = call(system, "POST", "/jobs/enroll", json={"model": "club", "cluster": {"job": job["id"], "id": 99},
+                                                         "name": stranger})
+    assert missing.status_code == 404 and "has no cluster 99" in missing.text
+    enrolled = wait_for_job(system, call(system, "POST", "/jobs/enroll", json={
+        "model": "club", "cluster": {"job": job["id"], "id": 0}, "name": stranger}).json()["id"])
+    assert enrolled["state"] == "succeeded", enrolled
+    path = sorted((lfw_dir / stranger).glob("*.jpg"))[21]  # in neither the dataset nor the inbox
+    answer = call(system, "POST", "/recognize", files={"photo": (path.name, path.read_bytes())},
+                  data={"model": "club"}).json()
+    assert answer["faces"][answer["main_face"]]["identity"] == stranger
