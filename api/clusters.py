@@ -4,21 +4,23 @@ POST /v1/jobs/enroll {"model", "cluster": {"job", "id"}, "name"}."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import Conflict, NotFound
 
 from api.context import runtime
-from api.endpoints import HTML, READ, SUBMIT, endpoint
+from api.endpoints import HTML, READ, SUBMIT, endpoint, page
 from api.jobs import QUEUED, _submitted, find_job
+from api.web import _page
+from pipeline import registry
 from pipeline.storage import MissingKey
-from workers.jobs import SUCCEEDED
+from workers.jobs import JOB_ID, SUCCEEDED, JobNotFound
 from workers.schemas import ClusterJobRequest
 from workers.submit import submit_cluster_job
 
-clusters = Blueprint("clusters", __name__, url_prefix="/v1")
+clusters = Blueprint("clusters", __name__)
 
 
-@clusters.post("/jobs/cluster")
+@clusters.post("/v1/jobs/cluster")
 @endpoint(SUBMIT, body=ClusterJobRequest, success=("202", QUEUED), idempotent=True,
           example={"index": "archive", "in_jobs": ["0123456789abcdef0123456789abcdef"], "unknown_only": True})
 def submit_cluster_job_route():
@@ -27,7 +29,7 @@ def submit_cluster_job_route():
     return _submitted(submit_cluster_job, ClusterJobRequest)
 
 
-@clusters.get("/jobs/<job_id>/clusters")
+@clusters.get("/v1/jobs/<job_id>/clusters")
 @endpoint(READ)
 def get_clusters(job_id: str):
     """A finished cluster job's clusters: per cluster, largest first, its faces (job, key, face, box, subject
@@ -35,7 +37,7 @@ def get_clusters(job_id: str):
     return _cluster_file(job_id, "clusters", "application/json")
 
 
-@clusters.get("/jobs/<job_id>/clusters/report")
+@clusters.get("/v1/jobs/<job_id>/clusters/report")
 @endpoint(READ, answers=HTML)
 def get_clusters_report(job_id: str):
     """A finished cluster job's page: each cluster's representative faces, boxed."""
@@ -52,3 +54,40 @@ def _cluster_file(job_id: str, what: str, mimetype: str) -> Response:
         return Response(runtime().storage.get(job["result"][what]), mimetype=mimetype)
     except MissingKey:
         raise NotFound(f"job {job_id}'s {what} is no longer in storage") from None
+
+
+@clusters.get("/clusters")
+@page
+def clusters_page():
+    """Clusters: the clusters of a cluster job as grids of faces, each with a form to enrol it as a person."""
+    store = runtime().jobs
+    done = store.list(job_type="cluster", state=SUCCEEDED, limit=20)[0]
+    chosen_id = request.args.get("job") or (done[0]["id"] if done else None)
+    chosen, shown, error = None, [], None
+    if chosen_id:
+        try:
+            chosen = store.get(chosen_id) if JOB_ID.fullmatch(chosen_id) else None
+        except JobNotFound:
+            chosen = None
+        if chosen is None or chosen["type"] != "cluster" or chosen["state"] != SUCCEEDED:
+            error, chosen = f"no cluster job {chosen_id} that succeeded", None
+    if chosen:
+        storage = runtime().storage
+        found = storage.get_json(chosen["result"]["clusters"])
+        chips = storage.get_json(chosen["result"]["chips"]) if chosen["result"].get("chips") else {}
+        shown = [{**c, "chips": [chip for chip in chips.get(str(c["id"]), []) if chip]}
+                 for c in found["clusters"] if str(c["id"]) in chips]
+        chosen = {**chosen, "found": found}
+    models = [name for name in registry.list_models(runtime().storage)
+              if _is_centroid(name)]
+    return _page("clusters.html", active="clusters", jobs=done, chosen=chosen, clusters=shown, models=models,
+                 error=error)
+
+
+def _is_centroid(model: str) -> bool:
+    storage = runtime().storage
+    version = registry.current_version(storage, model)
+    try:
+        return version is not None and registry.get_version(storage, model, version).get("model_type") == "centroid"
+    except LookupError:
+        return False

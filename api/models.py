@@ -50,6 +50,9 @@ def get_report(name: str, version: str):
     storage = runtime().storage
     try:
         record = registry.get_version(storage, name, version)
+    except LookupError as err:  # no such version, or one an erasure retired: the message says which
+        raise NotFound(str(err)) from None
+    try:
         html = storage.get(record["report_html_key"])
     except (LookupError, ValueError, KeyError):
         raise NotFound(f"no report for model {name} version {version}") from None

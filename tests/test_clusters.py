@@ -73,22 +73,32 @@ def test_an_index_is_clustered_with_its_filters_and_each_cluster_says_its_faces_
     assert cluster_index(index, FaceClusterer(), only=chosen, min_size=1)["faces"] == 2
 
 
-@pytest.mark.system
-def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_afterwards(system, lfw_dir):
-    known, strangers = ["Colin_Powell", "Tony_Blair"], ["Hugo_Chavez", "Serena_Williams"]
+KNOWN, STRANGERS = ["Colin_Powell", "Tony_Blair"], ["Hugo_Chavez", "Serena_Williams"]
+_lobbies: dict[str, dict] = {}  # per running system: made once, whichever module asks first
+
+
+@pytest.fixture(scope="module")
+def lobby(system, lfw_dir):
+    """A centroid model of KNOWN, a recognition job over an inbox of theirs and STRANGERS' photos that indexed
+    them into "lobby", and a cluster job over the faces it left unknown (the jobs)."""
+    if system["base"] not in _lobbies:
+        _lobbies[system["base"]] = make_lobby(system, lfw_dir)
+    return _lobbies[system["base"]]
+
+
+def make_lobby(system, lfw_dir) -> dict:
     files = [(person, (path.name, path.read_bytes(), "image/jpeg"))
-             for person in known for path in sorted((lfw_dir / person).glob("*.jpg"))[:8]]
+             for person in KNOWN for path in sorted((lfw_dir / person).glob("*.jpg"))[:8]]
     assert call(system, "POST", "/datasets/club", files=files).status_code == 201
     trained = wait_for_job(system, call(system, "POST", "/jobs/training", json={
         "model": "club", "dataset_prefix": "datasets/club", "model_type": "centroid"}).json()["id"])
     assert trained["state"] == "succeeded", trained
     inbox = [("photos", (path.name, path.read_bytes(), "image/jpeg"))
-             for person in known + strangers for path in sorted((lfw_dir / person).glob("*.jpg"))[8:20]]
+             for person in KNOWN + STRANGERS for path in sorted((lfw_dir / person).glob("*.jpg"))[8:20]]
     assert call(system, "POST", "/inboxes/lobby", files=inbox).status_code == 201
     recognised = wait_for_job(system, call(system, "POST", "/jobs/recognition", json={
         "model": "club", "input_prefix": "inboxes/lobby", "index": "lobby"}).json()["id"])
     assert recognised["state"] == "succeeded", recognised
-
     refused = call(system, "POST", "/jobs/cluster", json={"index": "lobby", "unknown_only": True})
     assert refused.status_code == 400 and "unknown_only needs in_jobs" in refused.text
     response = call(system, "POST", "/jobs/cluster", json={"index": "lobby", "in_jobs": [recognised["id"]],
@@ -96,10 +106,20 @@ def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_after
     assert response.status_code == 202, response.text
     job = wait_for_job(system, response.json()["id"])
     assert job["state"] == "succeeded", job
+    return {"recognition": recognised, "cluster": job}
+
+
+def subjects(cluster: dict) -> set[str]:
+    """The people (by LFW file name) whose photos' subject is a face of the cluster."""
+    return {face["key"].rsplit("/", 1)[-1].rsplit("_", 1)[0] for face in cluster["faces"] if face["main"]}
+
+
+@pytest.mark.system
+def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_afterwards(system, lobby, lfw_dir):
+    job = lobby["cluster"]
     clusters = call(system, "GET", f"/jobs/{job['id']}/clusters").json()["clusters"]
-    people = [{face["key"].rsplit("/", 1)[-1].rsplit("_", 1)[0] for face in c["faces"] if face["main"]}
-              for c in clusters]
-    assert {frozenset(p) for p in people[:2]} == {frozenset({s}) for s in strangers}, people
+    people = [subjects(c) for c in clusters]
+    assert {frozenset(p) for p in people[:2]} == {frozenset({s}) for s in STRANGERS}, people
     assert clusters[0]["size"] >= 5
     page = call(system, "GET", f"/jobs/{job['id']}/clusters/report")
     assert page.status_code == 200 and "Cluster 0" in page.text and "data:image/jpeg;base64" in page.text

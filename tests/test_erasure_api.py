@@ -75,8 +75,12 @@ def test_an_admin_erases_a_person_and_the_system_forgets_them(system, lfw_dir, t
     assert searched["matches"] == 0 and not [f for f in searched["faces"] if f"/{ERASED}_" in f["key"]]
     assert FaceIndex(storage, "corridor").count() == faces_before - 3
     assert not storage.exists(f"interactive/{before['id']}/photo")
-    old = call(system, "GET", f"/models/staff/versions/{before['model_version']}")
+    old = call(system, "GET", f"/models/staff/versions/{before['model_version']}/report")
     assert old.status_code == 404 and "retired by erasure" in old.text
+    promoted = call(system, "POST", "/models/staff/promote", json={"version": before["model_version"]}, key=ADMIN_KEY)
+    assert promoted.status_code == 404 and "retired by erasure" in promoted.text
+    listed = {v["version"]: v for v in call(system, "GET", "/models/staff").json()["versions"]}
+    assert listed[before["model_version"]]["retired"]["erasure"] == job["id"]
     assert not [key for key in storage.list("datasets/staff/") if f"/{ERASED}/" in key]
     assert not [key for key in storage.list() if any(needle in storage.get(key) for needle in theirs)]
 

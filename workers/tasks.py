@@ -11,6 +11,7 @@ stats) and writes only ``results.jsonl`` and ``summary.json`` under its output p
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -220,9 +221,25 @@ def cluster_faces(self: JobTask, job_id: str) -> None:
                f"{found['faces_in_clusters']:,} faces; {found['faces_alone']:,} faces are in smaller groups.")
     storage.put(f"{output}/report.html", report_html(storage, lines, f"Clusters of {params['index']}", facts,
                                                      summary).encode())
+    # The web page's chips, made once here (the API never decodes photos for a page).
+    chips = {str(c["id"]): [_chip(storage, face) for face in c["representatives"]]
+             for c in found["clusters"][:CLUSTERS_ON_PAGE]}
+    storage.put_json(f"{output}/chips.json", chips)
     jobs.succeed(job_id, {"clusters": f"{output}/clusters.json", "report": f"{output}/report.html",
+                          "chips": f"{output}/chips.json",
                           "index": params["index"], "faces": found["faces"], "clusters_found": len(found["clusters"]),
                           "faces_in_clusters": found["faces_in_clusters"], "faces_alone": found["faces_alone"]})
+
+
+CLUSTERS_ON_PAGE = 100  # the Clusters tab shows the largest clusters; clusters.json holds them all
+
+
+def _chip(storage, face: dict) -> str | None:
+    """A face's thumbnail as base64 JPEG (None if its photo cannot be read)."""
+    from pipeline.people_search import thumbnail
+
+    image = thumbnail(storage, face["key"], face["box"])
+    return base64.b64encode(image).decode() if image else None
 
 
 def _unknown_faces(runtime: Runtime, job_ids: list[str]) -> set[tuple[str, str, int]]:

@@ -377,7 +377,34 @@ function searchPage() {
 fillBars();
 const banner = document.getElementById("worker-warnings");
 if (banner) { showWorkerWarnings(banner); setInterval(() => showWorkerWarnings(banner), 10000); }
+// -- Clusters ------------------------------------------------------------------------------------
+function clustersPage(section) {
+  const status = document.getElementById("status");
+  const chooser = document.getElementById("cluster-job");
+  if (chooser) chooser.addEventListener("change", () => { window.location = "/clusters?job=" + chooser.value; });
+  section.querySelectorAll("form.enrol").forEach((form) => {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const name = form.elements.name.value.trim();
+      const model = form.elements.model.value;
+      const body = { model, name, cluster: { job: form.dataset.job, id: Number(form.dataset.cluster) } };
+      status.classList.remove("error");
+      status.textContent = "Enrolling cluster " + form.dataset.cluster + " as " + name + "…";
+      try {
+        const { data } = await api("POST", "/v1/jobs/enroll", body);
+        status.replaceChildren("Cluster " + form.dataset.cluster + " is being enrolled as " + name + " in " + model + ": ",
+                               el("a", { href: "/jobs/" + data.id }, "job " + data.id.slice(0, 8)));
+        form.querySelector("button").disabled = true;
+      } catch (error) {
+        status.classList.add("error");
+        status.textContent = "Not enrolled: " + error.message;
+      }
+    });
+  });
+}
+
 const page = document.querySelector("[data-page]");
 if (page) {
-  ({ recognize: recognizePage, search: searchPage, jobs: jobsPage, job: jobPage, models: modelsPage })[page.dataset.page](page);
+  ({ recognize: recognizePage, search: searchPage, jobs: jobsPage, job: jobPage, models: modelsPage,
+     clusters: clustersPage })[page.dataset.page](page);
 }
