@@ -4,8 +4,8 @@ POST /v1/jobs/enroll {"model", "cluster": {"job", "id"}, "name"}."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
-from werkzeug.exceptions import Conflict, NotFound
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
 from api.context import runtime
 from api.endpoints import HTML, READ, SUBMIT, endpoint, page
@@ -37,6 +37,33 @@ def get_clusters(job_id: str):
     return _cluster_file(job_id, "clusters", "application/json")
 
 
+CLUSTER_EDIT = {"type": "object", "additionalProperties": False, "properties": {
+    "merged_into": {"type": ["integer", "null"], "minimum": 0,
+                    "description": "merge this cluster into that one (null: undo)"},
+    "not_one_person": {"type": "boolean", "description": "this cluster mixes people: it cannot be enrolled"}}}
+
+
+@clusters.post("/v1/jobs/<job_id>/clusters/<int:cluster>")
+@endpoint(SUBMIT, body=CLUSTER_EDIT, example={"merged_into": 0})
+def edit_cluster_route(job_id: str, cluster: int):
+    """Edit a cluster before enrolling: merge it into another (its faces join that one's), or mark it as not
+    one person (it cannot be enrolled); the answer is the edited clusters."""
+    from pipeline.clusters import edit_cluster
+
+    job = _finished(job_id)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"merged_into", "not_one_person"} or not body:
+        raise BadRequest('send {"merged_into": <cluster id or null>} and/or {"not_one_person": true or false}')
+    into, mixed = body.get("merged_into"), body.get("not_one_person", False)
+    if (into is not None and (not isinstance(into, int) or isinstance(into, bool))) or not isinstance(mixed, bool):
+        raise BadRequest("merged_into is a cluster id (or null) and not_one_person true or false")
+    try:
+        edited = edit_cluster(runtime().storage, job["result"]["clusters"], cluster, into, mixed)
+    except ValueError as err:
+        raise BadRequest(str(err)) from None
+    return jsonify(edited)
+
+
 @clusters.get("/v1/jobs/<job_id>/clusters/report")
 @endpoint(READ, answers=HTML)
 def get_clusters_report(job_id: str):
@@ -44,12 +71,24 @@ def get_clusters_report(job_id: str):
     return _cluster_file(job_id, "report", "text/html")
 
 
-def _cluster_file(job_id: str, what: str, mimetype: str) -> Response:
+def _finished(job_id: str, what: str = "clusters") -> dict:
     job = find_job(job_id)
     if job["type"] != "cluster":
         raise Conflict(f"job {job_id} is a {job['type']} job: only cluster jobs have clusters")
     if job["state"] != SUCCEEDED:
         raise Conflict(f"job {job_id} is {job['state']}: its {what} is written when it succeeds")
+    return job
+
+
+def _cluster_file(job_id: str, what: str, mimetype: str) -> Response:
+    job = _finished(job_id, what)
+    if what == "clusters":  # with the edits a person made since
+        from pipeline.clusters import read_clusters
+
+        try:
+            return jsonify(read_clusters(runtime().storage, job["result"]["clusters"]))
+        except MissingKey:
+            raise NotFound(f"job {job_id}'s clusters are no longer in storage") from None
     try:
         return Response(runtime().storage.get(job["result"][what]), mimetype=mimetype)
     except MissingKey:
@@ -73,10 +112,12 @@ def clusters_page():
             error, chosen = f"no cluster job {chosen_id} that succeeded", None
     if chosen:
         storage = runtime().storage
-        found = storage.get_json(chosen["result"]["clusters"])
+        from pipeline.clusters import read_clusters
+
+        found = read_clusters(storage, chosen["result"]["clusters"])
         chips = storage.get_json(chosen["result"]["chips"]) if chosen["result"].get("chips") else {}
         shown = [{**c, "chips": [chip for chip in chips.get(str(c["id"]), []) if chip]}
-                 for c in found["clusters"] if str(c["id"]) in chips]
+                 for c in found["clusters"] if str(c["id"]) in chips and c.get("merged_into") is None]
         chosen = {**chosen, "found": found}
     models = [name for name in registry.list_models(runtime().storage)
               if _is_centroid(name)]

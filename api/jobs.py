@@ -27,6 +27,7 @@ from workers.schemas import EnrollRequest, RecognitionRequest, TrainingRequest
 from workers.submit import (
     InputNotFound,
     OutputPrefixTaken,
+    Refused,
     resume_job,
     submit_enrollment,
     submit_recognition,
@@ -71,7 +72,7 @@ def _submitted(submit, schema: type[BaseModel]):
         job, created = submit(runtime(), parse_body(schema), idempotency_key(), client=caller())
     except InputNotFound as err:
         raise NotFound(str(err)) from None
-    except OutputPrefixTaken as err:
+    except (OutputPrefixTaken, Refused) as err:
         raise Conflict(str(err)) from None
     except IdempotencyConflict as err:
         raise UnprocessableEntity(str(err)) from None

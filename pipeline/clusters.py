@@ -17,6 +17,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from pipeline.face_index import FaceIndex
+    from pipeline.storage import Storage
 
 EXACT_MAX = 200_000  # above this many faces, neighbours come from an HNSW graph
 # Chosen by bench.cluster on the tuning half of LFW's people (README, "Clusters of unknown faces").
@@ -137,6 +138,63 @@ def cluster_index(index: FaceIndex, clusterer: FaceClusterer, jobs: list[str] = 
             "faces_alone": int(np.sum(sizes[sizes < max(min_size, 1)])),
             "method": {"threshold": clusterer.threshold, "neighbours": clusterer.neighbours,
                        "algorithm": "Chinese whispers on the k-nearest-neighbour graph"}}
+
+
+def with_edits(found: dict, edits: dict[int, dict]) -> dict:
+    """The clusters as a person edited them: a cluster merged into another (``{"merged_into": id}``, followed
+    to the end of a chain) gives it its faces and photos and stays listed, empty, with ``merged_into``; one
+    marked ``{"not_one_person": true}`` keeps its faces and says so. Ids never change."""
+    clusters = {c["id"]: {**c, "faces": list(c["faces"]), "photos": list(c["photos"])} for c in found["clusters"]}
+
+    def target(cid: int, seen: set[int]) -> int:
+        into = edits.get(cid, {}).get("merged_into")
+        if into is None or into in seen or into not in clusters:
+            return cid
+        return target(into, seen | {cid})
+
+    for cid in sorted(clusters):
+        into = target(cid, set())
+        if into != cid:
+            clusters[into]["faces"] += clusters[cid]["faces"]
+            clusters[into]["photos"] = list(dict.fromkeys(clusters[into]["photos"] + clusters[cid]["photos"]))
+            clusters[into]["merged_from"] = sorted(clusters[into].get("merged_from", []) + [cid])
+            clusters[cid].update(faces=[], photos=[], representatives=[], merged_into=into)
+    for cid, edit in edits.items():
+        if cid in clusters and edit.get("not_one_person"):
+            clusters[cid]["not_one_person"] = True
+    for cluster in clusters.values():
+        cluster["size"] = len(cluster["faces"])
+    return {**found, "clusters": [clusters[cid] for cid in sorted(clusters)]}
+
+
+def read_clusters(storage: Storage, key: str) -> dict:
+    """A cluster job's clusters (clusters.json under key) with the edits stored beside it (edits/<id>.json)."""
+    folder = key.rsplit("/", 1)[0]
+    edits = {int(k.rsplit("/", 1)[1].removesuffix(".json")): storage.get_json(k)
+             for k in storage.list(f"{folder}/edits/") if k.endswith(".json")}
+    return with_edits(storage.get_json(key), edits)
+
+
+def edit_cluster(storage: Storage, key: str, cluster: int, merged_into: int | None, not_one_person: bool) -> dict:
+    """Record a person's edit of one cluster (merge it into another, or mark it not one person; None and False
+    undo) and return the edited clusters. ValueError naming the problem for an unknown cluster or a merge into
+    itself, or into one merged into it."""
+    found = read_clusters(storage, key)
+    ids = {c["id"] for c in found["clusters"]}
+    for cid in (cluster, merged_into):
+        if cid is not None and cid not in ids:
+            raise ValueError(f"there is no cluster {cid} (the clusters are 0 to {len(ids) - 1})")
+    if merged_into == cluster:
+        raise ValueError(f"cluster {cluster} cannot be merged into itself")
+    if merged_into is not None:
+        into = next(c for c in found["clusters"] if c["id"] == merged_into)
+        final = into.get("merged_into", merged_into)
+        if final == cluster:
+            raise ValueError(f"cluster {merged_into} is merged into cluster {cluster}: merging it back would make "
+                             "a loop")
+    storage.put_json(f"{key.rsplit('/', 1)[0]}/edits/{cluster}.json",
+                     {"merged_into": merged_into, "not_one_person": not_one_person})
+    return read_clusters(storage, key)
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.clusters import FaceClusterer, bcubed, chinese_whispers, cluster_index
+from pipeline.clusters import FaceClusterer, bcubed, chinese_whispers, cluster_index, edit_cluster, read_clusters
 from pipeline.face_index import FaceIndex, face_rows
 from pipeline.storage import LocalStorage
 from tests.system import call, wait_for_job
@@ -73,6 +73,28 @@ def test_an_index_is_clustered_with_its_filters_and_each_cluster_says_its_faces_
     assert cluster_index(index, FaceClusterer(), only=chosen, min_size=1)["faces"] == 2
 
 
+def test_clusters_merged_or_marked_by_a_person_keep_their_ids_and_a_merge_cannot_loop(tmp_path):
+    storage = LocalStorage(tmp_path / "store")
+    faces = [{"job": "j", "key": f"p/{n}.jpg", "face": 0, "main": True} for n in range(6)]
+    clusters = [{"id": i, "size": 2, "faces": faces[2 * i:2 * i + 2], "representatives": faces[2 * i:2 * i + 1],
+                 "photos": [f["key"] for f in faces[2 * i:2 * i + 2]]} for i in range(3)]
+    key = "jobs/c/output/clusters.json"
+    storage.put_json(key, {"faces": 6, "clusters": clusters})
+    edit_cluster(storage, key, 2, merged_into=1, not_one_person=False)
+    edited = edit_cluster(storage, key, 1, merged_into=0, not_one_person=False)["clusters"]
+    assert [c["id"] for c in edited] == [0, 1, 2]
+    assert edited[0]["size"] == 6 and edited[0]["merged_from"] == [1, 2]
+    assert edited[1]["merged_into"] == 0 and edited[2]["merged_into"] == 0 and edited[2]["faces"] == []
+    with pytest.raises(ValueError, match="merging it back would make a loop"):
+        edit_cluster(storage, key, 0, merged_into=2, not_one_person=False)
+    with pytest.raises(ValueError, match="there is no cluster 7"):
+        edit_cluster(storage, key, 7, merged_into=None, not_one_person=True)
+    undone = edit_cluster(storage, key, 1, merged_into=None, not_one_person=True)["clusters"]
+    assert undone[0]["size"] == 2 and undone[1]["size"] == 4 and undone[1]["not_one_person"]
+    assert read_clusters(storage, key) == {"faces": 6, "clusters": undone}
+    assert storage.get_json(key)["clusters"] == clusters  # the job's own output is never rewritten
+
+
 KNOWN, STRANGERS = ["Colin_Powell", "Tony_Blair"], ["Hugo_Chavez", "Serena_Williams"]
 _lobbies: dict[str, dict] = {}  # per running system: made once, whichever module asks first
 
@@ -123,6 +145,22 @@ def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_after
     assert clusters[0]["size"] >= 5
     page = call(system, "GET", f"/jobs/{job['id']}/clusters/report")
     assert page.status_code == 200 and "Cluster 0" in page.text and "data:image/jpeg;base64" in page.text
+
+    # Edited before enrolling: marked as mixing people, or merged into another, a cluster cannot be enrolled.
+    path = f"/jobs/{job['id']}/clusters/1"
+    assert call(system, "POST", path, json={"not_one_person": True}).json()["clusters"][1]["not_one_person"]
+    refused = call(system, "POST", "/jobs/enroll", json={"model": "club", "cluster": {"job": job["id"], "id": 1},
+                                                         "name": "Someone"})
+    assert refused.status_code == 409 and "not one person" in refused.text
+    merged = call(system, "POST", path, json={"merged_into": 0, "not_one_person": False}).json()["clusters"]
+    assert merged[0]["size"] == clusters[0]["size"] + clusters[1]["size"] and merged[1]["merged_into"] == 0
+    refused = call(system, "POST", "/jobs/enroll", json={"model": "club", "cluster": {"job": job["id"], "id": 1},
+                                                         "name": "Someone"})
+    assert refused.status_code == 409 and "merged into cluster 0" in refused.text
+    itself = call(system, "POST", path, json={"merged_into": 1})
+    assert itself.status_code == 400 and "cannot be merged into itself" in itself.text
+    assert call(system, "POST", path, json={"merged_into": None}).json()["clusters"][1]["size"] == clusters[1]["size"]
+    assert call(system, "POST", path, json={"colour": "red"}).status_code == 400
 
     stranger = people[0].pop()
     missing = call(system, "POST", "/jobs/enroll", json={"model": "club", "cluster": {"job": job["id"], "id": 99},

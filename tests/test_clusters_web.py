@@ -31,13 +31,24 @@ def test_the_clusters_tab_shows_each_cluster_as_faces_and_enrols_one_under_a_nam
     browser.set_window_size(1280, 1000)
     browser.save_screenshot(str(ARTIFACTS / "web-clusters.png"))
 
+    # Marked as not one person, a cluster says so and offers no enrolment; marked back, it does again.
+    cards[0].find_element(By.CSS_SELECTOR, "button.mixed").click()
+    wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "li.cluster .pill.failed"))
+    wait.until(lambda _: browser.execute_script("return document.readyState") == "complete")  # its script ran
+    first = browser.find_elements(By.CSS_SELECTOR, "li.cluster")[0]
+    assert "not one person" in first.text and not first.find_elements(By.CSS_SELECTOR, "form.enrol")
+    first.find_element(By.CSS_SELECTOR, "button.mixed").click()
+    wait.until(lambda _: not browser.find_elements(By.CSS_SELECTOR, "li.cluster .pill.failed"))
+    wait.until(lambda _: browser.execute_script("return document.readyState") == "complete")
+    cards = browser.find_elements(By.CSS_SELECTOR, "li.cluster")
+
     clusters = call(system, "GET", f"/jobs/{job['id']}/clusters").json()["clusters"]
     second = cards[1]
     person = next(iter(subjects(clusters[int(second.get_attribute("data-cluster"))])))
-    second.find_element(By.CSS_SELECTOR, "button").click()  # no name yet: the form refuses
+    second.find_element(By.CSS_SELECTOR, "form.enrol button").click()  # no name yet: the form refuses
     assert browser.find_element(By.ID, "status").text == ""
     second.find_element(By.NAME, "name").send_keys(person)
-    second.find_element(By.CSS_SELECTOR, "button").click()
+    second.find_element(By.CSS_SELECTOR, "form.enrol button").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "is being enrolled as " + person))
     link = browser.find_element(By.CSS_SELECTOR, "#status a").get_attribute("href")
     enrolled = wait_for_job(system, link.rsplit("/", 1)[-1]) if len(link.rsplit("/", 1)[-1]) == 32 else None

@@ -41,6 +41,10 @@ class OutputPrefixTaken(Exception):
     """The output prefix already holds objects, another job's output perhaps."""
 
 
+class Refused(Exception):
+    """A request that is well formed but asks for what its target's state does not allow (409)."""
+
+
 class NotErasable(ValueError):
     """A model named in an erasure cannot forget someone without being trained again."""
 
@@ -82,10 +86,17 @@ def _cluster_manifest(runtime: Runtime, cluster: ClusterSource, name: str) -> st
     if job["type"] != "cluster" or job["state"] != "succeeded":
         raise InputNotFound(f"job {cluster.job} is a {job['state']} {job['type']} job, not a cluster job that "
                             "succeeded")
-    clusters = runtime.storage.get_json(job["result"]["clusters"])["clusters"]
+    from pipeline.clusters import read_clusters
+
+    clusters = read_clusters(runtime.storage, job["result"]["clusters"])["clusters"]
     if cluster.id >= len(clusters):
         raise InputNotFound(f"cluster job {cluster.job} has no cluster {cluster.id} (it has {len(clusters)})")
-    keys = list(dict.fromkeys(face["key"] for face in clusters[cluster.id]["faces"] if face["main"]))
+    chosen = clusters[cluster.id]
+    if chosen.get("merged_into") is not None:
+        raise Refused(f"cluster {cluster.id} was merged into cluster {chosen['merged_into']}: enrol that one")
+    if chosen.get("not_one_person"):
+        raise Refused(f"cluster {cluster.id} is marked as not one person: enrolling it would mix people")
+    keys = list(dict.fromkeys(face["key"] for face in chosen["faces"] if face["main"]))
     if not keys:
         raise InputNotFound(f"in no photo of cluster {cluster.id} is its face the photo's subject: nothing to enrol")
     key = f"jobs/{cluster.job}/output/enrollments/{cluster.id}-{hashlib.sha256(name.encode()).hexdigest()[:12]}.jsonl"

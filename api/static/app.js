@@ -381,6 +381,7 @@ if (banner) { showWorkerWarnings(banner); setInterval(() => showWorkerWarnings(b
 function clustersPage(section) {
   const status = document.getElementById("status");
   const chooser = document.getElementById("cluster-job");
+  clusterEdits(section, status);
   if (chooser) chooser.addEventListener("change", () => { window.location = "/clusters?job=" + chooser.value; });
   section.querySelectorAll("form.enrol").forEach((form) => {
     form.addEventListener("submit", async (event) => {
@@ -400,6 +401,25 @@ function clustersPage(section) {
         status.textContent = "Not enrolled: " + error.message;
       }
     });
+  });
+}
+
+function clusterEdits(section, status) {
+  section.querySelectorAll(".edit").forEach((edit) => {
+    const path = "/v1/jobs/" + edit.dataset.job + "/clusters/" + edit.dataset.cluster;
+    async function send(body, done) {
+      try {
+        await api("POST", path, body);
+        window.location.reload();
+      } catch (error) {
+        status.classList.add("error");
+        status.textContent = done + " failed: " + error.message;
+      }
+    }
+    const mixed = edit.querySelector("button.mixed");
+    mixed.addEventListener("click", () => send({ not_one_person: mixed.dataset.mixed === "true" }, "Marking"));
+    const into = edit.querySelector("select.into");
+    into.addEventListener("change", () => { if (into.value) send({ merged_into: Number(into.value) }, "Merging"); });
   });
 }
 
