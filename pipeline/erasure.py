@@ -92,9 +92,9 @@ def erase(storage: Storage, pipeline: FacePipeline, request: ErasureRequest, era
         for key in list(storage.list(prefix)):
             if key.endswith(RESULT_FILES) and not key.startswith(f"{RECEIPTS}/"):
                 _results(run, key, person, request.redact_results)
-    receipt["finished_at"] = _now()
-    receipt["models"] = list(receipt["models"].values())
-    receipt["indexes"] = list(receipt["indexes"].values())
+    # A copy: the receipt in progress keeps its models and indexes by name, should this end be run again.
+    receipt = {**receipt, "finished_at": _now(), "models": list(receipt["models"].values()),
+               "indexes": list(receipt["indexes"].values())}
     receipt["counts"] = {"objects_deleted": len(receipt["deleted"]), "objects_rewritten": len(receipt["rewritten"]),
                          "model_versions_retired": sum(len(m["retired"]) for m in receipt["models"]),
                          "index_faces_removed": sum(i["faces_removed"] for i in receipt["indexes"]),
