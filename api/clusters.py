@@ -43,22 +43,24 @@ CLUSTER_EDIT = {"type": "object", "additionalProperties": False, "properties": {
     "not_one_person": {"type": "boolean", "description": "this cluster mixes people: it cannot be enrolled"}}}
 
 
-@clusters.post("/v1/jobs/<job_id>/clusters/<int:cluster>")
+@clusters.post("/v1/jobs/<job_id>/clusters/<cluster>")
 @endpoint(SUBMIT, body=CLUSTER_EDIT, example={"merged_into": 0})
-def edit_cluster_route(job_id: str, cluster: int):
+def edit_cluster_route(job_id: str, cluster: str):
     """Edit a cluster before enrolling: merge it into another (its faces join that one's), or mark it as not
     one person (it cannot be enrolled); the answer is the edited clusters."""
     from pipeline.clusters import edit_cluster
 
+    body = request.get_json(silent=True)  # first: a body nested too deeply is refused before anything is read
     job = _finished(job_id)
-    body = request.get_json(silent=True)
+    if not cluster.isdigit() or len(cluster) > 9:
+        raise NotFound(f"no cluster {cluster[:40]!r}: clusters are numbered from 0")
     if not isinstance(body, dict) or set(body) - {"merged_into", "not_one_person"} or not body:
         raise BadRequest('send {"merged_into": <cluster id or null>} and/or {"not_one_person": true or false}')
     into, mixed = body.get("merged_into"), body.get("not_one_person", False)
     if (into is not None and (not isinstance(into, int) or isinstance(into, bool))) or not isinstance(mixed, bool):
         raise BadRequest("merged_into is a cluster id (or null) and not_one_person true or false")
     try:
-        edited = edit_cluster(runtime().storage, job["result"]["clusters"], cluster, into, mixed)
+        edited = edit_cluster(runtime().storage, job["result"]["clusters"], int(cluster), into, mixed)
     except ValueError as err:
         raise BadRequest(str(err)) from None
     return jsonify(edited)

@@ -52,6 +52,8 @@ def get_report(name: str, version: str):
         record = registry.get_version(storage, name, version)
     except LookupError as err:  # no such version, or one an erasure retired: the message says which
         raise NotFound(str(err)) from None
+    except ValueError:  # a name that could not be a model's
+        raise NotFound(f"no report for model {name} version {version}") from None
     try:
         html = storage.get(record["report_html_key"])
     except (LookupError, ValueError, KeyError):

@@ -170,6 +170,8 @@ def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_after
         "model": "club", "cluster": {"job": job["id"], "id": 0}, "name": stranger}).json()["id"])
     assert enrolled["state"] == "succeeded", enrolled
     path = sorted((lfw_dir / stranger).glob("*.jpg"))[21]  # in neither the dataset nor the inbox
-    answer = call(system, "POST", "/recognize", files={"photo": (path.name, path.read_bytes())},
-                  data={"model": "club"}).json()
+    response = call(system, "POST", "/recognize", files={"photo": (path.name, path.read_bytes())},
+                    data={"model": "club", "wait_s": "30"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
     assert answer["faces"][answer["main_face"]]["identity"] == stranger
