@@ -300,3 +300,9 @@ def test_compose_requires_every_secret_from_the_environment_and_publishes_only_o
         for port in service.get("ports", []):
             published = _with_defaults(port if isinstance(port, str) else port["host_ip"])
             assert published.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback by default"
+
+
+def test_a_report_of_a_model_that_cannot_exist_is_404_not_500(api):
+    for name in ("%C3%92%C2%A5u%C3%81", "a" * 500):
+        response = send(api, "GET", f"/models/{name}/versions/0/report", API_KEY)
+        assert response.status_code == 404 and "no report for model" in response.json()["error"]
