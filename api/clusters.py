@@ -113,11 +113,16 @@ def clusters_page():
         if chosen is None or chosen["type"] != "cluster" or chosen["state"] != SUCCEEDED:
             error, chosen = f"no cluster job {chosen_id} that succeeded", None
     if chosen:
-        storage = runtime().storage
         from pipeline.clusters import read_clusters
 
-        found = read_clusters(storage, chosen["result"]["clusters"])
-        chips = storage.get_json(chosen["result"]["chips"]) if chosen["result"].get("chips") else {}
+        storage = runtime().storage
+        try:
+            found = read_clusters(storage, chosen["result"]["clusters"])
+            chips = storage.get_json(chosen["result"]["chips"]) if chosen["result"].get("chips") else {}
+        except MissingKey:  # the job's output was deleted since
+            error = f"cluster job {chosen['id']}'s clusters are no longer in storage"
+            chosen, found, chips = None, {}, {}
+    if chosen:
         shown = [{**c, "chips": [chip for chip in chips.get(str(c["id"]), []) if chip]}
                  for c in found["clusters"] if str(c["id"]) in chips and c.get("merged_into") is None]
         chosen = {**chosen, "found": found}

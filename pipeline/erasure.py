@@ -87,6 +87,8 @@ def erase(storage: Storage, pipeline: FacePipeline, request: ErasureRequest, era
     on_progress("single-photo requests")
     for request_id in _interactive_naming(storage, person):
         run.delete(list(storage.list(f"{INTERACTIVE}/{request_id}/")), "single-photo request")
+    if request.photo_keys:  # the photos of them given to find them: their data too
+        run.delete(list(request.photo_keys), "photo given to identify them")
     on_progress("job results")
     for prefix in ["jobs/", *result_prefixes]:
         for key in list(storage.list(prefix)):
@@ -309,7 +311,9 @@ def erase_from_index(run: _Run, name: str, threshold: float | None) -> None:
         # file holding a deleted row is rewritten here, then every older version's files are removed.
         table.to_lance().optimize.compact_files(materialize_deletions=True, materialize_deletions_threshold=0.0)
         table.checkout_latest()
-        index.optimize(keep_versions=timedelta(0))
+        # Every file no version refers to goes too: a compaction running beside this one (a job's optimize) may
+        # have written files from the rows before their deletion and lost its commit.
+        index.optimize(keep_versions=timedelta(0), delete_unverified=True)
     done["faces_left"] = index.count()
 
 

@@ -245,11 +245,12 @@ class FaceIndex:
         return self._graphs
 
     def optimize(self, min_faces: int = ANN_MIN_FACES, graph_min_faces: int = search_graph.GRAPH_MIN_FACES,
-                 keep_versions: timedelta = KEEP_VERSIONS) -> dict:
+                 keep_versions: timedelta = KEEP_VERSIONS, delete_unverified: bool = False) -> dict:
         """Fold new faces into the ANN index (building it once the index holds min_faces, and rebuilding its
         partitions after it has grown RETRAIN_GROWTH times), compact the table's files, remove the files of
         versions older than keep_versions, and build the search graph of the result once the index holds
-        graph_min_faces. Returns what it did."""
+        graph_min_faces. Returns what it did. delete_unverified also removes files no version refers to (a
+        concurrent writer's, not committed yet, or one that lost its commit): an erasure must leave none."""
         table = self.table()
         faces = table.count_rows()
         vector_index = next((index for index in table.list_indices() if "vector" in index.columns), None)
@@ -272,7 +273,7 @@ class FaceIndex:
         # KEEP_VERSIONS (a search still reading one that old is long finished; LanceDB's default keeps a week).
         with warnings.catch_warnings():  # an erasure removes every older version on purpose
             warnings.filterwarnings("ignore", message="optimize.cleanup_older_than=0", category=UserWarning)
-            table.optimize(cleanup_older_than=keep_versions)
+            table.optimize(cleanup_older_than=keep_versions, delete_unverified=delete_unverified)
         done = {"faces": faces, "action": action}
         graph = search_graph.record(self.storage, self.prefix)
         if faces < graph_min_faces:

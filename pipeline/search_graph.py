@@ -82,6 +82,12 @@ def build(storage: Storage, index_prefix: str, table, work: Path) -> dict:
     record = {"version": version, "faces": rows.num_rows, "links": LINKS, "ef_construction": EF_CONSTRUCTION,
               "build_s": round(time.perf_counter() - started, 1),
               "built_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    table.checkout_latest()
+    if table.version != version:
+        # The table changed while this was built (faces added, or erased): this graph would name an old version
+        # (and could hold erased faces). Dropped; the optimize after that change builds the next one.
+        remove_version(storage, index_prefix, version)
+        return {**record, "dropped": f"the table moved on to version {table.version} meanwhile"}
     storage.put_json(f"{index_prefix}/{RECORD}", record)
     remove_older(storage, index_prefix, keep=version)
     return record
@@ -99,6 +105,11 @@ def remove(storage: Storage, index_prefix: str) -> None:
     """Remove every graph of the index (it has become too small for one, or its faces were erased)."""
     storage.delete(f"{index_prefix}/{RECORD}") if storage.exists(f"{index_prefix}/{RECORD}") else None
     remove_older(storage, index_prefix, keep=None)
+
+
+def remove_version(storage: Storage, index_prefix: str, version: int) -> None:
+    for key in list(storage.list(f"{graph_prefix(index_prefix, version)}/")):
+        storage.delete(key)
 
 
 def remove_older(storage: Storage, index_prefix: str, keep: int | None) -> None:

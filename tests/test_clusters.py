@@ -175,3 +175,26 @@ def test_a_cluster_job_finds_the_strangers_and_a_cluster_enrolled_is_named_after
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["faces"][answer["main_face"]]["identity"] == stranger
+
+
+def test_the_clusters_page_of_a_job_whose_output_is_gone_says_so(tmp_path):
+    import dataclasses
+
+    from api import create_app
+    from api.keys import config_entry
+    from config import load_settings
+
+    key = "frk_test-clusters-page-Hx7Lq2Vn9Rt4Wb6M"
+    settings = dataclasses.replace(load_settings(), data_dir=tmp_path, redis_url="", session_cookie_secure=False,
+                                   api_keys=(config_entry("viewer", "submit", key),))
+    app = create_app(settings)
+    jobs = app.extensions["facerec"].jobs
+    job, _ = jobs.create("cluster", {"index": "gone"})
+    jobs.start(job["id"])
+    jobs.succeed(job["id"], {"clusters": f"jobs/{job['id']}/output/clusters.json", "clusters_found": 3,
+                             "chips": f"jobs/{job['id']}/output/chips.json"})
+    client = app.test_client()
+    assert client.post("/login", data={"api_key": key}).status_code == 302
+    page = client.get(f"/clusters?job={job['id']}")
+    assert page.status_code == 200 and "clusters are no longer in storage" in page.text
+    assert client.get("/clusters?job=../../etc").status_code == 200  # a job id that cannot be one: said, not 500

@@ -39,6 +39,11 @@ def photos(lfw_dir, person: str, start: int, count: int) -> list[tuple[str, byte
             for path in sorted((lfw_dir / person).glob("*.jpg"))[start:start + count]]
 
 
+def photos_of(lfw_dir, person: str, number: int) -> tuple[str, bytes, str]:
+    path = sorted((lfw_dir / person).glob("*.jpg"))[number]
+    return path.name, path.read_bytes(), "image/jpeg"
+
+
 def every_object(storage) -> dict[str, bytes]:
     return {key: storage.get(key) for key in storage.list()}
 
@@ -172,11 +177,17 @@ def test_an_erasure_restarted_after_its_worker_died_finishes_and_its_receipt_lis
         tmp_path, lfw_dir, face_pipeline, dies_at):
     storage = DiesOnce(tmp_path / "store", n=10**9)
     world = build_world(storage, lfw_dir, face_pipeline)
+    # This time by a photo of them, not their name: the model names them.
+    name, data, _ = photos_of(lfw_dir, ERASED, 13)
+    storage.put(f"uploads/{name}", data)
+    by_photo = ErasureRequest(None, models=["gallery"], indexes=["archive"], datasets=["people"],
+                              photo_keys=[f"uploads/{name}"], redact_results=True)
     storage.deletes_left = dies_at
     with pytest.raises(KeyboardInterrupt):
-        erase(storage, face_pipeline, REQUEST, "erasure-2", "key admin")
+        erase(storage, face_pipeline, by_photo, "erasure-2", "key admin")
     assert storage.exists("receipts/erasure-2.in-progress.json") and not storage.exists("receipts/erasure-2.json")
-    receipt = erase(storage, face_pipeline, REQUEST, "erasure-2", "key admin")  # the task run again
+    receipt = erase(storage, face_pipeline, by_photo, "erasure-2", "key admin")  # the task run again
+    assert receipt["person"] == ERASED and not storage.exists(f"uploads/{name}")
     objects = every_object(storage)
     assert holding(objects, world["needles"]) == []
     assert [key for key in objects if key.startswith("receipts/")] == ["receipts/erasure-2.html",
@@ -184,6 +195,7 @@ def test_an_erasure_restarted_after_its_worker_died_finishes_and_its_receipt_lis
     deleted = {entry["key"]: entry["sha256"] for entry in receipt["deleted"]}
     gone = {key for key in world["originals"] if key not in objects and not key.startswith("indexes/")}
     assert gone - set(deleted) == set()  # every object the erasure removed is listed, with its hash before
+    assert deleted.pop(f"uploads/{name}") == hashlib.sha256(data).hexdigest()
     assert all(world["originals"][key] == sha for key, sha in deleted.items())
     assert receipt["models"][0]["retired"] == [world["first"]["version"]]
     assert receipt["counts"]["index_faces_removed"] == len(world["held"])
