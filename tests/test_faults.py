@@ -60,10 +60,13 @@ class Cluster(Processes):
             client = redis.Redis.from_url(self.env["REDIS_URL"])
             return bool(client.keys(f"facerec:lease:{job_id}:facerec.recognize_chunk:*"))
         leases = Path(self.env["FACEREC_DATA_DIR"]) / "locks" / "leases"
-        inodes = {str(p.stat().st_ino) for p in leases.glob(f"{job_id}-facerec.recognize_chunk:*")}
-        # Lines read "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF" (waiters add a "->").
-        held = set(re.findall(r" [0-9a-f]+:[0-9a-f]+:(\d+) ", Path("/proc/locks").read_text()))
-        return bool(inodes & held)
+        files = {(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+                 for st in (p.stat() for p in leases.glob(f"{job_id}-facerec.recognize_chunk:*"))}
+        # Lines read "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF", the device in hex (waiters
+        # add a "->"). The device counts: the same inode number on another file system is another file.
+        held = {(int(major, 16), int(minor, 16), int(inode)) for major, minor, inode
+                in re.findall(r" ([0-9a-f]+):([0-9a-f]+):(\d+) ", Path("/proc/locks").read_text())}
+        return bool(files & held)
 
     def call(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.client.call(method, path, **kwargs)
