@@ -199,7 +199,8 @@ class FaceIndex:
 
     def vector_of(self, job: str, key: str, face: int) -> np.ndarray:
         """The embedding of a face a job added; LookupError naming it if the index does not hold it."""
-        found = self.table().search().where(f"id = '{face_id(job, key, face)}'").select(["vector"]).limit(1).to_arrow()
+        found = self._read(lambda table: table.search().where(f"id = '{face_id(job, key, face)}'")
+                           .select(["vector"]).limit(1).to_arrow())
         if found.num_rows == 0:
             raise LookupError(f"face index {self.name!r} holds no face {face} of photo {key!r} from job {job}")
         return np.asarray(found["vector"][0].as_py(), np.float32)
@@ -220,15 +221,29 @@ class FaceIndex:
             if graph is not None:
                 found = graph.search(unit(vector)[0], k)
                 return [_hit(row, similarity) for row, similarity in zip(found.rows, found.similarities)], "graph"
-        query = self.table().search(unit(vector)[0], vector_column_name="vector").distance_type("cosine")
-        if where:
-            query = query.where(where, prefilter=True)
-        if exact:
-            query = query.bypass_vector_index()
-        else:
-            query = query.nprobes(probes(self._partitions())).refine_factor(REFINE_FACTOR)
-        found = query.select([*COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist()
+        def run(table) -> list[dict]:
+            query = table.search(unit(vector)[0], vector_column_name="vector").distance_type("cosine")
+            if where:
+                query = query.where(where, prefilter=True)
+            if exact:
+                query = query.bypass_vector_index()
+            else:
+                query = query.nprobes(probes(self._partitions())).refine_factor(REFINE_FACTOR)
+            return query.select([*COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist()
+
+        found = self._read(run)
         return [_hit(row, 1.0 - row["_distance"]) for row in found], "exact" if exact else "lancedb"
+
+    def _read(self, read):
+        """read(table), once more on the table's newest version if a file of the version this process holds was
+        removed meanwhile (an erasure removes every older version's files at once)."""
+        try:
+            return read(self.table())
+        except (RuntimeError, OSError) as err:
+            if "Not found" not in str(err):
+                raise
+            self.table().checkout_latest()
+            return read(self.table())
 
     def graph_ready(self, wait: float = 0.0) -> bool:
         """Whether searches without filters go through a search graph of the index as it is now, waiting up

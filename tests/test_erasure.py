@@ -98,7 +98,14 @@ def test_an_erased_person_is_found_nowhere_and_the_receipt_says_what_was_removed
     world = build_world(storage, lfw_dir, face_pipeline)
     first, held, needles, originals = world["first"], world["held"], world["needles"], world["originals"]
     others_before = world["others_before"]
+    probe = face_pipeline.process(photos(lfw_dir, ERASED, 12, 1))[0]
+    searching = FaceIndex(storage, "archive")  # a worker's index, open and searched before the erasure
+    assert search(searching, photo_query(probe, None), k=10)["matches"] >= 3
+
     receipt = erase(storage, face_pipeline, REQUEST, "erasure-1", "key admin")
+
+    # The worker's handle still works, on the index as it is now (its version's files are gone).
+    assert search(searching, photo_query(probe, None), k=10)["matches"] == 0
 
     # No stored object holds their faces' embeddings or their centroid.
     objects = every_object(storage)
@@ -118,7 +125,6 @@ def test_an_erased_person_is_found_nowhere_and_the_receipt_says_what_was_removed
     with pytest.raises(LookupError, match="no earlier current version"):
         registry.roll_back(storage, "gallery")
     # Their photo (one never seen before) is named by no current model and matches no face of the index.
-    probe = face_pipeline.process(photos(lfw_dir, ERASED, 12, 1))[0]
     answer = next(recognize(face_pipeline, model, photos(lfw_dir, ERASED, 12, 1)))
     assert answer["faces"][answer["main_face"]]["identity"] == "unknown"
     index = FaceIndex(storage, "archive")
