@@ -5,11 +5,11 @@ POST /v1/jobs/enroll {"model", "cluster": {"job", "id"}, "name"}."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import BadRequest, Conflict, NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 
 from api.context import runtime
 from api.endpoints import HTML, READ, SUBMIT, endpoint, page
-from api.jobs import QUEUED, _submitted, find_job
+from api.jobs import QUEUED, _submitted, finished_job, output_file, output_key
 from api.web import _page
 from pipeline import registry
 from pipeline.storage import MissingKey
@@ -51,7 +51,7 @@ def edit_cluster_route(job_id: str, cluster: str):
     from pipeline.clusters import edit_cluster
 
     body = request.get_json(silent=True)  # first: a body nested too deeply is refused before anything is read
-    job = _finished(job_id)
+    job = finished_job(job_id, "cluster", "clusters")
     if not cluster.isdigit() or len(cluster) > 9:
         raise NotFound(f"no cluster {cluster[:40]!r}: clusters are numbered from 0")
     if not isinstance(body, dict) or set(body) - {"merged_into", "not_one_person"} or not body:
@@ -60,7 +60,7 @@ def edit_cluster_route(job_id: str, cluster: str):
     if (into is not None and (not isinstance(into, int) or isinstance(into, bool))) or not isinstance(mixed, bool):
         raise BadRequest("merged_into is a cluster id (or null) and not_one_person true or false")
     try:
-        edited = edit_cluster(runtime().storage, job["result"]["clusters"], int(cluster), into, mixed)
+        edited = edit_cluster(runtime().storage, output_key(job, "clusters"), int(cluster), into, mixed)
     except ValueError as err:
         raise BadRequest(str(err)) from None
     return jsonify(edited)
@@ -73,28 +73,16 @@ def get_clusters_report(job_id: str):
     return _cluster_file(job_id, "report", "text/html")
 
 
-def _finished(job_id: str, what: str = "clusters") -> dict:
-    job = find_job(job_id)
-    if job["type"] != "cluster":
-        raise Conflict(f"job {job_id} is a {job['type']} job: only cluster jobs have clusters")
-    if job["state"] != SUCCEEDED:
-        raise Conflict(f"job {job_id} is {job['state']}: its {what} is written when it succeeds")
-    return job
-
-
 def _cluster_file(job_id: str, what: str, mimetype: str) -> Response:
-    job = _finished(job_id, what)
-    if what == "clusters":  # with the edits a person made since
-        from pipeline.clusters import read_clusters
+    if what != "clusters":
+        return output_file(job_id, "cluster", what, mimetype)
+    from pipeline.clusters import read_clusters  # with the edits a person made since
 
-        try:
-            return jsonify(read_clusters(runtime().storage, job["result"]["clusters"]))
-        except MissingKey:
-            raise NotFound(f"job {job_id}'s clusters are no longer in storage") from None
+    key = output_key(finished_job(job_id, "cluster", what), what)
     try:
-        return Response(runtime().storage.get(job["result"][what]), mimetype=mimetype)
+        return jsonify(read_clusters(runtime().storage, key))
     except MissingKey:
-        raise NotFound(f"job {job_id}'s {what} is no longer in storage") from None
+        raise NotFound(f"job {job_id}'s clusters are no longer in storage") from None
 
 
 @clusters.get("/clusters")

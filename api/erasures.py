@@ -4,13 +4,10 @@ indexes named (pipeline.erasure, run as a job); GET /v1/receipts/<id> shows what
 from __future__ import annotations
 
 from flask import Blueprint, Response
-from werkzeug.exceptions import Conflict, NotFound, UnprocessableEntity
+from werkzeug.exceptions import UnprocessableEntity
 
-from api.context import runtime
 from api.endpoints import ADMIN, HTML, READ, endpoint
-from api.jobs import QUEUED, _submitted, find_job
-from pipeline.storage import MissingKey
-from workers.jobs import SUCCEEDED
+from api.jobs import QUEUED, _submitted, output_file
 from workers.schemas import ErasureRequest
 from workers.submit import NotErasable, submit_erasure
 
@@ -37,23 +34,15 @@ def submit_erasure_route():
 def get_receipt(job_id: str):
     """An erasure's receipt: the person, who asked, when, and every object deleted or rewritten (size and
     SHA-256 before), every model version retired or published, every index's faces removed."""
-    return _receipt(job_id, "json", "application/json")
+    return _receipt(job_id, "receipt", "application/json")
 
 
 @erasures.get("/receipts/<job_id>/html")
 @endpoint(READ, answers=HTML)
 def get_receipt_page(job_id: str):
     """The receipt as a page to read and keep."""
-    return _receipt(job_id, "html", "text/html")
+    return _receipt(job_id, "receipt_html", "text/html")
 
 
-def _receipt(job_id: str, extension: str, mimetype: str) -> Response:
-    job = find_job(job_id)
-    if job["type"] != "erasure":
-        raise Conflict(f"job {job_id} is a {job['type']} job: only erasures have receipts")
-    if job["state"] != SUCCEEDED:
-        raise Conflict(f"erasure {job_id} is {job['state']}: its receipt is written when it succeeds")
-    try:
-        return Response(runtime().storage.get(f"receipts/{job_id}.{extension}"), mimetype=mimetype)
-    except MissingKey:
-        raise NotFound(f"the receipt of erasure {job_id} is no longer in storage") from None
+def _receipt(job_id: str, what: str, mimetype: str) -> Response:
+    return output_file(job_id, "erasure", what, mimetype)

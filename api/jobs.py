@@ -171,13 +171,35 @@ def find_job(job_id: str) -> dict:
         raise NotFound(str(err)) from None
 
 
-def _output(job_id: str, what: str) -> str:
+def finished_job(job_id: str, job_type: str, what: str) -> dict:
+    """The job if it is a job_type job that succeeded; 404 if there is none, 409 saying why it has no `what`."""
     job = find_job(job_id)
-    if job["type"] != "recognition":
-        raise Conflict(f"job {job_id} is a {job['type']} job: only recognition jobs have {what}")
+    if job["type"] != job_type:
+        raise Conflict(f"job {job_id} is a {job['type']} job: only {job_type} jobs have {what}")
     if job["state"] != SUCCEEDED:
-        raise Conflict(f"job {job_id} is {job['state']}: its {what} are written when it succeeds")
-    return job["result"][what]
+        raise Conflict(f"job {job_id} is {job['state']}: its {what} is written when it succeeds")
+    return job
+
+
+def output_key(job: dict, what: str) -> str:
+    """The storage key of a finished job's output `what` (its result names it), or 404."""
+    key = (job.get("result") or {}).get(what)
+    if not key:
+        raise NotFound(f"job {job['id']} has no {what}")
+    return key
+
+
+def output_file(job_id: str, job_type: str, what: str, mimetype: str) -> Response:
+    """A finished job's output file, as it is stored; 404 once it is gone from storage."""
+    key = output_key(finished_job(job_id, job_type, what), what)
+    try:
+        return Response(runtime().storage.get(key), mimetype=mimetype)
+    except MissingKey:
+        raise NotFound(f"job {job_id}'s {what} is no longer in storage") from None
+
+
+def _output(job_id: str, what: str) -> str:
+    return output_key(finished_job(job_id, "recognition", what), what)
 
 
 def _stream(storage, key: str) -> Iterator[bytes]:

@@ -14,11 +14,11 @@ import uuid
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from werkzeug.exceptions import BadRequest, Conflict, HTTPException, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, RequestEntityTooLarge
 
 from api.context import runtime
 from api.endpoints import HTML, JSONL, READ, SUBMIT, endpoint, page
-from api.jobs import QUEUED, _submitted, find_job
+from api.jobs import QUEUED, _submitted, output_file
 from api.photos import MULTIPART_OVERHEAD, _uploaded_photo
 from api.sessions import session_key
 from api.validation import parse, parse_body
@@ -28,7 +28,7 @@ from pipeline.decode import MAX_BYTES
 from pipeline.face_index import FaceIndex, list_indexes
 from pipeline.storage import MissingKey
 from workers import interactive
-from workers.jobs import JOB_ID, SUCCEEDED
+from workers.jobs import JOB_ID
 from workers.schemas import SearchJobRequest, SearchRequest
 from workers.submit import IndexConflict, InputNotFound, submit_search, submit_search_job
 
@@ -221,13 +221,5 @@ def _answered(answer: dict):
     return jsonify(answer)
 
 
-def _search_job_file(job_id: str, what: str, mimetype: str):
-    job = find_job(job_id)
-    if job["type"] != "search":
-        raise Conflict(f"job {job_id} is a {job['type']} job: only search jobs have people")
-    if job["state"] != SUCCEEDED:
-        raise Conflict(f"job {job_id} is {job['state']}: its {what} is written when it succeeds")
-    try:
-        return Response(runtime().storage.get(job["result"][what]), mimetype=mimetype)
-    except MissingKey:
-        raise NotFound(f"job {job_id}'s {what} is no longer in storage") from None
+def _search_job_file(job_id: str, what: str, mimetype: str) -> Response:
+    return output_file(job_id, "search", what, mimetype)

@@ -198,3 +198,8 @@ def test_the_clusters_page_of_a_job_whose_output_is_gone_says_so(tmp_path):
     page = client.get(f"/clusters?job={job['id']}")
     assert page.status_code == 200 and "clusters are no longer in storage" in page.text
     assert client.get("/clusters?job=../../etc").status_code == 200  # a job id that cannot be one: said, not 500
+    headers = {"X-API-Key": key}
+    gone = client.get(f"/v1/jobs/{job['id']}/clusters", headers=headers)
+    assert gone.status_code == 404 and "no longer in storage" in gone.json["error"]
+    report = client.get(f"/v1/jobs/{job['id']}/clusters/report", headers=headers)  # its result names no report
+    assert report.status_code == 404 and "has no report" in report.json["error"]
