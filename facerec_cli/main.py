@@ -421,27 +421,25 @@ def search_job(client: Client, args) -> int:
     body.update({name: value for name, value in (("model_version", args.version), ("k", args.k),
                                                  ("threshold", args.threshold)) if value is not None})
     job = client.json("POST", "/jobs/search", json=body)
-    if not (args.watch or args.output):
-        return _print(args, job, f"submitted search job {job['id']} ({job['state']}); "
-                                 f"follow it with: facerec job {job['id']} --watch")
-    _follow(client, args, job["id"])
-    if args.output:
-        args.output.write_bytes(client.call("GET", f"/jobs/{job['id']}/people").content)
-        print(f"wrote the people to {args.output}", file=sys.stderr)
-    return 0
+    return _submitted(client, args, job, "search job", "people", f"/jobs/{job['id']}/people")
 
 
 def erase(client: Client, args) -> int:
     body = {"person": args.person, "models": args.models, "indexes": args.indexes, "datasets": args.datasets,
             "redact_results": args.redact_results}
     job = client.json("POST", "/erasures", json=body)
+    return _submitted(client, args, job, "erasure", "receipt", f"/receipts/{job['id']}")
+
+
+def _submitted(client: Client, args, job: dict, what: str, output: str, path: str) -> int:
+    """Say a job was submitted; with --watch or -o follow it to its end, and with -o save its `output`."""
     if not (args.watch or args.output):
-        return _print(args, job, f"submitted erasure {job['id']} ({job['state']}); "
+        return _print(args, job, f"submitted {what} {job['id']} ({job['state']}); "
                                  f"follow it with: facerec job {job['id']} --watch")
     _follow(client, args, job["id"])
     if args.output:
-        args.output.write_bytes(client.call("GET", f"/receipts/{job['id']}").content)
-        print(f"wrote the receipt to {args.output}", file=sys.stderr)
+        args.output.write_bytes(client.call("GET", path).content)
+        print(f"wrote the {output} to {args.output}", file=sys.stderr)
     return 0
 
 
