@@ -40,16 +40,17 @@ def find_people(index: FaceIndex, loaded: LoadedModel, people: list[str], k: int
 
 
 def report_html(storage: Storage, lines: list[dict], title: str, facts: dict[str, str],
-                summary: str | None = None) -> str:
+                summary: str | None = None, images: dict[tuple[str, tuple], bytes | None] | None = None) -> str:
     """A self-contained page: per person (or group) with faces, their photo count and a thumbnail of each
     face (up to THUMBNAILS_PER_PERSON), boxed, with its similarity; `summary` replaces the sentence that
-    counts the people found."""
+    counts the people found; `images` holds thumbnails already made, by (key, box)."""
     found = [line for line in lines if line["faces"]]
     sections = []
     for line in found[:PEOPLE_IN_REPORT]:
         tiles = []
         for face in line["faces"][:THUMBNAILS_PER_PERSON]:
-            image = thumbnail(storage, face["key"], face["box"])
+            spot = (face["key"], tuple(face["box"]))
+            image = images[spot] if images is not None and spot in images else thumbnail(storage, *spot)
             picture = (f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(image).decode()}">' if image
                        else '<div class="missing">photo unreadable</div>')
             name = html.escape(face["key"].rsplit("/", 1)[-1])

@@ -199,7 +199,7 @@ def cluster_faces(self: JobTask, job_id: str) -> None:
     """A cluster job: an index's faces grouped by person; clusters.json and report.html under jobs/<id>/output/."""
     from pipeline.clusters import THRESHOLD, FaceClusterer, cluster_index
     from pipeline.face_index import open_index
-    from pipeline.people_search import report_html
+    from pipeline.people_search import PEOPLE_IN_REPORT, report_html, thumbnail
 
     runtime = self.runtime
     jobs, storage = runtime.jobs, runtime.storage
@@ -219,10 +219,13 @@ def cluster_faces(self: JobTask, job_id: str) -> None:
              "least similarity of a link": str(clusterer.threshold)}
     summary = (f"{len(found['clusters'])} clusters of at least {params.get('min_size', 2)} faces hold "
                f"{found['faces_in_clusters']:,} faces; {found['faces_alone']:,} faces are in smaller groups.")
+    # Each representative's thumbnail made once, for the report and for the web page's chips (the API never
+    # decodes photos for a page).
+    images = {(face["key"], tuple(face["box"])): thumbnail(storage, face["key"], face["box"])
+              for c in found["clusters"][:PEOPLE_IN_REPORT] for face in c["representatives"]}
     storage.put(f"{output}/report.html", report_html(storage, lines, f"Clusters of {params['index']}", facts,
-                                                     summary).encode())
-    # The web page's chips, made once here (the API never decodes photos for a page).
-    chips = {str(c["id"]): [_chip(storage, face) for face in c["representatives"]]
+                                                     summary, images).encode())
+    chips = {str(c["id"]): [_base64(images[(face["key"], tuple(face["box"]))]) for face in c["representatives"]]
              for c in found["clusters"][:CLUSTERS_ON_PAGE]}
     storage.put_json(f"{output}/chips.json", chips)
     jobs.succeed(job_id, {"clusters": f"{output}/clusters.json", "report": f"{output}/report.html",
@@ -234,11 +237,7 @@ def cluster_faces(self: JobTask, job_id: str) -> None:
 CLUSTERS_ON_PAGE = 100  # the Clusters tab shows the largest clusters; clusters.json holds them all
 
 
-def _chip(storage, face: dict) -> str | None:
-    """A face's thumbnail as base64 JPEG (None if its photo cannot be read)."""
-    from pipeline.people_search import thumbnail
-
-    image = thumbnail(storage, face["key"], face["box"])
+def _base64(image: bytes | None) -> str | None:
     return base64.b64encode(image).decode() if image else None
 
 
