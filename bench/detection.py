@@ -5,10 +5,11 @@ not timed) and are timed after a warm-up call. Ours runs at several batch sizes;
 Then the image pyramid's cost: ours at other smallest face sizes and scale factors (FACEREC_MIN_FACE_SIZE,
 FACEREC_PYRAMID_FACTOR), with the faces each finds of the default's.
 `host_ms_per_photo` is what a GPU worker's process does on its host core per photo, whatever the GPU:
-detection at FACEREC_DETECT_BATCH photos a batch and the chips cut on the device (align.ChipCutter), under
-cProfile with the thread's CPU time as its clock (a shared machine's other work does not count), less the
-time inside TensorFlow's op and function calls; `host_ms_per_photo_pillow` the same with the chips cut by
-Pillow on the host, as on a CPU worker.
+detection at 128 photos a batch and the chips cut on the device (align.ChipCutter), under cProfile with
+the thread's CPU time as its clock (a shared machine's other work does not count), less the time inside
+TensorFlow's op and function calls; `host_ms` has it for the other ways in HOST_RUNS.
+The package's candidates with equal scores are kept in the order they came, as ours
+(package_with_stable_ties).
 The last line printed is a JSON summary, also written to bench/results/detection.json.
 The machine may be shared: compare the two sides of one run, not numbers across runs.
 """
@@ -16,11 +17,12 @@ The machine may be shared: compare the two sides of one run, not numbers across 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import pstats
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,30 @@ UNROUNDED_PHOTOS = 100
 PYRAMIDS = ((40, SCALE_FACTOR), (80, SCALE_FACTOR), (20, 0.6), (20, 0.8))
 # The calls inside which TensorFlow runs ops (eagerly or a compiled function's): not host work.
 BACKEND_CALLS = ("TFE_Py_Execute", "TFE_Py_FastPathExecute")
+# The host work per photo is timed as (name, detection batch, one graph call per batch, chips cut on the
+# device): a GPU worker's (FACEREC_DETECT_BATCH=128 in docker-compose.yml and infra/k8s), the same at
+# the CPU's default batch, the networks one by one with NumPy between (as under JAX, and as before
+# issue 19's graph), and a CPU worker's (Pillow cuts the chips).
+HOST_RUNS = (("gpu_worker", 128, True, True), ("batch_32", 32, True, True),
+             ("numpy_stages", 128, False, True), ("pillow_chips", 128, True, False))
+
+
+@contextlib.contextmanager
+def package_with_stable_ties() -> Iterator[None]:
+    """The `mtcnn` package with its candidates' equal scores kept in the order they came, as ours
+    (detect._suppress_per_image). Its own NumPy sort is unstable, and its order for equal scores depends
+    on the CPU's instructions, so that its faces differ from one CPU to another on about 1% of LFW photos."""
+    from mtcnn.utils import bboxes
+
+    def sort_by_scores(tensor: np.ndarray, scores: np.ndarray, ascending: bool = True) -> np.ndarray:
+        return tensor[np.argsort(scores if ascending else -scores, kind="stable")]
+
+    original = bboxes.sort_by_scores
+    bboxes.sort_by_scores = sort_by_scores
+    try:
+        yield
+    finally:
+        bboxes.sort_by_scores = original
 
 
 def lfw_photos(count: int) -> list[np.ndarray]:
@@ -151,6 +177,12 @@ def main() -> None:
               f"({1000 / speeds[batch_size]:.1f} ms/photo), a face in {recall(ours):.1%} of photos")
     best_batch_size = max(speeds, key=speeds.get)
     detector.batch_size = best_batch_size
+    stages = FaceDetector(batch_size=best_batch_size, graph=False)
+    stages.detect(photos[:best_batch_size])  # warm-up
+    one_by_one, seconds = timed(lambda: stages.detect(photos))
+    stages_speed = len(photos) / seconds
+    print(f"ours, networks one by one with NumPy between (as under JAX), batch {best_batch_size}: "
+          f"{stages_speed:.1f} photos/s, {same_faces(one_by_one, ours):.1%} of the one graph's faces")
 
     pyramids = {}
     for min_face_size, scale_factor in PYRAMIDS:
@@ -164,18 +196,18 @@ def main() -> None:
               f"photos/s, a face in {recall(found):.1%} of photos, {entry['default_faces_found']:.1%} of the "
               "default's faces")
 
-    settings = load_settings()
-    host_detector = FaceDetector(batch_size=settings.detect_batch)
-    host_ms = host_ms_per_photo(host_detector, photos, on_device=True)
-    host_ms_pillow = host_ms_per_photo(host_detector, photos, on_device=False)
-    print(f"host work per photo at detection batch {settings.detect_batch}: {host_ms:.2f} ms with the chips cut on "
-          f"the device, {host_ms_pillow:.2f} ms with Pillow")
+    host = {}
+    for name, batch_size, graph, on_device in HOST_RUNS:
+        host_detector = FaceDetector(batch_size=batch_size, graph=graph)
+        host[name] = round(host_ms_per_photo(host_detector, photos, on_device=on_device), 3)
+        print(f"host work per photo, {name}: {host[name]:.2f} ms")
 
     from mtcnn import MTCNN
 
     package = MTCNN()
     package.detect_faces(photos[0])  # warm-up
-    theirs, seconds = timed(lambda: [package.detect_faces(photo) for photo in photos])
+    with package_with_stable_ties():
+        theirs, seconds = timed(lambda: [package.detect_faces(photo) for photo in photos])
     package_speed = len(photos) / seconds
     print(f"package, one photo per call: {package_speed:.1f} photos/s ({1000 / package_speed:.1f} ms/photo), "
           f"a face in {recall(theirs):.1%} of photos")
@@ -185,14 +217,16 @@ def main() -> None:
           f"{sum(map(len, theirs))}; mean landmark distance {np.mean(distances):.3f} px "
           "(its default output is rounded to whole pixels)")
     subset = photos[:UNROUNDED_PHOTOS]
-    unrounded = landmark_distances(ours, [from_rows(package.detect_faces(photo, output_type="numpy"))
-                                          for photo in subset])
+    with package_with_stable_ties():
+        unrounded = landmark_distances(ours, [from_rows(package.detect_faces(photo, output_type="numpy"))
+                                              for photo in subset])
     print(f"against its unrounded output on {len(subset)} photos: mean landmark distance {np.mean(unrounded):.2e} px, "
           f"largest {np.max(unrounded):.2e} px")
 
     summary = {
         "photos": len(photos),
         "ours_photos_per_s": round(speeds[best_batch_size], 2),
+        "ours_numpy_stages_photos_per_s": round(stages_speed, 2),
         "package_photos_per_s": round(package_speed, 2),
         "speedup": round(speeds[best_batch_size] / package_speed, 2),
         "ours_recall": round(recall(ours), 4),
@@ -201,9 +235,8 @@ def main() -> None:
         "mean_landmark_diff_px": round(float(np.mean(distances)), 4),
         "mean_landmark_diff_unrounded_px": float(np.mean(unrounded)),
         "pyramids": pyramids,
-        "host_ms_per_photo": round(host_ms, 3),
-        "host_ms_per_photo_pillow": round(host_ms_pillow, 3),
-        "host_detect_batch": settings.detect_batch,
+        "host_ms_per_photo": host["gpu_worker"],
+        "host_ms": host,
         **machine_info(load_at_start),
     }
     publish(summary, RESULTS_PATH)

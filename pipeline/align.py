@@ -74,14 +74,14 @@ class ChipCutter:
 
         self.size = size
         self.device = device
-        self._cut = compiled(self._bilinear)
+        self._cut = compiled(self._bilinear, [((None, 3), "uint8"), ((None, 3), "int32"), ((None, 6), "float32")])
 
     def cut(self, photos: list[np.ndarray], landmarks: list[np.ndarray]) -> np.ndarray:
         """uint8 chips (n, size, size, 3) for photos[i]'s faces, whose (k_i, 5, 2) landmarks are landmarks[i],
         in order: photo by photo, face by face."""
         import keras
 
-        from pipeline.backend import device_scope, filled_to_compiled_size
+        from pipeline.backend import aligned_empty, device_scope, filled_to_compiled_size, on_device
 
         counts = [len(points) for points in landmarks]
         count = sum(counts)
@@ -92,12 +92,13 @@ class ChipCutter:
         sizes = np.asarray([photos[i].shape[:2] for i in with_faces])
         starts = np.concatenate([[0], np.cumsum(sizes[:, 0] * sizes[:, 1])[:-1]])
         per_face = np.repeat(np.arange(len(with_faces)), [counts[i] for i in with_faces])
-        pixels = np.concatenate([photos[i].reshape(-1, 3) for i in with_faces])
+        pixels = np.concatenate([photos[i].reshape(-1, 3) for i in with_faces],
+                                out=aligned_empty((int(sizes.prod(axis=1).sum()), 3)))
         geometry = np.stack([starts[per_face], sizes[per_face, 1], sizes[per_face, 0]], axis=1).astype(np.int32)
         transforms = chip_to_photo(np.concatenate([landmarks[i] for i in with_faces]), self.size).astype(np.float32)
         with device_scope(self.device):
             # Under JAX the sizes are filled up to powers of two, so that few shapes compile.
-            chips = self._cut(filled_to_compiled_size(pixels, 1), filled_to_compiled_size(geometry, 8),
+            chips = self._cut(on_device(filled_to_compiled_size(pixels, 1)), filled_to_compiled_size(geometry, 8),
                               filled_to_compiled_size(transforms, 8))
             return keras.ops.convert_to_numpy(chips)[:count]
 

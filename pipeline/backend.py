@@ -11,9 +11,13 @@ import keras
 import numpy as np
 
 
-def compiled(function: Callable) -> Callable:
+def compiled(function: Callable, signature: list[tuple[tuple, str]] | None = None) -> Callable:
     """function compiled by the backend: jax.jit under JAX (one compilation per input shape), a
-    tf.function that accepts any shape under TensorFlow (one trace), as it is under other backends."""
+    tf.function that accepts any shape under TensorFlow (one trace), as it is under other backends.
+
+    signature, (shape, dtype) of each argument with None for any size, lets TensorFlow trace once and
+    hand back the traced (concrete) function, whose calls skip tf.function's matching of arguments to
+    traces: about 0.3 ms of the host's time a call, which a GPU worker pays per batch."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -22,6 +26,9 @@ def compiled(function: Callable) -> Callable:
     if backend == "tensorflow":
         import tensorflow as tf
 
+        if signature is not None:
+            return tf.function(function).get_concrete_function(
+                *(tf.TensorSpec(shape, dtype) for shape, dtype in signature))
         # reduce_retracing: after a second shape the trace leaves the sizes open, instead of tracing
         # every pyramid level, crop count and batch size again.
         return tf.function(function, reduce_retracing=True)
@@ -44,6 +51,40 @@ def filled_to_compiled_size(batch: np.ndarray, minimum: int) -> np.ndarray:
     if extra <= 0 or len(batch) == 0:
         return batch
     return np.concatenate([batch, np.repeat(batch[:1], extra, axis=0)])
+
+
+# TensorFlow takes a NumPy array's memory as it is, without copying it, when it is aligned to this.
+TENSOR_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+    """An uninitialised array whose data starts on a TENSOR_ALIGNMENT boundary: build a batch in it
+    (np.stack(..., out=)) and on_device takes it over without a copy."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def on_device(array: np.ndarray):
+    """array as a backend tensor on the current device (device_scope's).
+
+    Under TensorFlow, tf.convert_to_tensor first copies a NumPy array on the host (in case the caller
+    changes it later) into freshly mapped memory, then again when that copy is not aligned: for a batch
+    of 128 LFW photos (24 MB) about 20 ms of the host's time, against 2.5 for np.stack alone. Our batches
+    are made for the call and never changed, so they go to TensorFlow's EagerTensor as they are (what
+    convert_to_tensor does after its copy), which uses an aligned array's memory in place (aligned_empty)."""
+    if keras.backend.backend() != "tensorflow":
+        return keras.ops.convert_to_tensor(array)
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import ops
+
+    if not array.flags.c_contiguous or array.ctypes.data % TENSOR_ALIGNMENT:
+        aligned = aligned_empty(array.shape, array.dtype)
+        aligned[...] = array
+        array = aligned
+    context.context().ensure_initialized()
+    return ops.EagerTensor(array, context.context().device_name, None)
 
 
 def device_scope(device: str | None) -> contextlib.AbstractContextManager:

@@ -65,8 +65,11 @@ class FaceDetector:
     """
 
     def __init__(self, min_face_size: int = 20, min_score: float = 0.9, fallback_score: float = 0.8,
-                 batch_size: int = 32, device: str | None = None, scale_factor: float = SCALE_FACTOR) -> None:
+                 batch_size: int = 32, device: str | None = None, scale_factor: float = SCALE_FACTOR,
+                 graph: bool = True) -> None:
         # Here, not at the top, so that importing Face or main_face does not load Keras.
+        import keras
+
         from pipeline.backend import device_scope
         from pipeline.mtcnn_keras import MTCNNNetworks
 
@@ -78,6 +81,15 @@ class FaceDetector:
         self.device = device  # "gpu:0", "cpu:0", ...; None: the backend's choice (its first GPU if any)
         with device_scope(device):
             self._networks = MTCNNNetworks()
+        # Under TensorFlow (and graph) the whole of a batch's detection is one call, suppression included
+        # (pipeline/mtcnn_graph.py): a GPU worker's host does not do it in NumPy, and on this CPU it was
+        # faster too. Otherwise the networks are called one by one with NumPy between them.
+        self._graph = None
+        if graph and keras.backend.backend() == "tensorflow":
+            from pipeline.mtcnn_graph import DetectionGraph
+
+            networks = self._networks
+            self._graph = DetectionGraph(networks.pnet_model, networks.rnet_model, networks.onet_model)
 
     def detect(self, images: list[np.ndarray], min_face_size: int | None = None) -> list[list[Face]]:
         """Return, for each RGB uint8 image (H, W, 3), its faces sorted by decreasing box area.
@@ -86,7 +98,7 @@ class FaceDetector:
 
         Photos are batched by size (not padded to a common size, which would change the pyramid and so
         the faces): photos decoded at the working size, and those of one camera, share a few sizes."""
-        from pipeline.backend import filled_to_compiled_size
+        from pipeline.backend import aligned_empty, filled_to_compiled_size
 
         min_face_size = min_face_size or self.min_face_size
         by_shape: dict[tuple, list[int]] = defaultdict(list)
@@ -99,7 +111,8 @@ class FaceDetector:
                 batch = indices[start:start + batch_size]
                 # Under JAX a short batch is filled up to a batch size already compiled; the extra
                 # photos' faces are left out by the zip below.
-                photos = filled_to_compiled_size(np.stack([images[i] for i in batch]), 1)
+                photos = np.stack([images[i] for i in batch], out=aligned_empty((len(batch), height, width, 3)))
+                photos = filled_to_compiled_size(photos, 1)
                 found = self._detect_same_size(photos, min_face_size)
                 for index, faces in zip(batch, found):
                     results[index] = sorted(self._confident(faces), key=lambda f: f.box[2] * f.box[3], reverse=True)
@@ -119,6 +132,8 @@ class FaceDetector:
         from pipeline.backend import device_scope
 
         count, height, width = images.shape[:3]
+        if self._graph is not None:
+            return self._detect_in_graph(images, min_face_size)
         with device_scope(self.device):
             # Exact in float32 (half-integers over a power of two), as the package's float64. Made once,
             # on the device, for all the stages: the photos travel as bytes (a quarter of the floats), and
@@ -128,14 +143,18 @@ class FaceDetector:
             boxes = self._propose(normalized, min_face_size)
             boxes = self._refine(normalized, boxes)
             boxes, landmarks = self._output(normalized, boxes)
-        # Like the package's fit_to_image: boxes (not landmarks) are clipped to the photo.
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, width - 1)
-        boxes[:, [2, 4]] = np.clip(boxes[:, [2, 4]], 0, height - 1)
-        faces: list[list[Face]] = [[] for _ in range(count)]
-        for (image, x1, y1, x2, y2, score), points in zip(boxes, landmarks):
-            faces[int(image)].append(Face(box=(float(x1), float(y1), float(x2 - x1), float(y2 - y1)),
-                                          score=float(score), landmarks=points.reshape(2, 5).T.copy()))
-        return faces
+        return _faces(count, height, width, boxes, landmarks)
+
+    def _detect_in_graph(self, images: np.ndarray, min_face_size: int) -> list[list[Face]]:
+        """_detect_same_size in one call of the TensorFlow function (pipeline/mtcnn_graph.py)."""
+        from pipeline.backend import device_scope, on_device
+        from pipeline.mtcnn_graph import pyramid_inputs
+
+        count, height, width = images.shape[:3]
+        sizes, scales = pyramid_inputs(height, width, min_face_size, self.scale_factor)
+        with device_scope(self.device):
+            rows = self._graph.detect(on_device(images), sizes, scales).numpy()
+        return _faces(count, height, width, rows[:, :6], rows[:, 6:])
 
     def _propose(self, normalized, min_face_size: int) -> np.ndarray:
         """PNet over the image pyramid: squared candidate boxes, rows (image, x1, y1, x2, y2, score)."""
@@ -176,6 +195,20 @@ class FaceDetector:
         rows = np.concatenate([boxes[keep], landmarks[keep]], axis=1)
         rows = _suppress_per_image(rows, ONET_NMS, "min")
         return rows[:, :6], rows[:, 6:]
+
+
+def _faces(count: int, height: int, width: int, boxes: np.ndarray, landmarks: np.ndarray) -> list[list[Face]]:
+    """Each of count photos' faces from the last stage's rows (image, x1, y1, x2, y2, score) and landmarks
+    (n, 10: five x then five y)."""
+    # Like the package's fit_to_image: boxes (not landmarks) are clipped to the photo.
+    boxes = boxes.copy()
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, width - 1)
+    boxes[:, [2, 4]] = np.clip(boxes[:, [2, 4]], 0, height - 1)
+    faces: list[list[Face]] = [[] for _ in range(count)]
+    for (image, x1, y1, x2, y2, score), points in zip(boxes, landmarks):
+        faces[int(image)].append(Face(box=(float(x1), float(y1), float(x2 - x1), float(y2 - y1)),
+                                      score=float(score), landmarks=points.reshape(2, 5).T.copy()))
+    return faces
 
 
 def main_face(faces: list[Face], width: int, height: int) -> int | None:
@@ -225,7 +258,7 @@ def _pnet_boxes(cells: np.ndarray, regression: np.ndarray, scores: np.ndarray) -
 
 
 def _suppress_per_image(rows: np.ndarray, threshold: float, overlap: str) -> np.ndarray:
-    """Each image's rows sorted by decreasing score, then suppressed: a row is dropped when a higher-scored
+    """Each image's rows sorted by decreasing score, then suppressed: a row is dropped when an earlier
     row of its image overlaps it by more than threshold, even one that was itself dropped (the package's
     rule, utils/bboxes.py nms: stricter than greedy NMS, kept so that our faces are the package's).
     overlap is "union" (IoU) or "min" (intersection over the smaller area). Rows come back by image.
@@ -235,11 +268,12 @@ def _suppress_per_image(rows: np.ndarray, threshold: float, overlap: str) -> np.
     holds a batch to the package's suppression photo by photo)."""
     if len(rows) == 0:
         return rows
-    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    # By image, then by decreasing score, equal scores in the order they came. (The package's own sort is
+    # NumPy's unstable one, whose order for equal scores depends on the CPU's instructions: 13 of 1,000 LFW
+    # photos got other faces with NumPy's AVX2 sort than with its baseline one. Stable, our faces are the
+    # same on every CPU, backend and path: pipeline/mtcnn_graph.py sorts so too.)
+    rows = rows[np.lexsort((-rows[:, 5], rows[:, 0]))]
     _, starts, counts = np.unique(rows[:, 0], return_index=True, return_counts=True)
-    # argsort reversed, as the package's sort_by_scores, image by image, so that ties keep its order.
-    rows = rows[np.concatenate([start + np.argsort(rows[start:start + count, 5])[::-1]
-                                for start, count in zip(starts, counts)])]
     keep = np.zeros(len(rows), dtype=bool)
     for images in _similar_counts(counts):
         size = counts[images].max()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.detection import package_with_stable_ties
 from pipeline.detect import Face, FaceDetector, _suppress_per_image
 
 SAMPLE_SIZE = 200
@@ -23,6 +24,13 @@ ROUNDING_TOLERANCE_PX = 0.5 + 1e-3
 EXACT_TOLERANCE_PX = 0.01
 # A batch against one photo at a time: oneDNN's convolutions sum in a batch-dependent order.
 BATCH_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stable_ties():
+    """The package's equal scores in a fixed order, as ours (its own order depends on the CPU)."""
+    with package_with_stable_ties():
+        yield
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -128,26 +136,57 @@ def test_a_batch_of_two_photo_sizes_gives_each_photo_what_it_gets_alone(detector
             assert face.score == pytest.approx(reference.score, abs=1e-5)
 
 
-@pytest.mark.parametrize("overlap, threshold", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
-def test_suppression_of_a_batch_keeps_what_the_package_keeps_photo_by_photo(overlap: str, threshold: float) -> None:
-    """Our suppression runs many photos' boxes at once; the package's (smart_nms_from_bboxes) runs on one
-    photo's. Clusters of boxes around a few faces, photos with 1 to 400 boxes, and tied scores."""
-    from mtcnn.utils.bboxes import smart_nms_from_bboxes
-
+def tied_rows() -> np.ndarray:
+    """Candidate rows (image, x1, y1, x2, y2, score) around a few faces in each of 10 photos (1 to 400 each,
+    one with none), scores to 2 decimals so that many are tied, in shuffled order."""
     rng = np.random.default_rng(7)
     rows = []
     for image, count in enumerate([1, 2, 30, 400, 0, 17, 90, 5, 250, 3]):
         centres = rng.uniform(20, 230, (3, 2))[rng.integers(0, 3, count)] + rng.normal(0, 6, (count, 2))
         sides = rng.uniform(15, 80, (count, 1))
-        scores = np.round(rng.uniform(0.6, 1.0, count), 2)  # 2 decimals: many ties
+        scores = np.round(rng.uniform(0.6, 1.0, count), 2)
         rows.append(np.column_stack([np.full(count, image), centres - sides / 2, centres + sides / 2, scores]))
-    rows = np.concatenate(rows)[rng.permutation(sum(len(r) for r in rows))]
+    return np.concatenate(rows)[rng.permutation(sum(len(r) for r in rows))]
 
+
+@pytest.mark.parametrize("overlap, threshold", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
+def test_suppression_of_a_batch_keeps_what_the_package_keeps_photo_by_photo(overlap: str, threshold: float) -> None:
+    """Our suppression runs many photos' boxes at once; the package's (smart_nms_from_bboxes) runs on one
+    photo's. Clusters of boxes around a few faces, photos with 1 to 400 boxes, and tied scores (kept in
+    the order they came, by both)."""
+    from mtcnn.utils.bboxes import smart_nms_from_bboxes
+
+    rows = tied_rows()
     ours = _suppress_per_image(rows, threshold, overlap)
     theirs = [smart_nms_from_bboxes(rows[rows[:, 0] == image], threshold, method=overlap)
               for image in np.unique(rows[:, 0])]
     np.testing.assert_array_equal(ours, np.concatenate(theirs))
     assert 10 < len(ours) < len(rows) / 2
+
+
+@pytest.mark.parametrize("overlap, threshold", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
+def test_suppression_in_the_tensorflow_graph_keeps_what_numpy_keeps(overlap: str, threshold: float) -> None:
+    import tensorflow as tf
+
+    from pipeline.mtcnn_graph import suppress_per_image
+
+    rows = tied_rows()
+    in_graph = suppress_per_image(tf.constant(rows), threshold, overlap).numpy()
+    np.testing.assert_array_equal(in_graph, _suppress_per_image(rows, threshold, overlap))
+    assert suppress_per_image(tf.constant(rows[:0]), threshold, overlap).shape == (0, 6)
+
+
+def test_detection_in_one_graph_finds_what_the_stages_one_by_one_find(detector: FaceDetector, ours: list[list[Face]],
+                                                                      photos: list[np.ndarray]) -> None:
+    """The default detector under TensorFlow runs a batch in one graph call; graph=False calls the
+    networks one by one and suppresses in NumPy (as under JAX). Same faces, to float32's round-off."""
+    one_by_one = FaceDetector(graph=False, batch_size=detector.batch_size).detect(photos)
+    assert [len(faces) for faces in one_by_one] == [len(faces) for faces in ours]
+    for faces, references in zip(ours, one_by_one):
+        for face, reference in zip(faces, references):
+            np.testing.assert_allclose(face.box, reference.box, atol=1e-6)
+            np.testing.assert_allclose(face.landmarks, reference.landmarks, atol=1e-6)
+            assert face.score == reference.score
 
 
 def test_no_face_in_a_gray_or_noise_image(detector: FaceDetector) -> None:

@@ -73,11 +73,12 @@ class PackageStages:
 
 
 def face_detector(stages: type) -> FaceDetector:
-    """detect.py's FaceDetector running the given stages (MTCNNNetworks or PackageStages)."""
+    """detect.py's FaceDetector running the given stages (MTCNNNetworks or PackageStages) one by one, as
+    under JAX (test_detect.py holds TensorFlow's one-graph detection to this)."""
     keras_stages = mtcnn_keras.MTCNNNetworks
     mtcnn_keras.MTCNNNetworks = stages
     try:
-        return FaceDetector()
+        return FaceDetector(graph=False)
     finally:
         mtcnn_keras.MTCNNNetworks = keras_stages
 
