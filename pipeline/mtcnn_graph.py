@@ -114,8 +114,11 @@ class DetectionGraph:
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         normalized = (tf.cast(images, tf.float32) - 127.5) / 128
         boxes = self._propose(normalized, sizes, scales)
-        boxes = self._refine(normalized, boxes, height, width)
-        return self._output(normalized, boxes, height, width)
+        # RNet and ONet only on some crops: oneDNN's kernels fail on an empty batch.
+        boxes = tf.cond(tf.shape(boxes)[0] > 0, lambda: self._refine(normalized, boxes, height, width),
+                        lambda: boxes)
+        return tf.cond(tf.shape(boxes)[0] > 0, lambda: self._output(normalized, boxes, height, width),
+                       lambda: tf.zeros([0, ROW + 10], tf.float64))
 
     def _propose(self, normalized, sizes, scales):
         per_scale = tf.TensorArray(tf.float64, size=tf.shape(scales)[0], infer_shape=False,

@@ -193,6 +193,9 @@ def test_no_face_in_a_gray_or_noise_image(detector: FaceDetector) -> None:
     gray = np.full((250, 250, 3), 128, np.uint8)
     noise = np.random.default_rng(0).integers(0, 256, (250, 250, 3), dtype=np.uint8)
     assert detector.detect([gray, noise]) == [[], []]
+    # Smaller than PNet's 12-pixel window: no pyramid level at all.
+    assert detector.detect([gray[:10, :10]]) == [[]]
+    assert FaceDetector(graph=False).detect([gray[:10, :10]]) == [[]]
 
 
 def test_min_face_size_skips_smaller_faces_and_keeps_larger_ones(photos: list[np.ndarray]) -> None:
