@@ -4,9 +4,8 @@ included: what pipeline/detect.py does in NumPy between the networks, run where 
 A GPU worker's host then makes one call per batch and reads the faces back, instead of moving every
 stage's candidates to NumPy and suppressing them there (about a millisecond a photo on its one core, which
 capped it near a thousand photos a second). The arithmetic is detect.py's, in the same float64 and the
-same order, so the faces are the same. Candidates whose scores are exactly equal (a few a photo) go in
-the order they came, which is what NumPy's sort gave on LFW; its sort is not stable, so that is not
-promised. tests/test_detect.py holds the two paths to each other.
+same order, candidates with equal scores in the order they came on both paths, so the faces are the same
+(tests/test_detect.py holds the two paths to each other).
 TensorFlow only: under JAX, whose compiled functions need fixed shapes, detect.py keeps the NumPy path.
 """
 
@@ -19,7 +18,8 @@ from pipeline import detect
 from pipeline.backend import compiled
 from pipeline.mtcnn_keras import ONET_INPUT, RNET_INPUT
 
-# Rows are (image, x1, y1, x2, y2, score), then ONet's ten landmark coordinates: float64, as detect.py.
+# Candidates are float64 rows (image, x1, y1, x2, y2, score), as in detect.py; the last stage's rows
+# have ONet's ten landmark coordinates after them.
 ROW = 6
 
 
@@ -49,8 +49,8 @@ def _overlapping(boxes: tf.Tensor, threshold: float, overlap: str) -> tf.Tensor:
 
 
 def suppress_per_image(rows: tf.Tensor, threshold: float, overlap: str) -> tf.Tensor:
-    """detect._suppress_per_image: each image's rows by decreasing score, a row dropped when a higher-scored
-    row of its image overlaps it by more than threshold (even one itself dropped). The rows are laid out
+    """detect._suppress_per_image: each image's rows by decreasing score, a row dropped when an earlier row
+    of its image overlaps it by more than threshold (even one itself dropped). The rows are laid out
     as (images, most rows of an image) matrices, padding last, so that one comparison does every image."""
     rows = _sorted_by_image_and_score(rows)
     image = tf.cast(rows[:, 0], tf.int32)
