@@ -62,6 +62,8 @@ class FaceDetector:
     that a photo with no face at min_score keeps its best face if that scores at least fallback_score.
     (On LFW, 9 of 7,701 photos have their only face at 0.82-0.89; keeping every face above 0.8
     instead would add 176 doubtful faces.)
+    graph: under TensorFlow, each batch's three stages in one graph call (pipeline/mtcnn_graph.py); False
+    calls the networks one by one with NumPy between them, as JAX always does. Both find the same faces.
     """
 
     def __init__(self, min_face_size: int = 20, min_score: float = 0.9, fallback_score: float = 0.8,
@@ -81,9 +83,7 @@ class FaceDetector:
         self.device = device  # "gpu:0", "cpu:0", ...; None: the backend's choice (its first GPU if any)
         with device_scope(device):
             self._networks = MTCNNNetworks()
-        # Under TensorFlow (and graph) the whole of a batch's detection is one call, suppression included
-        # (pipeline/mtcnn_graph.py): a GPU worker's host does not do it in NumPy, and on this CPU it was
-        # faster too. Otherwise the networks are called one by one with NumPy between them.
+        # One call a batch: a GPU worker's host does no NumPy per candidate, and on a CPU it was faster too.
         self._graph = None
         if graph and keras.backend.backend() == "tensorflow":
             from pipeline.mtcnn_graph import DetectionGraph
