@@ -113,7 +113,10 @@ class FaceDetector:
                 # photos' faces are left out by the zip below.
                 photos = np.stack([images[i] for i in batch], out=aligned_empty((len(batch), height, width, 3)))
                 photos = filled_to_compiled_size(photos, 1)
-                found = self._detect_same_size(photos, min_face_size)
+                if self._graph is not None:
+                    found = self._detect_in_graph(photos, min_face_size)
+                else:
+                    found = self._detect_same_size(photos, min_face_size)
                 for index, faces in zip(batch, found):
                     results[index] = sorted(self._confident(faces), key=lambda f: f.box[2] * f.box[3], reverse=True)
         return results
@@ -132,8 +135,6 @@ class FaceDetector:
         from pipeline.backend import device_scope
 
         count, height, width = images.shape[:3]
-        if self._graph is not None:
-            return self._detect_in_graph(images, min_face_size)
         with device_scope(self.device):
             # Exact in float32 (half-integers over a power of two), as the package's float64. Made once,
             # on the device, for all the stages: the photos travel as bytes (a quarter of the floats), and
@@ -148,10 +149,9 @@ class FaceDetector:
     def _detect_in_graph(self, images: np.ndarray, min_face_size: int) -> list[list[Face]]:
         """_detect_same_size in one call of the TensorFlow function (pipeline/mtcnn_graph.py)."""
         from pipeline.backend import device_scope, on_device
-        from pipeline.mtcnn_graph import pyramid_inputs
 
         count, height, width = images.shape[:3]
-        sizes, scales = pyramid_inputs(height, width, min_face_size, self.scale_factor)
+        scales, sizes = pyramid(width, height, min_face_size, self.scale_factor)
         with device_scope(self.device):
             rows = self._graph.detect(on_device(images), sizes, scales).numpy()
         return _faces(count, height, width, rows[:, :6], rows[:, 6:])
@@ -160,9 +160,7 @@ class FaceDetector:
         """PNet over the image pyramid: squared candidate boxes, rows (image, x1, y1, x2, y2, score)."""
         height, width = normalized.shape[1:3]
         kept_per_scale = []
-        for scale in pyramid_scales(width, height, min_face_size, self.scale_factor):
-            # Truncated like the package's resize (tf.image.resize casts the float size to int).
-            size = (np.asarray([height, width]) * scale).astype(np.int32)
+        for scale, size in zip(*pyramid(width, height, min_face_size, self.scale_factor)):
             cells, regression, scores = self._networks.pnet(normalized, tuple(size), PNET_THRESHOLD)
             boxes = _pnet_boxes(cells, regression, scores)
             boxes[:, 1:5] /= scale
@@ -242,6 +240,13 @@ def pyramid_scales(width: int, height: int, min_face_size: int, scale_factor: fl
     count = max(0, int(np.log(short_side * first / PNET_WINDOW) / -np.log(scale_factor)) + 2)
     scales = first * scale_factor ** np.arange(count)
     return scales[short_side * scales >= PNET_WINDOW]
+
+
+def pyramid(width: int, height: int, min_face_size: int, scale_factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """pyramid_scales and, for each, the (height, width) the photo is resized to: truncated like the
+    package's resize (tf.image.resize casts the float size to int)."""
+    scales = pyramid_scales(width, height, min_face_size, scale_factor)
+    return scales, (np.asarray([height, width])[None, :] * scales[:, None]).astype(np.int32).reshape(-1, 2)
 
 
 def _pnet_boxes(cells: np.ndarray, regression: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -61,10 +61,8 @@ def suppress_per_image(rows: tf.Tensor, threshold: float, overlap: str) -> tf.Te
     boxes = tf.scatter_nd(where, rows[:, 1:5], tf.concat([shape, [4]], 0))
     real = tf.scatter_nd(where, tf.ones_like(image, tf.bool), shape)
     # Row i suppresses row j only when it comes first; padding comes last, so it never suppresses.
-    earlier = tf.linalg.band_part(tf.ones(tf.stack([shape[1], shape[1]]), tf.bool), 0, -1)
-    earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(shape[1], dtype=tf.bool)))
-    suppressing = tf.logical_and(_overlapping(boxes, threshold, overlap), earlier[None])
-    suppressing = tf.logical_and(suppressing, real[:, :, None])
+    order = tf.range(shape[1])
+    suppressing = tf.logical_and(_overlapping(boxes, threshold, overlap), (order[:, None] < order[None, :])[None])
     kept = tf.logical_and(real, tf.logical_not(tf.reduce_any(suppressing, axis=1)))
     return tf.boolean_mask(rows, tf.gather_nd(kept, where))
 
@@ -99,7 +97,7 @@ class DetectionGraph:
     detector's score rule: image, x1, y1, x2, y2 (unclipped), score, five landmark x then five y.
 
     images is the (B, H, W, 3) uint8 batch; sizes (levels, 2) int32 and scales (levels,) float64 are the
-    pyramid's (detect.pyramid_scales), computed on the host since they depend on the photo size alone."""
+    pyramid's (detect.pyramid), computed on the host since they depend on the photo size alone."""
 
     def __init__(self, pnet, rnet, onet) -> None:
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
@@ -168,10 +166,3 @@ def _pnet_boxes(cells, regression, scores):
                      top_left[:, 1] + regression[:, 0] * extent, top_left[:, 0] + regression[:, 1] * extent,
                      bottom_right[:, 1] + regression[:, 2] * extent, bottom_right[:, 0] + regression[:, 3] * extent,
                      scores], axis=1)
-
-
-def pyramid_inputs(height: int, width: int, min_face_size: int, scale_factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """The sizes (levels, 2) and scales (levels,) DetectionGraph.detect takes, as detect._propose makes them."""
-    scales = detect.pyramid_scales(width, height, min_face_size, scale_factor)
-    sizes = (np.asarray([height, width])[None, :] * scales[:, None]).astype(np.int32)
-    return sizes.reshape(-1, 2), np.asarray(scales, np.float64)
