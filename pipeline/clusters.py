@@ -2,27 +2,29 @@
 
 Method (chosen with bench.cluster on half of LFW's people, measured on the other half): each face's nearest
 neighbours (faiss: exact search up to EXACT_MAX faces, an HNSW graph above, so that a million faces never need a
-distance matrix); an edge between two faces whose similarity is at least `threshold`, weighted by it; then
-Chinese whispers (Biemann 2006, as dlib's face clustering): each face in turn takes the cluster with the most
-edge weight among its neighbours, until no face changes. Unlike single or average linkage, one lookalike edge
-cannot merge two people's groups: a face follows the weight of all its neighbours.
+distance matrix); a learned model judges each face's link to each neighbour (pipeline.cluster_links: not its
+similarity alone, but the similarity in its neighbourhood); then Chinese whispers (Biemann 2006, as dlib's face
+clustering) on the links made, weighted by their probability: each face in turn takes the cluster with the most
+link weight among its neighbours, until no face changes. Unlike single or average linkage, one lookalike link
+cannot merge two people's groups: a face follows the weight of all its neighbours. A second round judges the links
+again knowing the first round's clusters (a face similar to a whole group is more surely one of it), and clusters
+again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pipeline.cluster_links import Clusters, LinkRounds, judged_links, shipped_links
 
 if TYPE_CHECKING:
     from pipeline.face_index import FaceIndex
     from pipeline.storage import Storage
 
 EXACT_MAX = 200_000  # above this many faces, neighbours come from an HNSW graph
-# Chosen by bench.cluster on the tuning half of LFW's people (README, "Clusters of unknown faces").
-THRESHOLD = 0.955
-NEIGHBOURS = 20
 REPRESENTATIVES = 6  # chips shown per cluster: the faces nearest its mean
 
 
@@ -42,6 +44,7 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
         index.hnsw.efSearch = max(64, 2 * k)
     index.add(vectors)
     similarities, indices = index.search(vectors, k + 1)
+    similarities[indices < 0] = -1.0  # fewer found than asked (HNSW): no similarity
     own = indices == np.arange(len(vectors))[:, None]
     own[~own.any(axis=1), -1] = True  # itself not among them (a duplicate ranked first): drop the farthest
     return indices[~own].reshape(len(vectors), k), similarities[~own].reshape(len(vectors), k)
@@ -77,10 +80,13 @@ def chinese_whispers(count: int, a: np.ndarray, b: np.ndarray, weight: np.ndarra
 
 @dataclass
 class FaceClusterer:
-    """fit_predict(vectors) -> a cluster number per face (a face alone is a cluster of one)."""
+    """fit_predict(vectors) -> a cluster number per face (a face alone is a cluster of one).
 
-    threshold: float = THRESHOLD
-    neighbours: int = NEIGHBOURS
+    threshold: the least cosine similarity of any link (by default none: the link model decides);
+    links: the rounds of learned link models (by default those bench.cluster fitted, pipeline/cluster_links.json)."""
+
+    threshold: float = -1.0
+    links: LinkRounds = field(default_factory=shipped_links)
     iterations: int = 30
     seed: int = 0
 
@@ -88,13 +94,13 @@ class FaceClusterer:
         vectors = unit(vectors)
         if len(vectors) < 2:
             return np.zeros(len(vectors), np.int64)
-        indices, similarities = nearest_neighbours(vectors, self.neighbours)
-        rows = np.repeat(np.arange(len(vectors)), indices.shape[1])
-        cols, sims = indices.ravel(), similarities.ravel()
-        keep = (cols >= 0) & (sims >= self.threshold)
-        a, b = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
-        _, first = np.unique(a.astype(np.int64) * len(vectors) + b, return_index=True)  # each edge once
-        return chinese_whispers(len(vectors), a[first], b[first], sims[keep][first], self.iterations, self.seed)
+        indices, similarities = nearest_neighbours(vectors, self.links.neighbours)
+        labels = np.arange(len(vectors))
+        for number, model in enumerate(self.links.rounds):
+            clusters = Clusters.of(vectors, labels) if number else None
+            a, b, weight = judged_links(vectors, indices, similarities, model, self.threshold, clusters)
+            labels = chinese_whispers(len(vectors), a, b, weight, self.iterations, self.seed)
+        return labels
 
 
 def cluster_index(index: FaceIndex, clusterer: FaceClusterer, jobs: list[str] = (), key_prefix: str | None = None,
@@ -136,8 +142,9 @@ def cluster_index(index: FaceIndex, clusterer: FaceClusterer, jobs: list[str] = 
                          "photos": list(dict.fromkeys(face["key"] for face in faces))})
     return {"faces": len(vectors), "clusters": clusters, "faces_in_clusters": sum(c["size"] for c in clusters),
             "faces_alone": int(np.sum(sizes[sizes < max(min_size, 1)])),
-            "method": {"threshold": clusterer.threshold, "neighbours": clusterer.neighbours,
-                       "algorithm": "Chinese whispers on the k-nearest-neighbour graph"}}
+            "method": {"threshold": clusterer.threshold, "neighbours": clusterer.links.neighbours,
+                       "rounds": len(clusterer.links.rounds),
+                       "algorithm": "Chinese whispers on learned links of the k-nearest-neighbour graph"}}
 
 
 def with_edits(found: dict, edits: dict[int, dict]) -> dict:

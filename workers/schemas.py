@@ -251,7 +251,7 @@ class ClusterJobRequest(BaseModel):
     key_prefix: StorageKey | None = None
     unknown_only: bool = False
     min_size: int = Field(2, ge=1, le=100_000)  # smaller groups are counted, not listed
-    threshold: float | None = Field(None, ge=-1, le=1)  # least similarity of a link (default: pipeline.clusters')
+    threshold: float | None = Field(None, ge=-1, le=1)  # least similarity of any link (default none: the model's)
     priority: Priority = "normal"
 
     @model_validator(mode="after")

@@ -197,7 +197,7 @@ def enroll(self: JobTask, job_id: str) -> None:
 @app.task(bind=True, base=JobTask, name=task_names.CLUSTER_FACES)
 def cluster_faces(self: JobTask, job_id: str) -> None:
     """A cluster job: an index's faces grouped by person; clusters.json and report.html under jobs/<id>/output/."""
-    from pipeline.clusters import THRESHOLD, FaceClusterer, cluster_index
+    from pipeline.clusters import FaceClusterer, cluster_index
     from pipeline.face_index import open_index
     from pipeline.people_search import PEOPLE_IN_REPORT, report_html, thumbnail
 
@@ -207,7 +207,7 @@ def cluster_faces(self: JobTask, job_id: str) -> None:
     progress = _progress_or_stop(jobs, job_id)
     only = _unknown_faces(runtime, params["in_jobs"]) if params.get("unknown_only") else None
     progress("clustering", 0, 1)
-    clusterer = FaceClusterer(threshold=params.get("threshold", THRESHOLD))
+    clusterer = FaceClusterer() if params.get("threshold") is None else FaceClusterer(threshold=params["threshold"])
     found = cluster_index(open_index(storage, params["index"]), clusterer, params.get("in_jobs", []),
                           params.get("key_prefix"), params.get("min_size", 2), only)
     output = f"jobs/{job_id}/output"
@@ -216,7 +216,10 @@ def cluster_faces(self: JobTask, job_id: str) -> None:
              for c in found["clusters"]]
     facts = {"index": params["index"], "faces clustered": f"{found['faces']:,}"
              + (" (only those left unknown)" if only is not None else ""),
-             "least similarity of a link": str(clusterer.threshold)}
+             "links": f"judged by a learned model in {len(clusterer.links.rounds)} rounds, among each face's "
+                      f"{clusterer.links.neighbours} nearest",
+             "least similarity of a link": "none (the model decides)" if params.get("threshold") is None
+             else str(clusterer.threshold)}
     summary = (f"{len(found['clusters'])} clusters of at least {params.get('min_size', 2)} faces hold "
                f"{found['faces_in_clusters']:,} faces; {found['faces_alone']:,} faces are in smaller groups.")
     # Each representative's thumbnail made once, for the report and for the web page's chips (the API never
