@@ -37,9 +37,9 @@ class Clusters:
 
     @classmethod
     def of(cls, vectors: np.ndarray, labels: np.ndarray) -> Clusters:
-        sums = np.zeros((int(labels.max()) + 1, vectors.shape[1]), np.float64)
+        sums = np.zeros((int(labels.max()) + 1, vectors.shape[1]), np.float32)
         np.add.at(sums, labels, vectors)
-        return cls(labels, np.bincount(labels), sums.astype(np.float32))
+        return cls(labels, np.bincount(labels), sums)
 
 
 def link_features(vectors: np.ndarray, indices: np.ndarray, similarities: np.ndarray, start: int, stop: int,
