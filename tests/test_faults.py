@@ -54,19 +54,26 @@ class Cluster(Processes):
             self.start_worker(name, "interactive,gpu,default")
 
     def chunk_in_progress(self, job_id: str) -> bool:
-        """Whether a worker holds the lease of one of the job's chunks now (read without touching it:
-        Redis keys, or the kernel's table of file locks on the embedded default)."""
+        """Whether a worker holds the lease of one of the job's chunks whose predictions are not written yet (read
+        without touching it: Redis keys, or the kernel's table of file locks on the embedded default). A chunk
+        whose predictions are written still holds its lease while it counts itself done and sends the next: a
+        worker killed then leaves nothing to recover."""
         if self.env.get("REDIS_URL"):
             client = redis.Redis.from_url(self.env["REDIS_URL"])
-            return bool(client.keys(f"facerec:lease:{job_id}:facerec.recognize_chunk:*"))
-        leases = Path(self.env["FACEREC_DATA_DIR"]) / "locks" / "leases"
-        files = {(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-                 for st in (p.stat() for p in leases.glob(f"{job_id}-facerec.recognize_chunk:*"))}
-        # Lines read "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF", the device in hex (waiters
-        # add a "->"). The device counts: the same inode number on another file system is another file.
-        held = {(int(major, 16), int(minor, 16), int(inode)) for major, minor, inode
-                in re.findall(r" ([0-9a-f]+):([0-9a-f]+):(\d+) ", Path("/proc/locks").read_text())}
-        return bool(files & held)
+            leased = {key.decode().rsplit(":", 1)[1]
+                      for key in client.keys(f"facerec:lease:{job_id}:facerec.recognize_chunk:*")}
+        else:
+            leases = Path(self.env["FACEREC_DATA_DIR"]) / "locks" / "leases"
+            files = {(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino): path.name.rsplit(":", 1)[1]
+                     for path in leases.glob(f"{job_id}-facerec.recognize_chunk:*") for st in [path.stat()]}
+            # Lines read "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF", the device in hex (waiters
+            # add a "->"). The device counts: the same inode number on another file system is another file.
+            held = {(int(major, 16), int(minor, 16), int(inode)) for major, minor, inode
+                    in re.findall(r" ([0-9a-f]+):([0-9a-f]+):(\d+) ", Path("/proc/locks").read_text())}
+            leased = {index for lock, index in files.items() if lock in held}
+        predictions = self.storage.list(f"jobs/{job_id}/predictions/")
+        finished = {int(key.rsplit("/", 1)[1].split(".")[0]) for key in predictions}
+        return any(int(index) not in finished for index in leased)
 
     def call(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.client.call(method, path, **kwargs)
