@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -104,10 +105,11 @@ def fit_links(vectors: np.ndarray, people: np.ndarray) -> tuple[LinkRounds, list
     return LinkRounds(NEIGHBOURS, tuple(rounds)), tried
 
 
-def small_inboxes(vectors: np.ndarray, people: np.ndarray, method, inboxes: int = 30) -> dict:
-    """Mean BCubed scores (and the least precision) over small inboxes drawn from these faces by a fixed seed: each
-    every photo of 6 people with 3 to 8 photos and one photo each of 20 people with one. A method's links must not
-    depend on how many faces are clustered."""
+def small_inboxes(vectors: np.ndarray, people: np.ndarray, method: Callable[[np.ndarray], np.ndarray],
+                  inboxes: int = 30) -> dict:
+    """Mean BCubed scores (and the least precision) over small inboxes drawn from these faces by a fixed seed, each
+    holding every photo of 6 people with 3 to 8 photos and one photo each of 20 people with one. A method's links
+    must not depend on how many faces are clustered."""
     rng = np.random.default_rng(SEED + 1)
     names, counts = np.unique(people, return_counts=True)
     scores, sizes = [], []
