@@ -91,7 +91,7 @@ def fit_links(vectors: np.ndarray, people: np.ndarray) -> tuple[LinkRounds, list
     clusters, tried = None, []
     for number in range(1, ROUNDS + 1):
         faces, others, features = link_features(vectors, indices, similarities, 0, len(vectors), clusters)
-        model = LinkModel.fit(features, people[faces] == people[others], uses_clusters=clusters is not None)
+        model = LinkModel.fit(features, people[faces] == people[others])
         scored = []
         for cut in CUTS:
             links = LinkRounds(NEIGHBOURS, (*rounds, model.with_cut(cut)))

@@ -97,14 +97,15 @@ class LinkModel:
         return 1.0 / (1.0 + np.exp(-(features.astype(np.float64) @ self.weights + self.bias)))
 
     @classmethod
-    def fit(cls, features: np.ndarray, same: np.ndarray, uses_clusters: bool, cut: float = 0.5) -> LinkModel:
-        """Logistic regression on standardised features, the standardisation folded into the weights."""
+    def fit(cls, features: np.ndarray, same: np.ndarray, cut: float = 0.5) -> LinkModel:
+        """Logistic regression on standardised features (link_features' columns, with or without the cluster
+        ones), the standardisation folded into the weights."""
         from sklearn.linear_model import LogisticRegression
 
         mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-12
         fitted = LogisticRegression(max_iter=5000).fit((features - mean) / scale, same)
         weights = fitted.coef_[0] / scale
-        names = NEIGHBOUR_FEATURES + (CLUSTER_FEATURES if uses_clusters else ())
+        names = (NEIGHBOUR_FEATURES + CLUSTER_FEATURES)[:features.shape[1]]
         return cls(names, weights, float(fitted.intercept_[0] - weights @ mean), cut)
 
     def with_cut(self, cut: float) -> LinkModel:
@@ -116,6 +117,11 @@ class LinkModel:
 
     @classmethod
     def from_json(cls, data: dict) -> LinkModel:
+        """ValueError naming the difference if the stored features are not the ones link_features computes."""
+        if tuple(data["features"]) not in (NEIGHBOUR_FEATURES, NEIGHBOUR_FEATURES + CLUSTER_FEATURES):
+            raise ValueError(f"a link model over features {data['features']} cannot be used: this code computes "
+                             f"{list(NEIGHBOUR_FEATURES)}, then {list(CLUSTER_FEATURES)}; fit it again "
+                             "(python -m bench.cluster --save)")
         return cls(tuple(data["features"]), np.array(data["weights"], np.float64), float(data["bias"]),
                    float(data["cut"]))
 

@@ -96,8 +96,8 @@ class FaceClusterer:
             return np.zeros(len(vectors), np.int64)
         indices, similarities = nearest_neighbours(vectors, self.links.neighbours)
         labels = np.arange(len(vectors))
-        for number, model in enumerate(self.links.rounds):
-            clusters = Clusters.of(vectors, labels) if number else None
+        for model in self.links.rounds:
+            clusters = Clusters.of(vectors, labels) if model.uses_clusters else None
             a, b, weight = judged_links(vectors, indices, similarities, model, self.threshold, clusters)
             labels = chinese_whispers(len(vectors), a, b, weight, self.iterations, self.seed)
         return labels

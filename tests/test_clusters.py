@@ -97,11 +97,14 @@ def test_a_link_model_reads_back_from_json_as_it_was_fitted():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(500, 10))
     same = features[:, 0] + 0.3 * rng.normal(size=500) > 0
-    model = LinkModel.fit(features, same, uses_clusters=False, cut=0.7)
+    model = LinkModel.fit(features, same, cut=0.7)
     again = LinkModel.from_json(model.to_json())
     assert again.cut == 0.7 and again.features == model.features
     assert again.probability(features) == pytest.approx(model.probability(features), abs=1e-6)
     assert np.mean((model.probability(features) > 0.5) == same) > 0.85
+    # A file fitted on other features than this code computes is refused, saying so.
+    with pytest.raises(ValueError, match="fit it again"):
+        LinkModel.from_json({**model.to_json(), "features": ["similarity", "density"]})
 
 
 def test_one_lookalike_link_does_not_merge_two_groups():
